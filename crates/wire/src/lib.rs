@@ -97,10 +97,18 @@ pub enum Op {
         truncate: bool,
     },
     /// Forget a handle (the primary's last close of it).
-    Close { handle: u64 },
+    Close {
+        handle: u64,
+    },
     /// Write the message's data at `offset`. Carries data.
-    Write { handle: u64, offset: u64 },
-    Truncate { target: Target, size: u64 },
+    Write {
+        handle: u64,
+        offset: u64,
+    },
+    Truncate {
+        target: Target,
+        size: u64,
+    },
     /// `fallocate(2)` with the primary's mode bits (punch hole, keep size, zero range).
     Fallocate {
         handle: u64,
@@ -109,8 +117,14 @@ pub enum Op {
         len: u64,
     },
     /// Make the file durable; acknowledged only after the secondary's fsync returned.
-    Fsync { handle: u64, datasync: bool },
-    Mkdir { path: RelPath, meta: Meta },
+    Fsync {
+        handle: u64,
+        datasync: bool,
+    },
+    Mkdir {
+        path: RelPath,
+        meta: Meta,
+    },
     Mknod {
         path: RelPath,
         meta: Meta,
@@ -124,9 +138,16 @@ pub enum Op {
         gid: u32,
         mtime: Timespec,
     },
-    Link { existing: RelPath, new: RelPath },
-    Unlink { path: RelPath },
-    Rmdir { path: RelPath },
+    Link {
+        existing: RelPath,
+        new: RelPath,
+    },
+    Unlink {
+        path: RelPath,
+    },
+    Rmdir {
+        path: RelPath,
+    },
     /// `renameat2(2)` flags: 0, RENAME_NOREPLACE (1) or RENAME_EXCHANGE (2).
     Rename {
         from: RelPath,
@@ -147,7 +168,10 @@ pub enum Op {
         name: Vec<u8>,
         flags: i32,
     },
-    RemoveXattr { target: Target, name: Vec<u8> },
+    RemoveXattr {
+        target: Target,
+        name: Vec<u8>,
+    },
     /// Make everything durable on the secondary's disk (syncfs). Acknowledged after it.
     Barrier,
 
@@ -169,11 +193,23 @@ pub enum Op {
         size: u64,
     },
     /// Full synchronisation: file data at `offset` of `path`. Carries data.
-    SyncData { path: RelPath, offset: u64 },
+    SyncData {
+        path: RelPath,
+        offset: u64,
+    },
     /// Full synchronisation: `path` becomes a hard link to `existing` (already synchronised).
-    SyncLink { existing: RelPath, path: RelPath },
+    SyncLink {
+        existing: RelPath,
+        path: RelPath,
+    },
+    /// Full synchronisation: remove whatever is at `path` (recursively), if anything.
+    SyncRemove {
+        path: RelPath,
+    },
     /// Full synchronisation: remove every extended attribute of `target` (then `SetXattr` follows).
-    SyncClearXattrs { target: Target },
+    SyncClearXattrs {
+        target: Target,
+    },
     /// Full synchronisation is complete: the secondary makes everything durable and records
     /// that its copy is consistent. Acknowledged after that.
     SyncDone,
@@ -214,6 +250,7 @@ impl Op {
             Op::SyncData { .. } => "sync-data",
             Op::SyncLink { .. } => "sync-link",
             Op::SyncClearXattrs { .. } => "sync-clear-xattrs",
+            Op::SyncRemove { .. } => "sync-remove",
             Op::SyncDone => "sync-done",
         }
     }
@@ -251,7 +288,9 @@ pub enum Message {
         fixes: Vec<TimeFix>,
     },
     /// The secondary applied operation `seq` and every one before it (durably, for durable ones).
-    Ack { seq: u64 },
+    Ack {
+        seq: u64,
+    },
     /// The secondary could not apply operation `seq`; its copy is no longer in sync.
     Failed {
         seq: u64,
@@ -259,7 +298,9 @@ pub enum Message {
         reason: String,
     },
     /// A clean goodbye, with the reason.
-    Bye { reason: String },
+    Bye {
+        reason: String,
+    },
 }
 
 /// Why a frame was rejected.
@@ -335,7 +376,9 @@ pub fn frame_len(prefix: [u8; LEN_PREFIX_BYTES]) -> Result<usize, WireError> {
         });
     }
     if len < 2 {
-        return Err(WireError::Truncated("frame shorter than its header length field"));
+        return Err(WireError::Truncated(
+            "frame shorter than its header length field",
+        ));
     }
     Ok(len)
 }

@@ -35,7 +35,10 @@ impl RelPath {
         }
         v.extend_from_slice(name);
         if v.len() > MAX_PATH_BYTES {
-            return Err(format!("path of {} bytes exceeds {MAX_PATH_BYTES}", v.len()));
+            return Err(format!(
+                "path of {} bytes exceeds {MAX_PATH_BYTES}",
+                v.len()
+            ));
         }
         Ok(RelPath(v))
     }
@@ -116,7 +119,10 @@ pub fn check_name(name: &[u8]) -> Result<(), String> {
 
 fn check_path(p: &[u8]) -> Result<(), String> {
     if p.len() > MAX_PATH_BYTES {
-        return Err(format!("path of {} bytes exceeds {MAX_PATH_BYTES}", p.len()));
+        return Err(format!(
+            "path of {} bytes exceeds {MAX_PATH_BYTES}",
+            p.len()
+        ));
     }
     if p.is_empty() {
         return Ok(());

@@ -1,0 +1,585 @@
+//! The secondary's applier: performs the primary's operations, in order, strictly beneath the
+//! replicated root.
+//!
+//! Every path arrives as a validated `RelPath` and is resolved with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)` for its parent directory,
+//! then acted on with an `*at` call on the last component that never follows it. So no message
+//! can reach outside the root, whatever symlinks the tree holds. Checks that can fail (unknown
+//! handle, bad sequence) run before anything is changed.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use mirrorkit_wire::{Meta, Op, RelPath, SpecialKind, Target, TimeFix};
+
+use crate::sys::{self, TimeSet};
+
+/// Most files the primary may hold open for writing at once (bounds this side's descriptors).
+pub const MAX_HANDLES: usize = 65_536;
+
+/// Why an operation could not be applied.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {what}: {source}")]
+pub struct ApplyError {
+    pub op: &'static str,
+    /// The path or handle concerned.
+    pub what: String,
+    #[source]
+    pub source: io::Error,
+}
+
+impl ApplyError {
+    pub fn errno(&self) -> i32 {
+        sys::errno(&self.source)
+    }
+}
+
+/// The secondary's side of one mirror.
+pub struct Store {
+    root_path: PathBuf,
+    root: OwnedFd,
+    handles: HashMap<u64, OwnedFd>,
+    /// Entries named so far by a `SyncDir` listing split over several messages.
+    sync_listing: Option<(RelPath, HashSet<Vec<u8>>)>,
+    /// The file being filled by `SyncData`, kept open between chunks, with its final mtime.
+    sync_file: Option<(RelPath, OwnedFd, Meta)>,
+}
+
+fn err(op: &Op, what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> ApplyError {
+    let op = op.name();
+    let what = what.to_string();
+    move |source| ApplyError { op, what, source }
+}
+
+impl Store {
+    /// Open the replicated root of this node.
+    pub fn open(root: &Path) -> io::Result<Self> {
+        let c = sys::cstr(root.as_os_str().as_encoded_bytes())?;
+        // SAFETY: AT_FDCWD is always a valid directory descriptor for the call.
+        let cwd = unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) };
+        let fd = sys::openat2(cwd, &c, libc::O_RDONLY | libc::O_DIRECTORY, 0, 0)?;
+        Ok(Store {
+            root_path: root.to_path_buf(),
+            root: fd,
+            handles: HashMap::new(),
+            sync_listing: None,
+            sync_file: None,
+        })
+    }
+
+    pub fn root_path(&self) -> &Path {
+        &self.root_path
+    }
+
+    /// Number of open handles (for tests and metrics).
+    pub fn open_handles(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Forget all handles (the primary's session ended; it reopens what it needs).
+    pub fn reset_session(&mut self) {
+        self.handles.clear();
+        self.sync_listing = None;
+        self.sync_file = None;
+    }
+
+    /// Apply one operation and its time fixes.
+    pub fn apply(&mut self, op: &Op, data: &[u8], fixes: &[TimeFix]) -> Result<(), ApplyError> {
+        self.apply_op(op, data)?;
+        for fix in fixes {
+            self.set_mtime(&fix.target, fix.mtime)
+                .map_err(err(op, format!("time of {}", self.describe(&fix.target))))?;
+        }
+        Ok(())
+    }
+
+    fn describe(&self, t: &Target) -> String {
+        match t {
+            Target::Path(p) => format!("path {p}"),
+            Target::Handle(h) => format!("handle {h}"),
+        }
+    }
+
+    fn handle(&self, op: &Op, h: u64) -> Result<BorrowedFd<'_>, ApplyError> {
+        self.handles
+            .get(&h)
+            .map(|fd| fd.as_fd())
+            .ok_or_else(|| ApplyError {
+                op: op.name(),
+                what: format!("handle {h}"),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("handle {h} is not open on this node (message out of sequence)"),
+                ),
+            })
+    }
+
+    fn insert_handle(&mut self, op: &Op, h: u64, fd: OwnedFd) -> Result<(), ApplyError> {
+        if self.handles.len() >= MAX_HANDLES && !self.handles.contains_key(&h) {
+            return Err(ApplyError {
+                op: op.name(),
+                what: format!("handle {h}"),
+                source: io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!("more than {MAX_HANDLES} open handles"),
+                ),
+            });
+        }
+        self.handles.insert(h, fd);
+        Ok(())
+    }
+
+    fn check_handle_free(&self, op: &Op, h: u64) -> Result<(), ApplyError> {
+        if self.handles.contains_key(&h) {
+            return Err(ApplyError {
+                op: op.name(),
+                what: format!("handle {h}"),
+                source: io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("handle {h} is already open (message out of sequence)"),
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn apply_op(&mut self, op: &Op, data: &[u8]) -> Result<(), ApplyError> {
+        let root = self.root.as_fd();
+        match op {
+            Op::Create {
+                path,
+                meta,
+                excl,
+                handle,
+            } => {
+                if let Some(h) = handle {
+                    self.check_handle_free(op, *h)?;
+                }
+                let e = err(op, path);
+                let (dir, name) = sys::open_parent(root, path).map_err(e)?;
+                let mut flags = libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW;
+                if *excl {
+                    flags |= libc::O_EXCL;
+                }
+                let fd = sys::openat2(dir.as_fd(), &name, flags, 0o600, sys::RESOLVE_STRICT)
+                    .and_then(|fd| set_meta_fd(fd.as_fd(), meta).map(|()| fd))
+                    .map_err(err(op, path))?;
+                if let Some(h) = handle {
+                    self.insert_handle(op, *h, fd)?;
+                }
+            }
+            Op::Open {
+                path,
+                handle,
+                truncate,
+            } => {
+                self.check_handle_free(op, *handle)?;
+                let mut flags = libc::O_WRONLY | libc::O_NOFOLLOW;
+                if *truncate {
+                    flags |= libc::O_TRUNC;
+                }
+                let fd = sys::open_beneath(root, path, flags, 0).map_err(err(op, path))?;
+                self.insert_handle(op, *handle, fd)?;
+            }
+            Op::Close { handle } => {
+                self.handle(op, *handle)?;
+                self.handles.remove(handle);
+            }
+            Op::Write { handle, offset } => {
+                let fd = self.handle(op, *handle)?;
+                sys::pwrite_all(fd, data, *offset).map_err(err(op, format!("handle {handle}")))?;
+            }
+            Op::Truncate { target, size } => {
+                let what = self.describe(target);
+                self.with_writable(op, target, |fd| sys::ftruncate(fd, *size))
+                    .map_err(err(op, what))?;
+            }
+            Op::Fallocate {
+                handle,
+                mode,
+                offset,
+                len,
+            } => {
+                let fd = self.handle(op, *handle)?;
+                sys::fallocate(fd, *mode, *offset, *len)
+                    .map_err(err(op, format!("handle {handle}")))?;
+            }
+            Op::Fsync { handle, datasync } => {
+                let fd = self.handle(op, *handle)?;
+                sys::fsync(fd, *datasync).map_err(err(op, format!("handle {handle}")))?;
+            }
+            Op::Mkdir { path, meta } => {
+                let (dir, name) = sys::open_parent(root, path).map_err(err(op, path))?;
+                sys::mkdirat(dir.as_fd(), &name, 0o700)
+                    .and_then(|()| set_meta_at(dir.as_fd(), &name, meta))
+                    .map_err(err(op, path))?;
+            }
+            Op::Mknod {
+                path,
+                meta,
+                kind,
+                rdev,
+            } => {
+                let fmt = match kind {
+                    SpecialKind::Fifo => libc::S_IFIFO,
+                    SpecialKind::Socket => libc::S_IFSOCK,
+                    SpecialKind::Char => libc::S_IFCHR,
+                    SpecialKind::Block => libc::S_IFBLK,
+                };
+                let (dir, name) = sys::open_parent(root, path).map_err(err(op, path))?;
+                sys::mknodat(dir.as_fd(), &name, fmt | 0o600, *rdev)
+                    .and_then(|()| set_meta_at(dir.as_fd(), &name, meta))
+                    .map_err(err(op, path))?;
+            }
+            Op::Symlink {
+                path,
+                target,
+                uid,
+                gid,
+                mtime,
+            } => {
+                let (dir, name) = sys::open_parent(root, path).map_err(err(op, path))?;
+                let t = sys::cstr(target).map_err(err(op, path))?;
+                sys::symlinkat(&t, dir.as_fd(), &name)
+                    .and_then(|()| {
+                        sys::fchownat(dir.as_fd(), &name, *uid, *gid, libc::AT_SYMLINK_NOFOLLOW)
+                    })
+                    .and_then(|()| {
+                        sys::utimensat(
+                            dir.as_fd(),
+                            &name,
+                            TimeSet::Omit,
+                            TimeSet::At(*mtime),
+                            libc::AT_SYMLINK_NOFOLLOW,
+                        )
+                    })
+                    .map_err(err(op, path))?;
+            }
+            Op::Link { existing, new }
+            | Op::SyncLink {
+                existing,
+                path: new,
+            } => {
+                let what = format!("{existing} -> {new}");
+                let (odir, oname) = sys::open_parent(root, existing).map_err(err(op, &what))?;
+                let (ndir, nname) = sys::open_parent(root, new).map_err(err(op, &what))?;
+                if matches!(op, Op::SyncLink { .. }) {
+                    sys::remove_all_at(ndir.as_fd(), &nname).map_err(err(op, &what))?;
+                }
+                sys::linkat(odir.as_fd(), &oname, ndir.as_fd(), &nname, 0)
+                    .map_err(err(op, &what))?;
+            }
+            Op::Unlink { path } => {
+                let (dir, name) = sys::open_parent(root, path).map_err(err(op, path))?;
+                sys::unlinkat(dir.as_fd(), &name, 0).map_err(err(op, path))?;
+            }
+            Op::Rmdir { path } => {
+                let (dir, name) = sys::open_parent(root, path).map_err(err(op, path))?;
+                sys::unlinkat(dir.as_fd(), &name, libc::AT_REMOVEDIR).map_err(err(op, path))?;
+            }
+            Op::Rename { from, to, flags } => {
+                let what = format!("{from} -> {to}");
+                let (odir, oname) = sys::open_parent(root, from).map_err(err(op, &what))?;
+                let (ndir, nname) = sys::open_parent(root, to).map_err(err(op, &what))?;
+                sys::renameat2(odir.as_fd(), &oname, ndir.as_fd(), &nname, *flags)
+                    .map_err(err(op, &what))?;
+            }
+            Op::SetAttr {
+                target,
+                mode,
+                uid,
+                gid,
+                atime,
+                mtime,
+            } => {
+                let what = self.describe(target);
+                self.set_attr(target, *mode, *uid, *gid, *atime, *mtime)
+                    .map_err(err(op, what))?;
+            }
+            Op::SetXattr {
+                target,
+                name,
+                flags,
+            } => {
+                let what = self.describe(target);
+                let n = sys::cstr(name).map_err(err(op, &what))?;
+                self.with_xattr_path(target, |p, follow| {
+                    sys::setxattr(p, follow, &n, data, *flags)
+                })
+                .map_err(err(op, what))?;
+            }
+            Op::RemoveXattr { target, name } => {
+                let what = self.describe(target);
+                let n = sys::cstr(name).map_err(err(op, &what))?;
+                self.with_xattr_path(target, |p, follow| sys::removexattr(p, follow, &n))
+                    .map_err(err(op, what))?;
+            }
+            Op::SyncClearXattrs { target } => {
+                let what = self.describe(target);
+                self.with_xattr_path(target, |p, follow| {
+                    for n in sys::list_xattr_names(p, follow)? {
+                        sys::removexattr(p, follow, &sys::cstr(&n)?)?;
+                    }
+                    Ok(())
+                })
+                .map_err(err(op, what))?;
+            }
+            Op::Barrier | Op::SyncDone => {
+                self.sync_file = None;
+                sys::syncfs(root).map_err(err(op, "replicated root"))?;
+            }
+            Op::SyncRemove { path } => {
+                let (dir, name) = sys::open_parent(root, path).map_err(err(op, path))?;
+                sys::remove_all_at(dir.as_fd(), &name).map_err(err(op, path))?;
+            }
+            Op::SyncDir {
+                path,
+                meta,
+                entries,
+                first,
+                last,
+            } => self.sync_dir(op, path, meta, entries, *first, *last)?,
+            Op::SyncFile { path, meta, size } => {
+                self.sync_file = None;
+                let e = err(op, path);
+                let (dir, name) = sys::open_parent(root, path).map_err(e)?;
+                // Always a fresh inode: an old file here may be a hard link shared with
+                // another name that must keep its own content.
+                let fd = sys::remove_all_at(dir.as_fd(), &name)
+                    .and_then(|()| {
+                        sys::openat2(
+                            dir.as_fd(),
+                            &name,
+                            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
+                            0o600,
+                            sys::RESOLVE_STRICT,
+                        )
+                    })
+                    .and_then(|fd| sys::ftruncate(fd.as_fd(), *size).map(|()| fd))
+                    .and_then(|fd| set_meta_fd(fd.as_fd(), meta).map(|()| fd))
+                    .map_err(err(op, path))?;
+                self.sync_file = Some((path.clone(), fd, *meta));
+            }
+            Op::SyncData { path, offset } => {
+                let open = match &self.sync_file {
+                    Some((p, _, _)) => p == path,
+                    None => false,
+                };
+                if !open {
+                    return Err(ApplyError {
+                        op: op.name(),
+                        what: path.to_string(),
+                        source: io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "data for a file that is not being synchronised (out of sequence)",
+                        ),
+                    });
+                }
+                if let Some((_, fd, meta)) = &self.sync_file {
+                    sys::pwrite_all(fd.as_fd(), data, *offset)
+                        .and_then(|()| {
+                            sys::futimens(fd.as_fd(), TimeSet::Omit, TimeSet::At(meta.mtime))
+                        })
+                        .map_err(err(op, path))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_dir(
+        &mut self,
+        op: &Op,
+        path: &RelPath,
+        meta: &Meta,
+        entries: &[Vec<u8>],
+        first: bool,
+        last: bool,
+    ) -> Result<(), ApplyError> {
+        let root = self.root.as_fd();
+        if first {
+            self.sync_file = None;
+            if !path.is_root() {
+                let (dir, name) = sys::open_parent(root, path).map_err(err(op, path))?;
+                let is_dir = match sys::fstatat(dir.as_fd(), &name, libc::AT_SYMLINK_NOFOLLOW) {
+                    Ok(st) => st.st_mode & libc::S_IFMT == libc::S_IFDIR,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
+                    Err(e) => return Err(err(op, path)(e)),
+                };
+                if !is_dir {
+                    sys::remove_all_at(dir.as_fd(), &name)
+                        .and_then(|()| sys::mkdirat(dir.as_fd(), &name, 0o700))
+                        .map_err(err(op, path))?;
+                }
+            }
+            self.sync_listing = Some((path.clone(), HashSet::new()));
+        }
+        match &mut self.sync_listing {
+            Some((p, names)) if p == path => names.extend(entries.iter().cloned()),
+            _ => {
+                return Err(ApplyError {
+                    op: op.name(),
+                    what: path.to_string(),
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "directory listing continued without its first part (out of sequence)",
+                    ),
+                })
+            }
+        }
+        if !last {
+            return Ok(());
+        }
+        let Some((_, keep)) = self.sync_listing.take() else {
+            return Ok(());
+        };
+        let dir = sys::open_beneath(root, path, libc::O_PATH | libc::O_DIRECTORY, 0)
+            .map_err(err(op, path))?;
+        for e in sys::read_dir(dir.as_fd()).map_err(err(op, path))? {
+            if !keep.contains(&e.name) {
+                let name = sys::cstr(&e.name).map_err(err(op, path))?;
+                sys::remove_all_at(dir.as_fd(), &name).map_err(err(op, path))?;
+            }
+        }
+        if path.is_root() {
+            set_meta_fd(root, meta).map_err(err(op, path))?;
+        } else {
+            let (pdir, name) = sys::open_parent(root, path).map_err(err(op, path))?;
+            set_meta_at(pdir.as_fd(), &name, meta).map_err(err(op, path))?;
+        }
+        Ok(())
+    }
+
+    /// Run `f` on a writable descriptor of the target.
+    fn with_writable(
+        &self,
+        op: &Op,
+        target: &Target,
+        f: impl FnOnce(BorrowedFd<'_>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        match target {
+            Target::Handle(h) => {
+                let fd = self.handle(op, *h).map_err(|e| e.source)?;
+                f(fd)
+            }
+            Target::Path(p) => {
+                let fd =
+                    sys::open_beneath(self.root.as_fd(), p, libc::O_WRONLY | libc::O_NOFOLLOW, 0)?;
+                f(fd.as_fd())
+            }
+        }
+    }
+
+    /// Run `f` with a path the xattr calls can use: `/proc/self/fd/<handle>` (followed) or
+    /// `/proc/self/fd/<parent>/<name>` (not followed).
+    fn with_xattr_path<T>(
+        &self,
+        target: &Target,
+        f: impl FnOnce(&CString, bool) -> io::Result<T>,
+    ) -> io::Result<T> {
+        match target {
+            Target::Handle(h) => {
+                let fd = self
+                    .handles
+                    .get(h)
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+                f(&sys::proc_path(fd.as_fd(), None), true)
+            }
+            Target::Path(p) if p.is_root() => f(&sys::proc_path(self.root.as_fd(), None), true),
+            Target::Path(p) => {
+                let (dir, name) = sys::open_parent(self.root.as_fd(), p)?;
+                f(&sys::proc_path(dir.as_fd(), Some(&name)), false)
+            }
+        }
+    }
+
+    fn set_mtime(&self, target: &Target, mtime: mirrorkit_wire::Timespec) -> io::Result<()> {
+        self.set_attr(target, None, None, None, None, Some(mtime))
+    }
+
+    fn set_attr(
+        &self,
+        target: &Target,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        atime: Option<mirrorkit_wire::Timespec>,
+        mtime: Option<mirrorkit_wire::Timespec>,
+    ) -> io::Result<()> {
+        let a = atime.map_or(TimeSet::Omit, TimeSet::At);
+        let m = mtime.map_or(TimeSet::Omit, TimeSet::At);
+        let times = atime.is_some() || mtime.is_some();
+        let owner = uid.is_some() || gid.is_some();
+        let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
+        match target {
+            Target::Handle(h) => {
+                let fd = self
+                    .handles
+                    .get(h)
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?
+                    .as_fd();
+                if owner {
+                    sys::fchown(fd, u, g)?;
+                }
+                if let Some(mode) = mode {
+                    sys::fchmod(fd, mode)?;
+                }
+                if times {
+                    sys::futimens(fd, a, m)?;
+                }
+            }
+            Target::Path(p) if p.is_root() => {
+                let fd = self.root.as_fd();
+                if owner {
+                    sys::fchown(fd, u, g)?;
+                }
+                if let Some(mode) = mode {
+                    sys::fchmod(fd, mode)?;
+                }
+                if times {
+                    sys::futimens(fd, a, m)?;
+                }
+            }
+            Target::Path(p) => {
+                let (dir, name) = sys::open_parent(self.root.as_fd(), p)?;
+                let dir = dir.as_fd();
+                if owner {
+                    sys::fchownat(dir, &name, u, g, libc::AT_SYMLINK_NOFOLLOW)?;
+                }
+                if let Some(mode) = mode {
+                    let st = sys::fstatat(dir, &name, libc::AT_SYMLINK_NOFOLLOW)?;
+                    // A symlink has no mode of its own: chmod would follow it.
+                    if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+                        sys::fchmodat(dir, &name, mode)?;
+                    }
+                }
+                if times {
+                    sys::utimensat(dir, &name, a, m, libc::AT_SYMLINK_NOFOLLOW)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Owner, then mode (chown clears setuid/setgid), then time.
+fn set_meta_fd(fd: BorrowedFd<'_>, meta: &Meta) -> io::Result<()> {
+    sys::fchown(fd, meta.uid, meta.gid)?;
+    sys::fchmod(fd, meta.mode & 0o7777)?;
+    sys::futimens(fd, TimeSet::Omit, TimeSet::At(meta.mtime))
+}
+
+fn set_meta_at(dir: BorrowedFd<'_>, name: &CString, meta: &Meta) -> io::Result<()> {
+    sys::fchownat(dir, name, meta.uid, meta.gid, libc::AT_SYMLINK_NOFOLLOW)?;
+    sys::fchmodat(dir, name, meta.mode & 0o7777)?;
+    sys::utimensat(
+        dir,
+        name,
+        TimeSet::Omit,
+        TimeSet::At(meta.mtime),
+        libc::AT_SYMLINK_NOFOLLOW,
+    )
+}

@@ -1,0 +1,122 @@
+//! Persisted per-node state of one mirror: what this node knows about its copy and its peer.
+//! Written atomically (temporary file, fsync, rename, fsync of the directory), so that after a
+//! crash at any instant the file holds either the old or the new state, never a mix.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What a node records about one mirror.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorState {
+    /// This node's copy is a state the primary actually passed through (false from the first
+    /// message of a full synchronisation until its end).
+    pub consistent: bool,
+    /// As primary: the peer holds every write this node acknowledged. Cleared, durably, before
+    /// the first write the peer misses is acknowledged.
+    pub peer_in_sync: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read mirror state file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mirror state file {path} is corrupt ({source}); move it aside to start from an unknown state (a full resync)")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot write mirror state file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The state file of one mirror on one node.
+#[derive(Debug)]
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    pub fn new(state_dir: &Path) -> Self {
+        StateFile {
+            path: state_dir.join("mirror-state.json"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The recorded state; a missing file means a node that knows nothing (not consistent,
+    /// peer not in sync).
+    pub fn load(&self) -> Result<MirrorState, StateError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+                path: self.path.clone(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MirrorState::default()),
+            Err(source) => Err(StateError::Read {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Replace the state durably.
+    pub fn store(&self, state: &MirrorState) -> Result<(), StateError> {
+        let err = |source| StateError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| err(std::io::Error::other(e)))?;
+        f.write_all(&bytes).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, &self.path).map_err(err)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_means_unknown_and_store_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::new(dir.path());
+        assert_eq!(f.load().unwrap(), MirrorState::default());
+        let s = MirrorState {
+            consistent: true,
+            peer_in_sync: false,
+        };
+        f.store(&s).unwrap();
+        assert_eq!(f.load().unwrap(), s);
+    }
+
+    #[test]
+    fn corrupt_file_is_reported_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::new(dir.path());
+        std::fs::write(f.path(), b"{not json").unwrap();
+        let e = f.load().unwrap_err().to_string();
+        assert!(
+            e.contains("mirror-state.json") && e.contains("corrupt"),
+            "{e}"
+        );
+    }
+}
