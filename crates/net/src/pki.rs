@@ -72,7 +72,7 @@ pub fn validate_node_name(name: &str) -> Result<(), NetError> {
     }
     // TLS refuses server names that could be read as a number (all digits, or 0x and hex digits).
     if DnsName::try_from(name).is_err() {
-        return invalid("it reads as a number, add a letter");
+        return invalid("it could be read as a number (all digits, or 0x and hex digits)");
     }
     Ok(())
 }

@@ -169,9 +169,18 @@ pub fn endpoint(
     Ok(endpoint)
 }
 
+/// Interval at which [`connect`] checks whether the server has confirmed the handshake.
+pub const CONFIRM_POLL_INTERVAL_MS: u64 = 1;
+
+/// Longest [`connect`] waits for the server to confirm a completed handshake. A compliant server
+/// confirms within a round trip; the bound only guards against one that never does.
+pub const CONFIRM_TIMEOUT_MS: u64 = 10_000;
+
 /// Connect to the peer node at `addr`, expecting its certificate to name `peer_node`.
 ///
-/// The handshake is bounded by the endpoint's idle timeout.
+/// Returns once the server has accepted this node's certificate too, so that an `Ok` means a
+/// mutually authenticated connection. The handshake is bounded by the endpoint's idle timeout,
+/// the server's confirmation by [`CONFIRM_TIMEOUT_MS`].
 pub async fn connect(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
@@ -185,11 +194,41 @@ pub async fn connect(
             addr,
             source,
         })?;
-    connecting.await.map_err(|source| NetError::Handshake {
+    let handshake_err = |source| NetError::Handshake {
         node: peer_node.to_owned(),
         addr,
         source,
-    })
+    };
+    let conn = connecting.await.map_err(handshake_err)?;
+    server_confirmed(&conn).await.map_err(handshake_err)?;
+    Ok(conn)
+}
+
+/// Wait until the server confirms the handshake, or the connection closes.
+///
+/// In TLS 1.3 the client completes its handshake before the server has checked the client's
+/// certificate: a client the server refuses would otherwise get a connection that dies a moment
+/// later. The server sends HANDSHAKE_DONE only after accepting the client's certificate; quinn
+/// signals its arrival only through the frame statistics, hence the polling.
+async fn server_confirmed(conn: &quinn::Connection) -> Result<(), quinn::ConnectionError> {
+    let wait = async {
+        loop {
+            if let Some(reason) = conn.close_reason() {
+                return Err(reason);
+            }
+            if conn.stats().frame_rx.handshake_done > 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(CONFIRM_POLL_INTERVAL_MS)).await;
+        }
+    };
+    match tokio::time::timeout(Duration::from_millis(CONFIRM_TIMEOUT_MS), wait).await {
+        Ok(result) => result,
+        Err(_elapsed) => {
+            conn.close(0u32.into(), b"handshake not confirmed");
+            Err(quinn::ConnectionError::TimedOut)
+        }
+    }
 }
 
 /// Accept the next authenticated connection.
@@ -225,7 +264,6 @@ pub fn peer_node_name(conn: &quinn::Connection) -> Option<String> {
     let end_entity = webpki::EndEntityCert::try_from(chain.first()?).ok()?;
     let name = end_entity
         .valid_dns_names()
-        .find(|name| validate_node_name(name).is_ok())
-        .map(str::to_owned);
-    name
+        .find(|name| validate_node_name(name).is_ok())?;
+    Some(name.to_owned())
 }

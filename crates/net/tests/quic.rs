@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{addr, cluster, node, LOOPBACK_V4, LOOPBACK_V6};
 use mirrorkit_net::{accept, connect, peer_node_name, NetError, ALPN};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -144,38 +144,40 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
     }
 }
 
-/// A bare QUIC client that trusts the CA in `trusted_ca_dir` and presents `client_cert` (the
-/// directory and node name of its credentials) if any; it bypasses `NodeIdentity::load`, which
-/// would refuse such a mix, to reach the server's own checks.
-fn raw_client(trusted_ca_dir: &Path, client_cert: Option<(&Path, &str)>) -> quinn::Endpoint {
+/// A bare QUIC client that trusts the CA in `trusted_ca_dir` and presents no certificate, which
+/// `mirrorkit_net::endpoint` cannot build.
+fn client_without_certificate(trusted_ca_dir: &Path) -> quinn::Endpoint {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(trusted_ca_dir.join("ca.pem")).expect("ca.pem") {
         roots.add(cert.expect("ca cert")).expect("add root");
     }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("tls13")
-        .with_root_certificates(roots);
-    let mut tls = match client_cert {
-        Some((dir, name)) => {
-            let chain = CertificateDer::pem_file_iter(dir.join(format!("{name}.pem")))
-                .expect("cert")
-                .collect::<Result<Vec<_>, _>>()
-                .expect("cert chain");
-            let key = PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key"))).expect("key");
-            builder
-                .with_client_auth_cert(chain, key)
-                .expect("client auth")
-        }
-        None => builder.with_no_client_auth(),
-    };
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic client");
     let mut endpoint =
         quinn::Endpoint::client(LOOPBACK_V4.parse().expect("addr")).expect("client endpoint");
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
     endpoint
+}
+
+/// A PKI directory for `node` of the `foreign` cluster whose ca.pem trusts both the foreign CA
+/// and `trusted`'s: the node accepts servers of both clusters, so only the server's check of the
+/// client certificate can refuse it.
+fn bundle_trusting_both(foreign: &Path, trusted: &Path, node: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut bundle = std::fs::read(foreign.join("ca.pem")).expect("foreign ca");
+    bundle.extend(std::fs::read(trusted.join("ca.pem")).expect("trusted ca"));
+    std::fs::write(dir.path().join("ca.pem"), bundle).expect("write bundle");
+    for ext in ["pem", "key"] {
+        let file = format!("{node}.{ext}");
+        std::fs::copy(foreign.join(&file), dir.path().join(&file)).expect("copy credentials");
+    }
+    dir
 }
 
 /// The server must refuse this client. In TLS 1.3 a client finishes its side of the handshake
@@ -227,13 +229,17 @@ async fn foreign_certificates_are_refused_and_accept_goes_on() {
         .expect_err("a namesake from another cluster must not connect");
     assert!(matches!(err, NetError::Handshake { .. }), "{err}");
 
-    // A client that trusts our CA but presents another CA's certificate: only the server's
-    // client-certificate check stands in its way.
-    let impostor = raw_client(ours.path(), Some((theirs.path(), "mallory")));
-    assert_refused(&impostor, server_addr, "alpha").await;
+    // A node that trusts our CA but presents another CA's certificate: only the server's
+    // client-certificate check stands in its way, and connect() must report it.
+    let bundle = bundle_trusting_both(theirs.path(), ours.path(), "mallory");
+    let impostor = node(bundle.path(), "mallory", LOOPBACK_V4);
+    let err = connect(&impostor, server_addr, "alpha")
+        .await
+        .expect_err("a certificate from another CA must be refused by the server");
+    assert!(matches!(err, NetError::Handshake { .. }), "{err}");
 
     // A client without any certificate.
-    let anonymous = raw_client(ours.path(), None);
+    let anonymous = client_without_certificate(ours.path());
     assert_refused(&anonymous, server_addr, "alpha").await;
 
     // The accept loop is still running and lets a cluster member in.

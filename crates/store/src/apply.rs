@@ -211,6 +211,11 @@ impl Store {
                 let fd = self.handle(op, *handle)?;
                 sys::fsync(fd, *datasync).map_err(err(op, format!("handle {handle}")))?;
             }
+            Op::FsyncPath { path } => {
+                let fd = sys::open_beneath(root, path, libc::O_RDONLY | libc::O_NOFOLLOW, 0)
+                    .map_err(err(op, path))?;
+                sys::fsync(fd.as_fd(), false).map_err(err(op, path))?;
+            }
             Op::Mkdir { path, meta } => {
                 let (dir, name) = sys::open_parent(root, path).map_err(err(op, path))?;
                 sys::mkdirat(dir.as_fd(), &name, 0o700)

@@ -121,6 +121,11 @@ pub enum Op {
         handle: u64,
         datasync: bool,
     },
+    /// Make one directory or file durable by path (fsync of a directory, or of a file the
+    /// primary holds open read-only).
+    FsyncPath {
+        path: RelPath,
+    },
     Mkdir {
         path: RelPath,
         meta: Meta,
@@ -234,6 +239,7 @@ impl Op {
             Op::Truncate { .. } => "truncate",
             Op::Fallocate { .. } => "fallocate",
             Op::Fsync { .. } => "fsync",
+            Op::FsyncPath { .. } => "fsync-path",
             Op::Mkdir { .. } => "mkdir",
             Op::Mknod { .. } => "mknod",
             Op::Symlink { .. } => "symlink",

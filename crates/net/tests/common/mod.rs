@@ -1,8 +1,6 @@
 //! Helpers shared by the network tests: clusters in temporary directories and endpoints on
 //! loopback.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::path::Path;
 

@@ -1,0 +1,1360 @@
+//! The FUSE file system mounted over the replicated directory on the primary.
+//!
+//! Each mutating request: take the ordering lock, perform the system call on the backing
+//! directory, submit the operation (with the times the kernel gave the inodes) to the link,
+//! release the lock, wait for the peer, reply. Reads and attribute queries never touch the
+//! link. Errors are the backing file system's own errno, so applications see ext4's codes;
+//! permissions are checked by the kernel (`default_permissions`) exactly as for ext4.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use mirrorkit_store::sys::{self, TimeSet};
+use mirrorkit_wire::{Op, SpecialKind, Target, TimeFix};
+
+use crate::core::{meta_of, time_set, Core, Dirty, Handle, ROOT_INO};
+
+/// How long the kernel may cache attributes and names. Nothing changes the backing tree
+/// behind the mount, so the kernel's cache stays true; one second bounds any surprise.
+const TTL: Duration = Duration::from_secs(1);
+/// Largest write the kernel sends in one request.
+pub const MAX_WRITE_BYTES: u32 = 1 << 20;
+
+/// The file system handed to fuser.
+pub struct MirrorFs {
+    pub core: Arc<Core>,
+}
+
+fn errno_of(e: &std::io::Error) -> Errno {
+    Errno::from_i32(sys::errno(e))
+}
+
+fn system_time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec.clamp(0, 999_999_999) as u32)
+    } else {
+        UNIX_EPOCH - Duration::new(sec.unsigned_abs(), 0)
+            + Duration::from_nanos(nsec.clamp(0, 999_999_999) as u64)
+    }
+}
+
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dtype(d: u8) -> FileType {
+    match d {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_SOCK => FileType::Socket,
+        libc::DT_CHR => FileType::CharDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn names(name: &OsStr) -> std::io::Result<std::ffi::CString> {
+    sys::cstr(sys::os_bytes(name))
+}
+
+impl MirrorFs {
+    fn attr(&self, st: &libc::stat) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(self.core.fuse_ino(st.st_ino)),
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: system_time(st.st_atime, st.st_atime_nsec),
+            mtime: system_time(st.st_mtime, st.st_mtime_nsec),
+            ctime: system_time(st.st_ctime, st.st_ctime_nsec),
+            crtime: UNIX_EPOCH,
+            kind: file_type(st.st_mode),
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink: st.st_nlink as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: st.st_blksize as u32,
+            flags: 0,
+        }
+    }
+
+    fn parent_fd(&self, parent: INodeNo) -> Result<Arc<OwnedFd>, Errno> {
+        self.core.node_fd(parent.0).ok_or(Errno::ESTALE)
+    }
+
+    /// Look `parent/name` up in the backing tree and take a reference on its node.
+    fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr, Errno> {
+        let pfd = self.parent_fd(parent)?;
+        let c = names(name).map_err(|e| errno_of(&e))?;
+        let fd = sys::openat2(
+            pfd.as_fd(),
+            &c,
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+            sys::RESOLVE_STRICT,
+        )
+        .map_err(|e| errno_of(&e))?;
+        let st = sys::fstat(fd.as_fd()).map_err(|e| errno_of(&e))?;
+        self.core.remember(parent.0, sys::os_bytes(name), fd, &st);
+        Ok(self.attr(&st))
+    }
+
+    /// Owner of a new inode made by root on behalf of the caller; the group stays the
+    /// directory's when it is setgid (the kernel already gave it).
+    fn chown_new(
+        &self,
+        req: &Request,
+        pfd: &OwnedFd,
+        name: &std::ffi::CStr,
+    ) -> std::io::Result<()> {
+        let pst = sys::fstat(pfd.as_fd())?;
+        let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            u32::MAX
+        } else {
+            req.gid()
+        };
+        sys::fchownat(pfd.as_fd(), name, req.uid(), gid, libc::AT_SYMLINK_NOFOLLOW)
+    }
+
+    /// After a namespace change in `parent`: the entry made (looked up), and fixes.
+    fn made_entry(&self, parent: INodeNo, name: &OsStr) -> Result<(FileAttr, libc::stat), Errno> {
+        let attr = self.do_lookup(parent, name)?;
+        let pfd = self.parent_fd(parent)?;
+        let c = names(name).map_err(|e| errno_of(&e))?;
+        let st =
+            sys::fstatat(pfd.as_fd(), &c, libc::AT_SYMLINK_NOFOLLOW).map_err(|e| errno_of(&e))?;
+        Ok((attr, st))
+    }
+
+    fn dirty_entry(&self, parent: INodeNo, name: &OsStr) -> Vec<Dirty> {
+        let mut v = Vec::new();
+        if let Some(p) = self.core.child_path(parent.0, sys::os_bytes(name)) {
+            v.push(Dirty::Entry(p));
+        }
+        if let Some(p) = self.core.path_of(parent.0) {
+            v.push(Dirty::Meta(p));
+        }
+        v
+    }
+
+    fn fixes(&self, dirs: &[INodeNo]) -> Vec<TimeFix> {
+        let mut v: Vec<TimeFix> = Vec::new();
+        for d in dirs {
+            if let Some(f) = self.core.dir_fix(d.0) {
+                if !v.iter().any(|x| x.target == f.target) {
+                    v.push(f);
+                }
+            }
+        }
+        v
+    }
+
+    /// Make a new non-regular inode (dir, node, symlink) and replicate it.
+    fn make_entry(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        make: impl FnOnce(&OwnedFd, &std::ffi::CStr) -> std::io::Result<()>,
+        op: impl FnOnce(mirrorkit_wire::RelPath, &libc::stat) -> Op,
+        reply: ReplyEntry,
+    ) {
+        let pfd = match self.parent_fd(parent) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let c = match names(name) {
+            Ok(c) => c,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
+        let order = self.core.order();
+        if let Err(e) = make(&pfd, &c).and_then(|()| self.chown_new(req, &pfd, &c)) {
+            return reply.error(errno_of(&e));
+        }
+        let (attr, st) = match self.made_entry(parent, name) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let t = match self.core.child_path(parent.0, sys::os_bytes(name)) {
+            Some(path) => {
+                let fixes = self.fixes(&[parent]);
+                self.core
+                    .submit(op(path, &st), &[], fixes, || self.dirty_entry(parent, name))
+            }
+            None => None,
+        };
+        drop(order);
+        self.core.wait(t);
+        reply.entry(&TTL, &attr, Generation(0));
+    }
+
+    fn open_handle(
+        &self,
+        ino: INodeNo,
+        flags: i32,
+        created: Option<OwnedFd>,
+    ) -> Result<(u64, Arc<Handle>), Errno> {
+        let acc = flags & libc::O_ACCMODE;
+        let writable = acc != libc::O_RDONLY;
+        let fd = match created {
+            Some(fd) => fd,
+            None => {
+                let node = self.core.node_fd(ino.0).ok_or(Errno::ESTALE)?;
+                let mut oflags = acc | (flags & (libc::O_TRUNC | libc::O_NOATIME));
+                oflags |= libc::O_CLOEXEC;
+                let p = self.core.proc_path(&node);
+                // SAFETY: a valid C string; the descriptor returned is owned below.
+                let raw = unsafe { libc::open(p.as_ptr(), oflags) };
+                if raw < 0 {
+                    return Err(errno_of(&std::io::Error::last_os_error()));
+                }
+                // SAFETY: open returned a fresh descriptor.
+                unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+            }
+        };
+        let sync = if flags & libc::O_SYNC == libc::O_SYNC {
+            Some(false)
+        } else if flags & libc::O_DSYNC != 0 {
+            Some(true)
+        } else {
+            None
+        };
+        let h = Handle {
+            fd,
+            ino: ino.0,
+            writable,
+            append: flags & libc::O_APPEND != 0,
+            sync,
+            remote_session: AtomicU64::new(0),
+        };
+        let h = Arc::new(h);
+        let fh = self.core.new_handle_arc(h.clone());
+        Ok((fh, h))
+    }
+
+    /// fsync of a handle or directory: both disks, in parallel.
+    fn durable(
+        &self,
+        fd: &OwnedFd,
+        remote: Option<crate::link::Ticket>,
+        datasync: bool,
+    ) -> Result<(), Errno> {
+        let local = sys::fsync(fd.as_fd(), datasync);
+        self.core.wait(remote);
+        local.map_err(|e| errno_of(&e))
+    }
+}
+
+impl fuser::Filesystem for MirrorFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE_BYTES);
+        let _ = config.set_max_readahead(MAX_WRITE_BYTES);
+        let _ = config.set_max_background(64);
+        // Never FUSE_WRITEBACK_CACHE: a write must reach us (and the peer) before it returns.
+        for cap in [
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_ASYNC_DIO,
+        ] {
+            let _ = config.add_capabilities(cap);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.do_lookup(parent, name) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.core.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let st = match fh.and_then(|f| self.core.handle(f.0)) {
+            Some(h) => sys::fstat(h.fd.as_fd()),
+            None => match self.core.node_fd(ino.0) {
+                Some(fd) => sys::fstat(fd.as_fd()),
+                None => return reply.error(Errno::ESTALE),
+            },
+        };
+        match st {
+            Ok(st) => reply.attr(&TTL, &self.attr(&st)),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let Some(node) = self.core.node_fd(ino.0) else {
+            return reply.error(Errno::ESTALE);
+        };
+        let kind = self.core.node_kind(ino.0).unwrap_or(libc::S_IFREG);
+        let handle = fh.and_then(|f| self.core.handle(f.0).map(|h| (f.0, h)));
+        let order = self.core.order();
+        let path = self.core.path_of(ino.0);
+        // The peer's target: the handle it holds if this one is open for writing there,
+        // else the path.
+        let remote_handle = handle.as_ref().filter(|(_, h)| {
+            h.writable
+                && self.core.link.in_sync_session()
+                    == Some(h.remote_session.load(Ordering::Relaxed))
+        });
+        let target = match (remote_handle, &path) {
+            (Some((fh, _)), _) => Some(Target::Handle(*fh)),
+            (None, Some(p)) => Some(Target::Path(p.clone())),
+            (None, None) => None,
+        };
+        let proc = self.core.proc_path(&node);
+        let mut tickets = Vec::new();
+        let result: std::io::Result<libc::stat> = (|| {
+            if let Some(size) = size {
+                match &handle {
+                    Some((_, h)) if h.writable => sys::ftruncate(h.fd.as_fd(), size)?,
+                    _ => {
+                        // SAFETY: valid C string; the descriptor is owned right after.
+                        let raw =
+                            unsafe { libc::open(proc.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+                        if raw < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        // SAFETY: fresh descriptor from open.
+                        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+                        sys::ftruncate(fd.as_fd(), size)?;
+                    }
+                }
+                let st = sys::fstat(node.as_fd())?;
+                if let Some(t) = &target {
+                    let fix = TimeFix {
+                        target: t.clone(),
+                        mtime: sys::timespec(st.st_mtime, st.st_mtime_nsec),
+                    };
+                    tickets.push(self.core.submit(
+                        Op::Truncate {
+                            target: t.clone(),
+                            size,
+                        },
+                        &[],
+                        vec![fix],
+                        || self.core.dirty_node(ino.0),
+                    ));
+                }
+            }
+            if uid.is_some() || gid.is_some() {
+                sys::fchownat(
+                    node.as_fd(),
+                    c"",
+                    uid.unwrap_or(u32::MAX),
+                    gid.unwrap_or(u32::MAX),
+                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                )?;
+            }
+            if let Some(mode) = mode {
+                if kind != libc::S_IFLNK {
+                    // SAFETY: valid C string.
+                    let r = unsafe { libc::chmod(proc.as_ptr(), mode & 0o7777) };
+                    if r < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+            }
+            let (a, m) = (time_set(atime), time_set(mtime));
+            if atime.is_some() || mtime.is_some() {
+                if kind == libc::S_IFLNK {
+                    let (p, name) = self
+                        .link_parent(ino.0)
+                        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESTALE))?;
+                    let c = sys::cstr(&name)?;
+                    sys::utimensat(p.as_fd(), &c, a, m, libc::AT_SYMLINK_NOFOLLOW)?;
+                } else {
+                    // SAFETY: AT_FDCWD with an absolute path.
+                    let cwd = unsafe { std::os::fd::BorrowedFd::borrow_raw(libc::AT_FDCWD) };
+                    sys::utimensat(cwd, &proc, a, m, 0)?;
+                }
+            }
+            let st = sys::fstat(node.as_fd())?;
+            if mode.is_some()
+                || uid.is_some()
+                || gid.is_some()
+                || atime.is_some()
+                || mtime.is_some()
+            {
+                if let Some(t) = &target {
+                    let ts = |set: TimeSet, sec, nsec| match set {
+                        TimeSet::Omit => None,
+                        _ => Some(sys::timespec(sec, nsec)),
+                    };
+                    let owner = uid.is_some() || gid.is_some();
+                    tickets.push(self.core.submit(
+                        Op::SetAttr {
+                            target: t.clone(),
+                            // chown may clear setuid bits: send the resulting mode.
+                            mode: (mode.is_some() || owner).then_some(st.st_mode & 0o7777),
+                            uid: owner.then_some(st.st_uid),
+                            gid: owner.then_some(st.st_gid),
+                            atime: ts(a, st.st_atime, st.st_atime_nsec),
+                            mtime: ts(m, st.st_mtime, st.st_mtime_nsec),
+                        },
+                        &[],
+                        Vec::new(),
+                        || self.core.dirty_node(ino.0),
+                    ));
+                }
+            }
+            Ok(st)
+        })();
+        drop(order);
+        for t in tickets {
+            self.core.wait(t);
+        }
+        match result {
+            Ok(st) => reply.attr(&TTL, &self.attr(&st)),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let Some(fd) = self.core.node_fd(ino.0) else {
+            return reply.error(Errno::ESTALE);
+        };
+        match sys::readlinkat(fd.as_fd(), c"") {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let fmt = mode & libc::S_IFMT;
+        let kind = match fmt {
+            libc::S_IFIFO => SpecialKind::Fifo,
+            libc::S_IFSOCK => SpecialKind::Socket,
+            libc::S_IFCHR => SpecialKind::Char,
+            libc::S_IFBLK => SpecialKind::Block,
+            libc::S_IFREG | 0 => {
+                // mknod of a regular file: create it empty.
+                return self.make_entry(
+                    req,
+                    parent,
+                    name,
+                    |p, c| {
+                        sys::openat2(
+                            p.as_fd(),
+                            c,
+                            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
+                            mode & !umask & 0o7777,
+                            sys::RESOLVE_STRICT,
+                        )
+                        .map(drop)
+                    },
+                    |path, st| Op::Create {
+                        path,
+                        meta: meta_of(st),
+                        excl: true,
+                        handle: None,
+                    },
+                    reply,
+                );
+            }
+            _ => return reply.error(Errno::EINVAL),
+        };
+        self.make_entry(
+            req,
+            parent,
+            name,
+            |p, c| sys::mknodat(p.as_fd(), c, fmt | (mode & !umask & 0o7777), rdev as u64),
+            |path, st| Op::Mknod {
+                path,
+                meta: meta_of(st),
+                kind,
+                rdev: st.st_rdev,
+            },
+            reply,
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.make_entry(
+            req,
+            parent,
+            name,
+            |p, c| sys::mkdirat(p.as_fd(), c, mode & !umask & 0o7777),
+            |path, st| Op::Mkdir {
+                path,
+                meta: meta_of(st),
+            },
+            reply,
+        );
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let t = target.as_os_str().as_encoded_bytes().to_vec();
+        let tc = match sys::cstr(&t) {
+            Ok(c) => c,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
+        self.make_entry(
+            req,
+            parent,
+            link_name,
+            |p, c| sys::symlinkat(&tc, p.as_fd(), c),
+            |path, st| Op::Symlink {
+                path,
+                target: t.clone(),
+                uid: st.st_uid,
+                gid: st.st_gid,
+                mtime: sys::timespec(st.st_mtime, st.st_mtime_nsec),
+            },
+            reply,
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(parent, name, 0, reply);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(parent, name, libc::AT_REMOVEDIR, reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let flags = flags.bits();
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+            return reply.error(Errno::EINVAL);
+        }
+        let (pfd, npfd) = match (self.parent_fd(parent), self.parent_fd(newparent)) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => return reply.error(Errno::ESTALE),
+        };
+        let (c, nc) = match (names(name), names(newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return reply.error(errno_of(&e)),
+        };
+        let order = self.core.order();
+        let src = sys::fstatat(pfd.as_fd(), &c, libc::AT_SYMLINK_NOFOLLOW).ok();
+        let dst = sys::fstatat(npfd.as_fd(), &nc, libc::AT_SYMLINK_NOFOLLOW).ok();
+        let from = self.core.child_path(parent.0, sys::os_bytes(name));
+        let to = self.core.child_path(newparent.0, sys::os_bytes(newname));
+        if let Err(e) = sys::renameat2(pfd.as_fd(), &c, npfd.as_fd(), &nc, flags) {
+            return reply.error(errno_of(&e));
+        }
+        let (nb, nnb) = (sys::os_bytes(name), sys::os_bytes(newname));
+        if let Some(s) = &src {
+            let ino = self.core.fuse_ino(s.st_ino);
+            self.core
+                .move_link(ino, Some((parent.0, nb)), newparent.0, nnb);
+        }
+        if let Some(d) = &dst {
+            let ino = self.core.fuse_ino(d.st_ino);
+            if flags & libc::RENAME_EXCHANGE != 0 {
+                self.core
+                    .move_link(ino, Some((newparent.0, nnb)), parent.0, nb);
+            } else if src.map(|s| s.st_ino) != Some(d.st_ino) {
+                self.core.drop_link(ino, newparent.0, nnb);
+            }
+        }
+        let t = match (from, to) {
+            (Some(from), Some(to)) => {
+                let fixes = self.fixes(&[parent, newparent]);
+                let dirty = || {
+                    let mut v = self.dirty_entry(parent, name);
+                    v.extend(self.dirty_entry(newparent, newname));
+                    v.push(Dirty::Entry(from.clone()));
+                    v
+                };
+                self.core.submit(
+                    Op::Rename {
+                        from: from.clone(),
+                        to,
+                        flags,
+                    },
+                    &[],
+                    fixes,
+                    dirty,
+                )
+            }
+            _ => {
+                self.core
+                    .link
+                    .lost_current("rename of an entry whose path this node does not know");
+                None
+            }
+        };
+        drop(order);
+        self.core.wait(t);
+        reply.ok();
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (Some(fd), Ok(npfd)) = (self.core.node_fd(ino.0), self.parent_fd(newparent)) else {
+            return reply.error(Errno::ESTALE);
+        };
+        let nc = match names(newname) {
+            Ok(c) => c,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
+        let order = self.core.order();
+        let existing = self.core.path_of(ino.0);
+        if let Err(e) = sys::linkat(fd.as_fd(), c"", npfd.as_fd(), &nc, libc::AT_EMPTY_PATH) {
+            return reply.error(errno_of(&e));
+        }
+        let (attr, _) = match self.made_entry(newparent, newname) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let new = self.core.child_path(newparent.0, sys::os_bytes(newname));
+        let t = match (existing, new) {
+            (Some(existing), Some(new)) => {
+                let fixes = self.fixes(&[newparent]);
+                self.core
+                    .submit(Op::Link { existing, new }, &[], fixes, || {
+                        let mut v = self.core.dirty_node(ino.0);
+                        v.extend(self.dirty_entry(newparent, newname));
+                        v
+                    })
+            }
+            _ => {
+                self.core
+                    .link
+                    .lost_current("hard link of an inode whose path this node does not know");
+                None
+            }
+        };
+        drop(order);
+        self.core.wait(t);
+        reply.entry(&TTL, &attr, Generation(0));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let flags = flags.0;
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if !writable {
+            return match self.open_handle(ino, flags, None) {
+                Ok((fh, _)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Err(e) => reply.error(e),
+            };
+        }
+        let order = self.core.order();
+        let (fh, h) = match self.open_handle(ino, flags, None) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let truncate = flags & libc::O_TRUNC != 0;
+        let t = match self.core.path_of(ino.0) {
+            Some(path) => {
+                let fixes = if truncate {
+                    sys::fstat(h.fd.as_fd())
+                        .map(|st| {
+                            vec![TimeFix {
+                                target: Target::Handle(fh),
+                                mtime: sys::timespec(st.st_mtime, st.st_mtime_nsec),
+                            }]
+                        })
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                let t = self.core.submit(
+                    Op::Open {
+                        path,
+                        handle: fh,
+                        truncate,
+                    },
+                    &[],
+                    fixes,
+                    || self.core.dirty_node(ino.0),
+                );
+                if let Some(s) = self.core.link.in_sync_session() {
+                    if t.is_some() {
+                        h.remote_session.store(s, Ordering::Relaxed);
+                    }
+                }
+                t
+            }
+            None => None,
+        };
+        drop(order);
+        self.core.wait(t);
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(h) = self.core.handle(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match sys::pread(h.fd.as_fd(), &mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return reply.error(errno_of(&e)),
+            }
+        }
+        reply.data(&buf[..done]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(h) = self.core.handle(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let order = self.core.order();
+        let offset = if h.append {
+            match sys::fstat(h.fd.as_fd()) {
+                Ok(st) => st.st_size as u64,
+                Err(e) => return reply.error(errno_of(&e)),
+            }
+        } else {
+            offset
+        };
+        let n = match sys::pwrite(h.fd.as_fd(), data, offset) {
+            Ok(n) => n,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
+        let mut tickets = [None, None];
+        if n > 0 {
+            let fixes = match sys::fstat(h.fd.as_fd()) {
+                Ok(st) => vec![TimeFix {
+                    target: Target::Handle(fh.0),
+                    mtime: sys::timespec(st.st_mtime, st.st_mtime_nsec),
+                }],
+                Err(_) => Vec::new(),
+            };
+            tickets[0] = self.core.submit_on_handle(
+                fh.0,
+                &h,
+                Op::Write {
+                    handle: fh.0,
+                    offset,
+                },
+                &data[..n],
+                fixes,
+            );
+            if let Some(datasync) = h.sync {
+                tickets[1] = self.core.submit_on_handle(
+                    fh.0,
+                    &h,
+                    Op::Fsync {
+                        handle: fh.0,
+                        datasync,
+                    },
+                    &[],
+                    Vec::new(),
+                );
+            }
+        }
+        drop(order);
+        if let Some(datasync) = h.sync {
+            if let Err(e) = self.durable(&h.fd, tickets[1], datasync) {
+                return reply.error(e);
+            }
+        }
+        self.core.wait(tickets[0]);
+        reply.written(n as u32);
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is buffered here: every write already reached both nodes.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if let Some(h) = self.core.handle(fh.0) {
+            if h.writable {
+                let _order = self.core.order();
+                // Not waited for: closing is not a durability point.
+                if let Some(s) = self.core.link.in_sync_session() {
+                    if h.remote_session.load(Ordering::Relaxed) == s {
+                        self.core
+                            .submit(Op::Close { handle: fh.0 }, &[], Vec::new(), Vec::new);
+                    }
+                }
+                self.core.remove_handle(fh.0);
+            } else {
+                self.core.remove_handle(fh.0);
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(h) = self.core.handle(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let order = self.core.order();
+        let t = if h.writable {
+            self.core.submit_on_handle(
+                fh.0,
+                &h,
+                Op::Fsync {
+                    handle: fh.0,
+                    datasync,
+                },
+                &[],
+                Vec::new(),
+            )
+        } else {
+            match self.core.path_of(ino.0) {
+                Some(path) => self
+                    .core
+                    .submit(Op::FsyncPath { path }, &[], Vec::new(), Vec::new),
+                None => self.core.submit(Op::Barrier, &[], Vec::new(), Vec::new),
+            }
+        };
+        drop(order);
+        match self.durable(&h.fd, t, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let Some(node) = self.core.node_fd(ino.0) else {
+            return reply.error(Errno::ESTALE);
+        };
+        let p = self.core.proc_path(&node);
+        // SAFETY: valid C string; the descriptor is owned right after.
+        let raw = unsafe {
+            libc::open(
+                p.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return reply.error(errno_of(&std::io::Error::last_os_error()));
+        }
+        // SAFETY: fresh descriptor.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        let h = Handle {
+            fd,
+            ino: ino.0,
+            writable: false,
+            append: false,
+            sync: None,
+            remote_session: AtomicU64::new(0),
+        };
+        let fh = self.core.new_handle(h);
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(h) = self.core.handle(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let entries = match sys::read_dir(h.fd.as_fd()) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
+        let parent = if ino.0 == ROOT_INO {
+            ROOT_INO
+        } else {
+            self.core.node_parent(ino.0).unwrap_or(ROOT_INO)
+        };
+        let dots = [
+            (ino.0, FileType::Directory, b".".to_vec()),
+            (parent, FileType::Directory, b"..".to_vec()),
+        ];
+        let all = dots.into_iter().chain(
+            entries
+                .into_iter()
+                .map(|e| (self.core.fuse_ino(e.ino), dtype(e.kind), e.name)),
+        );
+        for (i, (ino, kind, name)) in all.enumerate().skip(offset as usize) {
+            use std::os::unix::ffi::OsStrExt;
+            if reply.add(INodeNo(ino), (i + 1) as u64, kind, OsStr::from_bytes(&name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.core.remove_handle(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(h) = self.core.handle(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let order = self.core.order();
+        let t = match self.core.path_of(ino.0) {
+            Some(path) => self
+                .core
+                .submit(Op::FsyncPath { path }, &[], Vec::new(), Vec::new),
+            None => None,
+        };
+        drop(order);
+        match self.durable(&h.fd, t, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let mut s = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+        // SAFETY: valid descriptor and out pointer.
+        let r = unsafe {
+            libc::fstatvfs(
+                std::os::fd::AsRawFd::as_raw_fd(&self.core.root),
+                s.as_mut_ptr(),
+            )
+        };
+        if r < 0 {
+            return reply.error(errno_of(&std::io::Error::last_os_error()));
+        }
+        // SAFETY: fstatvfs succeeded.
+        let s = unsafe { s.assume_init() };
+        reply.statfs(
+            s.f_blocks,
+            s.f_bfree,
+            s.f_bavail,
+            s.f_files,
+            s.f_ffree,
+            s.f_bsize as u32,
+            s.f_namemax as u32,
+            s.f_frsize as u32,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let c = match names(name) {
+            Ok(c) => c,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
+        let order = self.core.order();
+        if let Err(e) = self.with_xattr_path(ino.0, |p, follow| {
+            sys::setxattr(p, follow, &c, value, flags)
+        }) {
+            return reply.error(errno_of(&e));
+        }
+        let t = match self.core.path_of(ino.0) {
+            Some(path) => self.core.submit(
+                Op::SetXattr {
+                    target: Target::Path(path),
+                    name: sys::os_bytes(name).to_vec(),
+                    flags,
+                },
+                value,
+                Vec::new(),
+                || self.core.dirty_node(ino.0),
+            ),
+            None => None,
+        };
+        drop(order);
+        self.core.wait(t);
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let c = match names(name) {
+            Ok(c) => c,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
+        let mut buf = vec![0u8; size as usize];
+        match self.with_xattr_path(ino.0, |p, follow| sys::getxattr(p, follow, &c, &mut buf)) {
+            Ok(n) if size == 0 => reply.size(n as u32),
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let mut buf = vec![0u8; size as usize];
+        match self.with_xattr_path(ino.0, |p, follow| sys::listxattr(p, follow, &mut buf)) {
+            Ok(n) if size == 0 => reply.size(n as u32),
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let c = match names(name) {
+            Ok(c) => c,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
+        let order = self.core.order();
+        if let Err(e) = self.with_xattr_path(ino.0, |p, follow| sys::removexattr(p, follow, &c)) {
+            return reply.error(errno_of(&e));
+        }
+        let t = match self.core.path_of(ino.0) {
+            Some(path) => self.core.submit(
+                Op::RemoveXattr {
+                    target: Target::Path(path),
+                    name: sys::os_bytes(name).to_vec(),
+                },
+                &[],
+                Vec::new(),
+                || self.core.dirty_node(ino.0),
+            ),
+            None => None,
+        };
+        drop(order);
+        self.core.wait(t);
+        reply.ok();
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // With default_permissions the kernel decides; this is only reached for F_OK.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let pfd = match self.parent_fd(parent) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let c = match names(name) {
+            Ok(c) => c,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
+        let order = self.core.order();
+        let oflags = libc::O_CREAT
+            | (flags & (libc::O_ACCMODE | libc::O_EXCL | libc::O_TRUNC | libc::O_NOATIME))
+            | libc::O_NOFOLLOW;
+        let fd = match sys::openat2(
+            pfd.as_fd(),
+            &c,
+            oflags,
+            mode & !umask & 0o7777,
+            sys::RESOLVE_STRICT,
+        )
+        .and_then(|fd| self.chown_new(req, &pfd, &c).map(|()| fd))
+        {
+            Ok(fd) => fd,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
+        let (attr, st) = match self.made_entry(parent, name) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let ino = attr.ino;
+        let (fh, h) = match self.open_handle(ino, flags, Some(fd)) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let t = match self.core.child_path(parent.0, sys::os_bytes(name)) {
+            Some(path) => {
+                let fixes = self.fixes(&[parent]);
+                let t = self.core.submit(
+                    Op::Create {
+                        path,
+                        meta: meta_of(&st),
+                        excl: flags & libc::O_EXCL != 0,
+                        handle: h.writable.then_some(fh),
+                    },
+                    &[],
+                    fixes,
+                    || self.dirty_entry(parent, name),
+                );
+                if let (Some(s), true) = (self.core.link.in_sync_session(), t.is_some()) {
+                    h.remote_session.store(s, Ordering::Relaxed);
+                }
+                t
+            }
+            None => None,
+        };
+        drop(order);
+        self.core.wait(t);
+        reply.created(
+            &TTL,
+            &attr,
+            Generation(0),
+            FileHandle(fh),
+            FopenFlags::FOPEN_KEEP_CACHE,
+        );
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(h) = self.core.handle(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let order = self.core.order();
+        if let Err(e) = sys::fallocate(h.fd.as_fd(), mode, offset, length) {
+            return reply.error(errno_of(&e));
+        }
+        let fixes = sys::fstat(h.fd.as_fd())
+            .map(|st| {
+                vec![TimeFix {
+                    target: Target::Handle(fh.0),
+                    mtime: sys::timespec(st.st_mtime, st.st_mtime_nsec),
+                }]
+            })
+            .unwrap_or_default();
+        let t = self.core.submit_on_handle(
+            fh.0,
+            &h,
+            Op::Fallocate {
+                handle: fh.0,
+                mode,
+                offset,
+                len: length,
+            },
+            &[],
+            fixes,
+        );
+        drop(order);
+        self.core.wait(t);
+        reply.ok();
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let Some(h) = self.core.handle(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        // SAFETY: valid descriptor; SEEK_DATA/SEEK_HOLE do not depend on its position.
+        let r = unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&h.fd), offset, whence) };
+        if r < 0 {
+            return reply.error(errno_of(&std::io::Error::last_os_error()));
+        }
+        reply.offset(r);
+    }
+}
+
+impl MirrorFs {
+    fn remove(&self, parent: INodeNo, name: &OsStr, flags: i32, reply: ReplyEmpty) {
+        let pfd = match self.parent_fd(parent) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let c = match names(name) {
+            Ok(c) => c,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
+        let order = self.core.order();
+        let st = sys::fstatat(pfd.as_fd(), &c, libc::AT_SYMLINK_NOFOLLOW).ok();
+        let path = self.core.child_path(parent.0, sys::os_bytes(name));
+        if let Err(e) = sys::unlinkat(pfd.as_fd(), &c, flags) {
+            return reply.error(errno_of(&e));
+        }
+        if let Some(st) = st {
+            self.core
+                .drop_link(self.core.fuse_ino(st.st_ino), parent.0, sys::os_bytes(name));
+        }
+        let t = match path {
+            Some(path) => {
+                let fixes = self.fixes(&[parent]);
+                let op = if flags & libc::AT_REMOVEDIR != 0 {
+                    Op::Rmdir { path }
+                } else {
+                    Op::Unlink { path }
+                };
+                let ino = st.map(|s| self.core.fuse_ino(s.st_ino));
+                self.core.submit(op, &[], fixes, || {
+                    let mut v = self.dirty_entry(parent, name);
+                    if let Some(ino) = ino {
+                        v.extend(self.core.dirty_node(ino));
+                    }
+                    v
+                })
+            }
+            None => None,
+        };
+        drop(order);
+        self.core.wait(t);
+        reply.ok();
+    }
+
+    /// The parent descriptor and name of one of an inode's links.
+    fn link_parent(&self, ino: u64) -> Option<(Arc<OwnedFd>, Vec<u8>)> {
+        let (parent, name) = self.core.first_link(ino)?;
+        Some((self.core.node_fd(parent)?, name))
+    }
+
+    fn with_xattr_path<T>(
+        &self,
+        ino: u64,
+        f: impl FnOnce(&std::ffi::CString, bool) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        let fd = self
+            .core
+            .node_fd(ino)
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESTALE))?;
+        if self.core.node_kind(ino) == Some(libc::S_IFLNK) {
+            let (p, name) = self
+                .link_parent(ino)
+                .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESTALE))?;
+            let c = sys::cstr(&name)?;
+            f(&sys::proc_path(p.as_fd(), Some(&c)), false)
+        } else {
+            f(&self.core.proc_path(&fd), true)
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! mirrorkit replication engine.
+//!
+//! Owns: the FUSE file system mounted over a replicated directory on the primary (`fs`,
+//! `core`), the primary's end of the replication link (`link`) and its connection driver
+//! (`primary`), the full synchronisation of a peer (`sync`), and the secondary's receiver
+//! (`secondary`).
+//!
+//! Never does: decide who is primary (the cluster manager does), or resolve a path from the
+//! network itself (mirrorkit-store does, beneath the root).
+
+pub mod core;
+pub mod frames;
+pub mod fs;
+pub mod link;
+pub mod mount;
+pub mod primary;
+pub mod secondary;
+pub mod status;
+pub mod sync;

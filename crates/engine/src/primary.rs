@@ -1,0 +1,179 @@
+//! The primary's connection driver: connects to the peer, greets it, runs a full
+//! synchronisation, carries operations and acknowledgements, and starts over after a loss.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mirrorkit_wire::{self as wire, Hello, Message, Role, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::core::Core;
+use crate::frames::{read_frame, write_message};
+use crate::link::Link;
+
+/// Delay between two attempts to reach the peer. Default 1000 ms.
+pub const RECONNECT_DELAY_MS: u64 = 1000;
+
+/// How often the driver notices that the link ended a session on its own (peer timeout).
+const SESSION_CHECK_MS: u64 = 100;
+
+/// Where the peer is.
+#[derive(Clone, Debug)]
+pub struct PeerAddr {
+    pub node: String,
+    pub addr: SocketAddr,
+}
+
+/// Run forever: keep the peer connected and in sync.
+pub async fn run(core: Arc<Core>, endpoint: quinn::Endpoint, node: String, peer: PeerAddr) {
+    let mut last_error = String::new();
+    loop {
+        match session(&core, &endpoint, &node, &peer).await {
+            Ok(()) => last_error.clear(),
+            Err(e) => {
+                if e != last_error {
+                    warn!(mirror = %core.mirror, peer = %peer.node, addr = %peer.addr, "replication link to the peer: {e}");
+                    last_error = e;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(RECONNECT_DELAY_MS)).await;
+    }
+}
+
+/// One connection, from connect to loss. Returns the reason it ended.
+async fn session(
+    core: &Arc<Core>,
+    endpoint: &quinn::Endpoint,
+    node: &str,
+    peer: &PeerAddr,
+) -> Result<(), String> {
+    let conn = mirrorkit_net::connect(endpoint, peer.addr, &peer.node)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| format!("cannot open the replication stream: {e}"))?;
+    let hello = Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        node: node.to_string(),
+        mirror: core.mirror.clone(),
+        role: Role::Primary,
+        consistent: true,
+    });
+    write_message(&mut send, &hello)
+        .await
+        .map_err(|e| format!("cannot greet the peer: {e}"))?;
+    let mut buf = Vec::new();
+    let got = tokio::time::timeout(
+        Duration::from_millis(core.link.config().peer_timeout_ms),
+        read_frame(&mut recv, &mut buf),
+    )
+    .await
+    .map_err(|_| "the peer did not answer the greeting in time".to_string())?
+    .map_err(|e| format!("cannot read the peer's greeting: {e}"))?;
+    if !got {
+        return Err("the peer closed the stream during the greeting".into());
+    }
+    let reply = wire::decode_frame(&buf).map_err(|e| format!("peer's greeting: {e}"))?;
+    match reply.0 {
+        Message::Hello(h)
+            if h.version == PROTOCOL_VERSION && h.mirror == core.mirror && h.role == Role::Secondary => {}
+        Message::Hello(h) => {
+            return Err(format!(
+                "peer {} answered as {:?} for mirror {:?} with protocol version {} (expected secondary, {:?}, {})",
+                h.node, h.role, h.mirror, h.version, core.mirror, PROTOCOL_VERSION
+            ))
+        }
+        Message::Bye { reason } => return Err(format!("peer refused the session: {reason}")),
+        other => return Err(format!("peer answered the greeting with {other:?}")),
+    }
+    info!(mirror = %core.mirror, peer = %peer.node, addr = %peer.addr, "replication link up");
+
+    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    let link = core.link.clone();
+    let session = link.begin_session(tx);
+    let writer = tokio::spawn(write_loop(send, rx));
+    let reader = tokio::spawn(read_loop(recv, link.clone(), session));
+    let sync_core = core.clone();
+    let sync = tokio::task::spawn_blocking(move || crate::sync::full_sync(&sync_core, session));
+
+    let sync_result = sync.await;
+    match sync_result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            link.lost(session, format!("synchronisation stopped: {e}"));
+        }
+        Err(e) => {
+            error!(mirror = %core.mirror, "synchronisation task failed: {e}");
+            link.lost(session, format!("synchronisation task failed: {e}"));
+        }
+    }
+    // Runs until the stream ends or the link ends the session (peer timeout).
+    let mut reader = reader;
+    let end = loop {
+        tokio::select! {
+            r = &mut reader => break r.unwrap_or_else(|e| format!("reader task failed: {e}")),
+            _ = tokio::time::sleep(Duration::from_millis(SESSION_CHECK_MS)) => {
+                if link.session() != session {
+                    reader.abort();
+                    break link.status().1;
+                }
+            }
+        }
+    };
+    link.lost(session, end.clone());
+    writer.abort();
+    conn.close(0u32.into(), b"session ended");
+    Err(end)
+}
+
+/// Write queued frames in order. Ends when the link drops the session (its sender).
+async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+    let mut batch = Vec::with_capacity(64);
+    while rx.recv_many(&mut batch, 64).await > 0 {
+        if send.write_all_chunks(&mut batch).await.is_err() {
+            return;
+        }
+        batch.clear();
+    }
+    let _ = send.finish();
+}
+
+/// Read acknowledgements until the stream ends; returns why it ended.
+async fn read_loop(mut recv: quinn::RecvStream, link: Link, session: u64) -> String {
+    let mut buf = Vec::new();
+    loop {
+        match read_frame(&mut recv, &mut buf).await {
+            Ok(true) => {}
+            Ok(false) => return "peer closed the replication stream".into(),
+            Err(e) => return format!("replication stream: {e}"),
+        }
+        match wire::decode_frame(&buf) {
+            Ok((Message::Ack { seq }, _)) => link.on_ack(session, seq),
+            Ok((Message::Failed { seq, errno, reason }, _)) => {
+                let r = format!(
+                    "peer could not apply operation {seq}: {reason} (errno {errno}); the peer is out of sync"
+                );
+                error!("{r}");
+                link.lost(session, r.clone());
+                return r;
+            }
+            Ok((Message::Bye { reason }, _)) => return format!("peer ended the session: {reason}"),
+            Ok((other, _)) => {
+                let r = format!("unexpected message from the peer: {other:?}");
+                link.lost(session, r.clone());
+                return r;
+            }
+            Err(e) => {
+                let r = format!("malformed message from the peer: {e}");
+                link.lost(session, r.clone());
+                return r;
+            }
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The secondary's receiver: accepts the primary's replication session, applies its
+//! operations in order through the store, and acknowledges each one after it is applied
+//! (for fsync and the end of a synchronisation, after it is durable).
+//!
+//! A message that is malformed, out of sequence, or that the store refuses (a path outside the
+//! root, an unknown handle) is answered with `Failed`, logged, and ends the session: nothing
+//! was changed by it, and the primary continues alone until a new synchronisation.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use mirrorkit_store::{MirrorState, StateFile, Store};
+use mirrorkit_wire::{self as wire, Hello, Message, Op, Role, PROTOCOL_VERSION};
+use tracing::{error, info, warn};
+
+use crate::frames::{read_frame, write_message, FrameError};
+
+/// What the secondary needs to know.
+#[derive(Clone, Debug)]
+pub struct SecondaryConfig {
+    pub mirror: String,
+    pub node: String,
+    /// Only this node (by its certificate) may open a session.
+    pub peer_node: String,
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+/// Counters for status and tests.
+#[derive(Debug, Default)]
+pub struct SecondaryCounters {
+    pub ops_applied: AtomicU64,
+    pub sessions: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+/// Accept sessions forever. A new session from the primary replaces the previous one.
+pub async fn run(
+    endpoint: quinn::Endpoint,
+    cfg: SecondaryConfig,
+    counters: Arc<SecondaryCounters>,
+) -> Result<(), String> {
+    let store = Store::open(&cfg.root).map_err(|e| {
+        format!(
+            "cannot open replicated directory {}: {e}",
+            cfg.root.display()
+        )
+    })?;
+    let store = Arc::new(Mutex::new(store));
+    let state = StateFile::new(&cfg.state_dir);
+    state
+        .load()
+        .map_err(|e| format!("mirror {}: {e}", cfg.mirror))?;
+    let state = Arc::new(state);
+    let mut current: Option<quinn::Connection> = None;
+    while let Some(conn) = mirrorkit_net::accept(&endpoint).await {
+        let who = mirrorkit_net::peer_node_name(&conn).unwrap_or_default();
+        if who != cfg.peer_node {
+            warn!(mirror = %cfg.mirror, remote = %conn.remote_address(), node = %who,
+                "refused replication session: only node {} may replicate to this node", cfg.peer_node);
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            conn.close(1u32.into(), b"not the configured peer");
+            continue;
+        }
+        if let Some(old) = current.take() {
+            old.close(0u32.into(), b"replaced by a new session");
+        }
+        current = Some(conn.clone());
+        let (store, state, cfg, counters) =
+            (store.clone(), state.clone(), cfg.clone(), counters.clone());
+        let rt = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("mirrorkit-apply".into())
+            .spawn(move || {
+                let end = serve(&rt, &conn, &store, &state, &cfg, &counters);
+                info!(mirror = %cfg.mirror, "replication session ended: {end}");
+                conn.close(0u32.into(), b"session ended");
+            })
+            .map_err(|e| format!("cannot start the apply thread: {e}"))?;
+    }
+    Ok(())
+}
+
+/// One session, on its own thread. Returns why it ended.
+fn serve(
+    rt: &tokio::runtime::Handle,
+    conn: &quinn::Connection,
+    store: &Mutex<Store>,
+    state: &StateFile,
+    cfg: &SecondaryConfig,
+    counters: &SecondaryCounters,
+) -> String {
+    let (mut send, mut recv) = match rt.block_on(conn.accept_bi()) {
+        Ok(s) => s,
+        Err(e) => return format!("no replication stream: {e}"),
+    };
+    let mut buf = Vec::new();
+    match rt.block_on(read_frame(&mut recv, &mut buf)) {
+        Ok(true) => {}
+        Ok(false) => return "primary closed the stream before greeting".into(),
+        Err(e) => return format!("greeting: {e}"),
+    }
+    let hello = match wire::decode_frame(&buf) {
+        Ok((Message::Hello(h), _)) => h,
+        Ok((other, _)) => {
+            return reject(rt, &mut send, format!("expected a greeting, got {other:?}"))
+        }
+        Err(e) => return reject(rt, &mut send, format!("malformed greeting: {e}")),
+    };
+    if hello.version != PROTOCOL_VERSION
+        || hello.mirror != cfg.mirror
+        || hello.role != Role::Primary
+    {
+        let r = format!(
+            "greeting for mirror {:?} as {:?} with protocol {} does not match mirror {:?}, primary, protocol {}",
+            hello.mirror, hello.role, hello.version, cfg.mirror, PROTOCOL_VERSION
+        );
+        return reject(rt, &mut send, r);
+    }
+    // Wait for the previous session's thread to let go of the store.
+    let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+    store.reset_session();
+    let mut mstate = match state.load() {
+        Ok(s) => s,
+        Err(e) => return reject(rt, &mut send, e.to_string()),
+    };
+    let me = Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        node: cfg.node.clone(),
+        mirror: cfg.mirror.clone(),
+        role: Role::Secondary,
+        consistent: mstate.consistent,
+    });
+    if let Err(e) = rt.block_on(write_message(&mut send, &me)) {
+        return format!("greeting: {e}");
+    }
+    counters.sessions.fetch_add(1, Ordering::Relaxed);
+    info!(mirror = %cfg.mirror, primary = %hello.node, consistent = mstate.consistent, "replication session started");
+    let mut expected = 1u64;
+    let mut ack = Vec::new();
+    loop {
+        match rt.block_on(read_frame(&mut recv, &mut buf)) {
+            Ok(true) => {}
+            Ok(false) => return "primary closed the replication stream".into(),
+            Err(FrameError::Wire(e)) => {
+                error!(mirror = %cfg.mirror, "rejected message from the primary: {e}");
+                return reject(rt, &mut send, format!("malformed message: {e}"));
+            }
+            Err(e) => return format!("replication stream: {e}"),
+        }
+        let (msg, data) = match wire::decode_frame(&buf) {
+            Ok(x) => x,
+            Err(e) => {
+                error!(mirror = %cfg.mirror, "rejected message from the primary: {e}");
+                return reject(rt, &mut send, format!("malformed message: {e}"));
+            }
+        };
+        let (seq, op, fixes) = match msg {
+            Message::Op { seq, op, fixes } => (seq, op, fixes),
+            Message::Bye { reason } => return format!("primary ended the session: {reason}"),
+            other => {
+                error!(mirror = %cfg.mirror, "rejected message from the primary: unexpected {other:?}");
+                return reject(rt, &mut send, format!("unexpected message {other:?}"));
+            }
+        };
+        if seq != expected {
+            let r = format!("operation {seq} out of sequence (expected {expected})");
+            error!(mirror = %cfg.mirror, "rejected message from the primary: {r}");
+            return fail(rt, &mut send, seq, libc::EPROTO, r);
+        }
+        expected += 1;
+        let sync_op = matches!(
+            op,
+            Op::SyncDir { .. }
+                | Op::SyncFile { .. }
+                | Op::SyncData { .. }
+                | Op::SyncLink { .. }
+                | Op::SyncRemove { .. }
+                | Op::SyncClearXattrs { .. }
+        );
+        if sync_op && mstate.consistent {
+            // From now until SyncDone this copy is a mix of old and new: never a state the
+            // primary passed through. Record it before the first change.
+            mstate.consistent = false;
+            if let Err(e) = state.store(&mstate) {
+                return fail(rt, &mut send, seq, libc::EIO, e.to_string());
+            }
+            warn!(mirror = %cfg.mirror, "copy marked inconsistent: full synchronisation in progress");
+        }
+        if let Err(e) = store.apply(&op, data, &fixes) {
+            error!(mirror = %cfg.mirror, seq, "cannot apply {}: {e}", op.name());
+            if mstate.consistent {
+                mstate.consistent = false;
+                if let Err(se) = state.store(&mstate) {
+                    error!(mirror = %cfg.mirror, "cannot record that the copy is inconsistent: {se}");
+                }
+            }
+            return fail(rt, &mut send, seq, e.errno(), e.to_string());
+        }
+        if matches!(op, Op::SyncDone) {
+            mstate = MirrorState {
+                consistent: true,
+                peer_in_sync: false,
+            };
+            if let Err(e) = state.store(&mstate) {
+                return fail(rt, &mut send, seq, libc::EIO, e.to_string());
+            }
+            info!(mirror = %cfg.mirror, "copy consistent: full synchronisation complete");
+        }
+        counters.ops_applied.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = wire::encode_frame(&Message::Ack { seq }, &[], &mut ack) {
+            return format!("cannot encode acknowledgement: {e}");
+        }
+        if let Err(e) = rt.block_on(send.write_all(&ack)) {
+            return format!("cannot acknowledge: {e}");
+        }
+    }
+}
+
+/// How long a refusal waits for the primary to receive it before the connection closes.
+const FAREWELL_MS: u64 = 1000;
+
+/// Finish the stream and give the peer a moment to read the last message.
+fn farewell(rt: &tokio::runtime::Handle, send: &mut quinn::SendStream) {
+    let _ = send.finish();
+    let _ = rt.block_on(tokio::time::timeout(
+        std::time::Duration::from_millis(FAREWELL_MS),
+        send.stopped(),
+    ));
+}
+
+fn reject(rt: &tokio::runtime::Handle, send: &mut quinn::SendStream, reason: String) -> String {
+    let _ = rt.block_on(write_message(
+        send,
+        &Message::Bye {
+            reason: reason.clone(),
+        },
+    ));
+    farewell(rt, send);
+    reason
+}
+
+fn fail(
+    rt: &tokio::runtime::Handle,
+    send: &mut quinn::SendStream,
+    seq: u64,
+    errno: i32,
+    reason: String,
+) -> String {
+    let msg = Message::Failed {
+        seq,
+        errno,
+        reason: reason.clone(),
+    };
+    let _ = rt.block_on(write_message(send, &msg));
+    farewell(rt, send);
+    reason
+}

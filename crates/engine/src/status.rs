@@ -1,0 +1,79 @@
+//! A node's view of one mirror, written to `<state_dir>/status.json` for the CLI, the demo
+//! and the tests until the cluster manager's API exists.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::Core;
+use crate::secondary::SecondaryCounters;
+
+/// File name of the status file in a state directory.
+pub const STATUS_FILE: &str = "status.json";
+/// How often the daemon rewrites it. Default 100 ms.
+pub const STATUS_INTERVAL_MS: u64 = 100;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub mirror: String,
+    /// "primary" or "secondary".
+    pub role: String,
+    /// Primary: "alone", "syncing" or "in-sync". Secondary: "serving".
+    pub mode: String,
+    pub reason: String,
+    pub ops_sent: u64,
+    pub data_bytes_sent: u64,
+    pub sync_data_bytes_sent: u64,
+    pub sessions: u64,
+    pub times_alone: u64,
+    pub ops_applied: u64,
+    pub refused_sessions: u64,
+    pub pid: u32,
+}
+
+impl Status {
+    pub fn of_primary(core: &Core) -> Self {
+        let (mode, reason) = core.link.status();
+        let c = core.link.counters();
+        Status {
+            mirror: core.mirror.clone(),
+            role: "primary".into(),
+            mode: mode.as_str().into(),
+            reason,
+            ops_sent: c.ops_sent.load(Ordering::Relaxed),
+            data_bytes_sent: c.data_bytes_sent.load(Ordering::Relaxed),
+            sync_data_bytes_sent: c.sync_data_bytes_sent.load(Ordering::Relaxed),
+            sessions: c.sessions.load(Ordering::Relaxed),
+            times_alone: c.times_alone.load(Ordering::Relaxed),
+            pid: std::process::id(),
+            ..Default::default()
+        }
+    }
+
+    pub fn of_secondary(mirror: &str, c: &SecondaryCounters) -> Self {
+        Status {
+            mirror: mirror.into(),
+            role: "secondary".into(),
+            mode: "serving".into(),
+            ops_applied: c.ops_applied.load(Ordering::Relaxed),
+            sessions: c.sessions.load(Ordering::Relaxed),
+            refused_sessions: c.refused.load(Ordering::Relaxed),
+            pid: std::process::id(),
+            ..Default::default()
+        }
+    }
+
+    /// Replace the status file (atomically: readers never see half a file).
+    pub fn write(&self, state_dir: &Path) -> std::io::Result<()> {
+        let tmp = state_dir.join(format!("{STATUS_FILE}.tmp"));
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, state_dir.join(STATUS_FILE))
+    }
+
+    pub fn read(state_dir: &Path) -> std::io::Result<Self> {
+        let bytes = std::fs::read(state_dir.join(STATUS_FILE))?;
+        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+    }
+}

@@ -1,0 +1,417 @@
+//! Full synchronisation of a connected peer while the application keeps writing.
+//!
+//! 1. Bulk pass: walk the backing tree and send every directory (with its complete listing,
+//!    so that the peer removes what the primary does not have), file (data extents only: holes
+//!    stay holes), symlink, special file and extended attribute. Application operations are
+//!    not sent meanwhile; the link records the paths they touch.
+//! 2. Catch-up passes: synchronise the recorded paths again, until few remain.
+//! 3. Switch: under the ordering lock (the application's mutations wait), synchronise the last
+//!    recorded paths, open on the peer every file the application holds open for writing,
+//!    send `SyncDone`, and switch the link to in-sync. Release the lock. When the peer
+//!    acknowledges `SyncDone` (it made everything durable), record that it is in sync.
+//!
+//! Hard links are kept within a pass (the second name of an inode becomes a link to the
+//! first). A hard link made by the application while a synchronisation runs can arrive as a
+//! separate copy: see docs/architecture.md, "Known limits".
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use mirrorkit_store::sys;
+use mirrorkit_wire::{Meta, Op, RelPath, SpecialKind, Target, MAX_DIR_ENTRIES};
+use tracing::info;
+
+use crate::core::{meta_of, Core, Dirty};
+use crate::link::SessionLost;
+
+/// Size of one `SyncData` chunk.
+pub const SYNC_CHUNK_BYTES: usize = 1 << 20;
+/// Catch-up passes run without stopping the application while more paths than this remain.
+pub const SWITCH_DIRTY_PATHS: usize = 256;
+/// Most catch-up passes before switching anyway (the application then waits for the rest).
+pub const MAX_CATCH_UP_PASSES: usize = 8;
+
+/// Why a synchronisation stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Lost(#[from] SessionLost),
+    #[error("cannot read {path} on this node: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+struct Pass<'a> {
+    core: &'a Core,
+    session: u64,
+    /// (device, inode) of files with several links → the path sent first in this pass.
+    linked: HashMap<(u64, u64), RelPath>,
+    buf: Vec<u8>,
+}
+
+fn read_err(path: &RelPath) -> impl FnOnce(std::io::Error) -> SyncError + '_ {
+    move |source| SyncError::Read {
+        path: path.to_string(),
+        source,
+    }
+}
+
+/// Run a full synchronisation for link session `session`. Returns when the peer confirmed it.
+pub fn full_sync(core: &Core, session: u64) -> Result<(), SyncError> {
+    let started = std::time::Instant::now();
+    let mut pass = Pass::new(core, session);
+    pass.entry(&RelPath::root())?;
+    for round in 0..MAX_CATCH_UP_PASSES {
+        if core.link.dirty_len() <= SWITCH_DIRTY_PATHS {
+            break;
+        }
+        let dirty = core.link.take_dirty(session)?;
+        info!(mirror = %core.mirror, round, paths = dirty.len(), "synchronisation: catching up");
+        Pass::new(core, session).dirty(dirty)?;
+    }
+    let ticket = {
+        let _order = core.order();
+        let dirty = core.link.take_dirty(session)?;
+        let mut last = Pass::new(core, session);
+        last.dirty(dirty)?;
+        for (fh, h) in core.writable_handles() {
+            if let Some(path) = core.path_of(h.ino) {
+                core.link.submit_sync(
+                    session,
+                    &Op::Open {
+                        path,
+                        handle: fh,
+                        truncate: false,
+                    },
+                    &[],
+                )?;
+                h.remote_session
+                    .store(session, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let t = core.link.submit_sync(session, &Op::SyncDone, &[])?;
+        core.link.enter_in_sync(session)?;
+        t
+    };
+    if !core.link.wait_acked(ticket) {
+        return Err(
+            SessionLost("peer did not confirm the end of the synchronisation".into()).into(),
+        );
+    }
+    core.link.record_in_sync(session)?;
+    info!(
+        mirror = %core.mirror,
+        seconds = started.elapsed().as_secs_f64(),
+        data_bytes = core.link.counters().sync_data_bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
+        "synchronisation complete: peer in sync"
+    );
+    Ok(())
+}
+
+impl<'a> Pass<'a> {
+    fn new(core: &'a Core, session: u64) -> Self {
+        Pass {
+            core,
+            session,
+            linked: HashMap::new(),
+            buf: vec![0u8; SYNC_CHUNK_BYTES],
+        }
+    }
+
+    fn send(&self, op: &Op, data: &[u8]) -> Result<(), SyncError> {
+        self.core.link.submit_sync(self.session, op, data)?;
+        Ok(())
+    }
+
+    /// Synchronise the recorded paths: entries recursively (skipping those beneath another
+    /// recorded entry), then attributes of the others.
+    fn dirty(&mut self, dirty: BTreeSet<Dirty>) -> Result<(), SyncError> {
+        let mut entries: Vec<RelPath> = Vec::new();
+        let mut metas = Vec::new();
+        for d in dirty {
+            match d {
+                Dirty::Entry(p) => entries.push(p),
+                Dirty::Meta(p) => metas.push(p),
+            }
+        }
+        entries.sort();
+        let mut done: Vec<RelPath> = Vec::new();
+        for p in entries {
+            if done.iter().any(|d| p.starts_with(d)) {
+                continue;
+            }
+            self.entry(&p)?;
+            done.push(p);
+        }
+        for p in metas {
+            if done.iter().any(|d| p.starts_with(d)) {
+                continue;
+            }
+            self.attrs_only(&p)?;
+        }
+        Ok(())
+    }
+
+    /// The parent descriptor and name of `path` on this node, or `None` if it is gone.
+    fn lstat(&self, path: &RelPath) -> Result<Option<(libc::stat, OwnedFd)>, SyncError> {
+        let fd = match sys::open_beneath(
+            self.core.root.as_fd(),
+            path,
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        ) {
+            Ok(fd) => fd,
+            Err(e) if matches!(sys::errno(&e), libc::ENOENT | libc::ENOTDIR | libc::ELOOP) => {
+                // Gone, or a parent became a symlink or file: nothing is at this path.
+                return Ok(None);
+            }
+            Err(e) => return Err(read_err(path)(e)),
+        };
+        let st = sys::fstat(fd.as_fd()).map_err(read_err(path))?;
+        Ok(Some((st, fd)))
+    }
+
+    fn attrs_only(&mut self, path: &RelPath) -> Result<(), SyncError> {
+        let Some((st, _)) = self.lstat(path)? else {
+            return Ok(());
+        };
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Ok(());
+        }
+        self.send(
+            &Op::SetAttr {
+                target: Target::Path(path.clone()),
+                mode: Some(st.st_mode & 0o7777),
+                uid: Some(st.st_uid),
+                gid: Some(st.st_gid),
+                atime: None,
+                mtime: Some(sys::timespec(st.st_mtime, st.st_mtime_nsec)),
+            },
+            &[],
+        )
+    }
+
+    /// Make the peer's `path` identical to this node's, recursively.
+    fn entry(&mut self, path: &RelPath) -> Result<(), SyncError> {
+        let Some((st, fd)) = self.lstat(path)? else {
+            if !path.is_root() {
+                self.send(&Op::SyncRemove { path: path.clone() }, &[])?;
+            }
+            return Ok(());
+        };
+        let meta = meta_of(&st);
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => self.dir(path, &fd, meta)?,
+            libc::S_IFREG => self.file(path, &st, meta)?,
+            libc::S_IFLNK => {
+                let target = sys::readlinkat(fd.as_fd(), c"").map_err(read_err(path))?;
+                self.send(&Op::SyncRemove { path: path.clone() }, &[])?;
+                self.send(
+                    &Op::Symlink {
+                        path: path.clone(),
+                        target,
+                        uid: st.st_uid,
+                        gid: st.st_gid,
+                        mtime: meta.mtime,
+                    },
+                    &[],
+                )?;
+            }
+            fmt => {
+                let kind = match fmt {
+                    libc::S_IFIFO => SpecialKind::Fifo,
+                    libc::S_IFSOCK => SpecialKind::Socket,
+                    libc::S_IFCHR => SpecialKind::Char,
+                    _ => SpecialKind::Block,
+                };
+                self.send(&Op::SyncRemove { path: path.clone() }, &[])?;
+                self.send(
+                    &Op::Mknod {
+                        path: path.clone(),
+                        meta,
+                        kind,
+                        rdev: st.st_rdev,
+                    },
+                    &[],
+                )?;
+            }
+        }
+        self.xattrs(path, &fd, st.st_mode & libc::S_IFMT == libc::S_IFLNK)
+    }
+
+    fn xattrs(&mut self, path: &RelPath, fd: &OwnedFd, symlink: bool) -> Result<(), SyncError> {
+        if symlink {
+            let Some((parent, name)) = path.split_last() else {
+                return Ok(());
+            };
+            let pfd = sys::open_beneath(
+                self.core.root.as_fd(),
+                &parent,
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+            )
+            .map_err(read_err(path))?;
+            let c = sys::cstr(name).map_err(read_err(path))?;
+            // `pfd` stays open while its /proc path is used.
+            let p = sys::proc_path(pfd.as_fd(), Some(&c));
+            return self.xattrs_at(path, &p, false);
+        }
+        self.xattrs_at(path, &sys::proc_path(fd.as_fd(), None), true)
+    }
+
+    fn xattrs_at(
+        &mut self,
+        path: &RelPath,
+        p: &std::ffi::CString,
+        follow: bool,
+    ) -> Result<(), SyncError> {
+        let target = Target::Path(path.clone());
+        let names = match sys::list_xattr_names(p, follow) {
+            Ok(n) => n,
+            Err(e) if sys::errno(&e) == libc::ENOTSUP => return Ok(()),
+            Err(e) => return Err(read_err(path)(e)),
+        };
+        self.send(
+            &Op::SyncClearXattrs {
+                target: target.clone(),
+            },
+            &[],
+        )?;
+        for name in names {
+            let c = sys::cstr(&name).map_err(read_err(path))?;
+            let value = match sys::get_xattr_value(p, follow, &c) {
+                Ok(v) => v,
+                Err(e) if sys::errno(&e) == libc::ENODATA => continue,
+                Err(e) => return Err(read_err(path)(e)),
+            };
+            self.send(
+                &Op::SetXattr {
+                    target: target.clone(),
+                    name,
+                    flags: 0,
+                },
+                &value,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn dir(&mut self, path: &RelPath, fd: &OwnedFd, meta: Meta) -> Result<(), SyncError> {
+        let entries = sys::read_dir(fd.as_fd()).map_err(read_err(path))?;
+        let names: Vec<Vec<u8>> = entries.iter().map(|e| e.name.clone()).collect();
+        let chunks: Vec<&[Vec<u8>]> = if names.is_empty() {
+            vec![&[]]
+        } else {
+            names.chunks(MAX_DIR_ENTRIES).collect()
+        };
+        let n = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            self.send(
+                &Op::SyncDir {
+                    path: path.clone(),
+                    meta,
+                    entries: chunk.to_vec(),
+                    first: i == 0,
+                    last: i + 1 == n,
+                },
+                &[],
+            )?;
+        }
+        for name in &names {
+            let Ok(child) = path.join(name) else {
+                continue;
+            };
+            self.entry(&child)?;
+        }
+        // Making the entries changed the peer's directory time: set it back.
+        self.send(
+            &Op::SetAttr {
+                target: Target::Path(path.clone()),
+                mode: None,
+                uid: None,
+                gid: None,
+                atime: None,
+                mtime: Some(meta.mtime),
+            },
+            &[],
+        )
+    }
+
+    fn file(&mut self, path: &RelPath, st: &libc::stat, meta: Meta) -> Result<(), SyncError> {
+        if st.st_nlink > 1 {
+            let key = (st.st_dev, st.st_ino);
+            if let Some(existing) = self.linked.get(&key) {
+                return self.send(
+                    &Op::SyncLink {
+                        existing: existing.clone(),
+                        path: path.clone(),
+                    },
+                    &[],
+                );
+            }
+            self.linked.insert(key, path.clone());
+        }
+        let fd = match sys::open_beneath(
+            self.core.root.as_fd(),
+            path,
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NOATIME,
+            0,
+        ) {
+            Ok(fd) => fd,
+            Err(e) if sys::errno(&e) == libc::ENOENT => {
+                return self.send(&Op::SyncRemove { path: path.clone() }, &[]);
+            }
+            Err(e) => return Err(read_err(path)(e)),
+        };
+        let size = st.st_size as u64;
+        self.send(
+            &Op::SyncFile {
+                path: path.clone(),
+                meta,
+                size,
+            },
+            &[],
+        )?;
+        self.data(path, fd.as_fd(), size)
+    }
+
+    /// Send the data extents of a file; holes are skipped and stay holes on the peer.
+    fn data(&mut self, path: &RelPath, fd: BorrowedFd<'_>, size: u64) -> Result<(), SyncError> {
+        let mut pos = 0u64;
+        while pos < size {
+            let Some(start) =
+                sys::seek_data_hole(fd, pos, libc::SEEK_DATA).map_err(read_err(path))?
+            else {
+                break;
+            };
+            let end = sys::seek_data_hole(fd, start, libc::SEEK_HOLE)
+                .map_err(read_err(path))?
+                .unwrap_or(size)
+                .min(size);
+            let mut off = start;
+            while off < end {
+                let want = ((end - off) as usize).min(SYNC_CHUNK_BYTES);
+                let n = sys::pread(fd, &mut self.buf[..want], off).map_err(read_err(path))?;
+                if n == 0 {
+                    // The file shrank meanwhile: the application's change is recorded.
+                    return Ok(());
+                }
+                let chunk = std::mem::take(&mut self.buf);
+                let r = self.send(
+                    &Op::SyncData {
+                        path: path.clone(),
+                        offset: off,
+                    },
+                    &chunk[..n],
+                );
+                self.buf = chunk;
+                r?;
+                off += n as u64;
+            }
+            pos = end;
+        }
+        Ok(())
+    }
+}

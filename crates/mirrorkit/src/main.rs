@@ -1,0 +1,328 @@
+//! `mirrorkit`: the daemon and command line.
+//!
+//! Wires the crates together; holds no replication logic of its own.
+
+mod demo;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use mirrorkit_engine::link::LinkConfig;
+use mirrorkit_engine::primary::PeerAddr;
+use mirrorkit_engine::secondary::{SecondaryConfig, SecondaryCounters};
+use mirrorkit_engine::status::{Status, STATUS_INTERVAL_MS};
+use mirrorkit_net::pki::NodeIdentity;
+use mirrorkit_net::TransportParams;
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(
+    name = "mirrorkit",
+    version,
+    about = "Synchronous two-node mirror of application directories"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the cluster CA and one certificate per node.
+    Certs {
+        /// Directory for ca.pem, ca.key, <node>.pem, <node>.key.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Cluster name (in the CA's subject).
+        #[arg(long, default_value = "mirrorkit")]
+        cluster: String,
+        /// Node names, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run one node of a mirror.
+    Mirror {
+        #[command(subcommand)]
+        role: RoleCmd,
+    },
+    /// Show a node's view of a mirror (from its state directory).
+    Status {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a two-node demo mirror on this machine.
+    Demo {
+        /// Where the demo keeps its directories.
+        #[arg(long, default_value = "/tmp/mirrorkit-demo")]
+        base: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoleCmd {
+    /// Mount the mirror over DIR and replicate every change to the peer.
+    Primary {
+        #[command(flatten)]
+        common: Common,
+        /// The peer: NAME@ADDRESS:PORT.
+        #[arg(long)]
+        peer: String,
+        /// Longest a write waits for the peer before this node continues alone (ms).
+        #[arg(long, default_value_t = 3000)]
+        peer_timeout_ms: u64,
+    },
+    /// Receive the primary's changes into DIR.
+    Secondary {
+        #[command(flatten)]
+        common: Common,
+        /// Name of the primary node (only its certificate is accepted).
+        #[arg(long)]
+        peer: String,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// Mirror name; both nodes must use the same.
+    #[arg(long)]
+    mirror: String,
+    /// This node's name (as in its certificate).
+    #[arg(long)]
+    node: String,
+    /// The replicated directory.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Where this node keeps the mirror's state (outside DIR).
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Directory holding ca.pem and this node's certificate and key.
+    #[arg(long)]
+    certs: PathBuf,
+    /// Address to listen on for the replication link.
+    #[arg(long)]
+    listen: SocketAddr,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        error!("{e:#}");
+        eprintln!("mirrorkit: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Certs {
+            dir,
+            cluster,
+            nodes,
+            force,
+        } => {
+            let names: Vec<&str> = nodes.iter().map(String::as_str).collect();
+            mirrorkit_net::pki::generate_cluster(&dir, &cluster, &names, force)?;
+            println!(
+                "cluster CA and certificates for {} written to {}",
+                nodes.join(", "),
+                dir.display()
+            );
+            Ok(())
+        }
+        Cmd::Mirror { role } => run_mirror(role),
+        Cmd::Status { state_dir, json } => {
+            let s = Status::read(&state_dir).with_context(|| {
+                format!(
+                    "no status in {} (is the daemon running?)",
+                    state_dir.display()
+                )
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!(
+                    "mirror {}: {} {} ({})\n  operations sent {}, applied {}, data bytes {}, sync bytes {}, sessions {}",
+                    s.mirror, s.role, s.mode, s.reason, s.ops_sent, s.ops_applied, s.data_bytes_sent, s.sync_data_bytes_sent, s.sessions
+                );
+            }
+            Ok(())
+        }
+        Cmd::Demo { base } => demo::run(&base),
+    }
+}
+
+fn parse_peer(s: &str) -> Result<PeerAddr> {
+    let Some((node, addr)) = s.split_once('@') else {
+        bail!("--peer {s:?}: expected NAME@ADDRESS:PORT");
+    };
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("--peer {s:?}: {addr:?} is not ADDRESS:PORT"))?;
+    Ok(PeerAddr {
+        node: node.to_string(),
+        addr,
+    })
+}
+
+fn check_state_dir(c: &Common) -> Result<()> {
+    std::fs::create_dir_all(&c.state_dir)
+        .with_context(|| format!("cannot create state directory {}", c.state_dir.display()))?;
+    let dir = std::fs::canonicalize(&c.dir)
+        .with_context(|| format!("replicated directory {}", c.dir.display()))?;
+    let state = std::fs::canonicalize(&c.state_dir)?;
+    if state.starts_with(&dir) {
+        bail!(
+            "state directory {} is inside the replicated directory {}: keep it outside",
+            state.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("mirrorkit-net")
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run_mirror(role: RoleCmd) -> Result<()> {
+    let rt = runtime()?;
+    match role {
+        RoleCmd::Primary {
+            common,
+            peer,
+            peer_timeout_ms,
+        } => {
+            check_state_dir(&common)?;
+            let peer = parse_peer(&peer)?;
+            let identity = NodeIdentity::load(&common.certs, &common.node)?;
+            let cfg = LinkConfig {
+                peer_timeout_ms,
+                ..LinkConfig::default()
+            };
+            let mounted =
+                mirrorkit_engine::mount::mount(&common.mirror, &common.dir, &common.state_dir, cfg)
+                    .map_err(anyhow::Error::msg)?;
+            let core = mounted.core.clone();
+            let state_dir = common.state_dir.clone();
+            let result: Result<()> = rt.block_on(async {
+                let endpoint =
+                    mirrorkit_net::endpoint(&identity, common.listen, &TransportParams::default())?;
+                tokio::spawn(mirrorkit_engine::primary::run(
+                    core.clone(),
+                    endpoint,
+                    common.node.clone(),
+                    peer,
+                ));
+                let status_core = core.clone();
+                tokio::spawn(status_loop(state_dir.clone(), move || {
+                    Status::of_primary(&status_core)
+                }));
+                wait_for_signal().await;
+                Ok(())
+            });
+            info!(dir = %mounted.dir.display(), "stopping: unmounting the mirror");
+            mounted.unmount().context("unmount failed")?;
+            rt.shutdown_timeout(Duration::from_millis(500));
+            result
+        }
+        RoleCmd::Secondary { common, peer } => {
+            check_state_dir(&common)?;
+            let identity = NodeIdentity::load(&common.certs, &common.node)?;
+            let cfg = SecondaryConfig {
+                mirror: common.mirror.clone(),
+                node: common.node.clone(),
+                peer_node: peer,
+                root: std::fs::canonicalize(&common.dir)
+                    .with_context(|| format!("replicated directory {}", common.dir.display()))?,
+                state_dir: common.state_dir.clone(),
+            };
+            let counters = Arc::new(SecondaryCounters::default());
+            let result: Result<()> = rt.block_on(async {
+                let endpoint = mirrorkit_net::endpoint(&identity, common.listen, &TransportParams::default())?;
+                let c = counters.clone();
+                let mirror = common.mirror.clone();
+                tokio::spawn(status_loop(common.state_dir.clone(), move || Status::of_secondary(&mirror, &c)));
+                tokio::select! {
+                    r = mirrorkit_engine::secondary::run(endpoint, cfg, counters.clone()) => r.map_err(anyhow::Error::msg),
+                    _ = wait_for_signal() => Ok(()),
+                }
+            });
+            rt.shutdown_timeout(Duration::from_millis(500));
+            result
+        }
+    }
+}
+
+async fn status_loop(state_dir: PathBuf, status: impl Fn() -> Status) {
+    let mut last = Status::default();
+    loop {
+        let s = status();
+        if s != last {
+            if let Err(e) = s.write(&state_dir) {
+                tracing::warn!(dir = %state_dir.display(), "cannot write status: {e}");
+            }
+            last = s;
+        }
+        tokio::time::sleep(Duration::from_millis(STATUS_INTERVAL_MS)).await;
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the daemon still runs; it stops when killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}
+
+/// Path of this executable, for the demo to start its nodes.
+pub fn self_exe() -> Result<PathBuf> {
+    std::env::current_exe().context("cannot find the mirrorkit executable")
+}
+
+/// Wait until a node's status file satisfies `pred`, up to `timeout`.
+pub fn wait_status(
+    state_dir: &Path,
+    timeout: Duration,
+    pred: impl Fn(&Status) -> bool,
+) -> Option<Status> {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if let Ok(s) = Status::read(state_dir) {
+            if pred(&s) {
+                return Some(s);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
