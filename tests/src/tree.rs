@@ -1,0 +1,183 @@
+//! Compare two trees exactly: for every entry its kind, mode, owner, link count, modification
+//! time, extended attributes, and for files their size, data/hole map and blake3 content hash;
+//! for symlinks their target; for devices their number. Access and change times are not
+//! compared (reads change the first; the kernel sets the second).
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fmt::Write as _;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+/// Everything compared about one entry, as a printable line.
+pub type Manifest = BTreeMap<String, String>;
+
+fn xattrs(path: &Path) -> String {
+    let c = match CString::new(path.as_os_str().as_bytes()) {
+        Ok(c) => c,
+        Err(_) => return "?".into(),
+    };
+    let mut names = mirrorkit_store::sys::list_xattr_names(&c, false).unwrap_or_default();
+    names.sort();
+    let mut out = String::new();
+    for n in names {
+        let Ok(nc) = CString::new(n.clone()) else {
+            continue;
+        };
+        let v = mirrorkit_store::sys::get_xattr_value(&c, false, &nc).unwrap_or_default();
+        let _ = write!(
+            out,
+            "{}={} ",
+            String::from_utf8_lossy(&n),
+            blake3::hash(&v).to_hex()
+        );
+    }
+    out
+}
+
+/// Data extents of a file as "start-end" ranges (SEEK_DATA / SEEK_HOLE).
+fn extents(f: &std::fs::File, size: u64) -> String {
+    use std::os::fd::AsFd;
+    let mut out = String::new();
+    let mut pos = 0;
+    while pos < size {
+        let Ok(Some(start)) = mirrorkit_store::sys::seek_data_hole(f.as_fd(), pos, libc::SEEK_DATA)
+        else {
+            break;
+        };
+        let end = mirrorkit_store::sys::seek_data_hole(f.as_fd(), start, libc::SEEK_HOLE)
+            .ok()
+            .flatten()
+            .unwrap_or(size);
+        let _ = write!(out, "{start}-{end} ");
+        pos = end;
+    }
+    out
+}
+
+fn content_hash(path: &Path) -> std::io::Result<(String, String)> {
+    let mut f = std::fs::File::open(path)?;
+    let size = f.metadata()?.len();
+    let ext = extents(&f, size);
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok((h.finalize().to_hex().to_string(), ext))
+}
+
+/// Describe every entry beneath `root` (the root itself is "." and its time is included).
+pub fn manifest(root: &Path) -> std::io::Result<Manifest> {
+    let mut out = Manifest::new();
+    walk(root, root, &mut out)?;
+    Ok(out)
+}
+
+fn walk(root: &Path, p: &Path, out: &mut Manifest) -> std::io::Result<()> {
+    let md = std::fs::symlink_metadata(p)?;
+    let rel = p
+        .strip_prefix(root)
+        .map(|r| {
+            if r.as_os_str().is_empty() {
+                ".".to_string()
+            } else {
+                r.display().to_string()
+            }
+        })
+        .unwrap_or_default();
+    let ft = md.file_type();
+    let common = format!(
+        "mode={:o} uid={} gid={} nlink={} mtime={}.{:09} xattrs[{}]",
+        md.mode(),
+        md.uid(),
+        md.gid(),
+        md.nlink(),
+        md.mtime(),
+        md.mtime_nsec(),
+        xattrs(p)
+    );
+    let specific = if ft.is_file() {
+        let (hash, ext) = content_hash(p)?;
+        format!("file size={} data[{}] blake3={}", md.len(), ext, hash)
+    } else if ft.is_dir() {
+        "dir".to_string()
+    } else if ft.is_symlink() {
+        format!("symlink -> {}", std::fs::read_link(p)?.display())
+    } else if ft.is_fifo() {
+        "fifo".into()
+    } else if ft.is_socket() {
+        "socket".into()
+    } else {
+        format!("device rdev={}", md.rdev())
+    };
+    out.insert(rel, format!("{specific} {common}"));
+    if ft.is_dir() {
+        let mut children: Vec<_> = std::fs::read_dir(p)?.collect::<Result<_, _>>()?;
+        children.sort_by_key(|e| e.file_name());
+        for c in children {
+            walk(root, &c.path(), out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every difference between two manifests, one line each; empty when identical.
+pub fn diff(a: &Manifest, b: &Manifest) -> Vec<String> {
+    let mut d = Vec::new();
+    for (k, va) in a {
+        match b.get(k) {
+            None => d.push(format!("only in first: {k}: {va}")),
+            Some(vb) if vb != va => {
+                d.push(format!("differs: {k}\n    first:  {va}\n    second: {vb}"))
+            }
+            _ => {}
+        }
+    }
+    for (k, vb) in b {
+        if !a.contains_key(k) {
+            d.push(format!("only in second: {k}: {vb}"));
+        }
+    }
+    d
+}
+
+/// Compare two trees; the differences (at most `limit` of them) when they differ.
+pub fn compare(a: &Path, b: &Path, limit: usize) -> Result<(), String> {
+    let ma = manifest(a).map_err(|e| format!("reading {}: {e}", a.display()))?;
+    let mb = manifest(b).map_err(|e| format!("reading {}: {e}", b.display()))?;
+    let d = diff(&ma, &mb);
+    if d.is_empty() {
+        return Ok(());
+    }
+    let n = d.len();
+    let mut s: Vec<String> = d.into_iter().take(limit).collect();
+    if n > limit {
+        s.push(format!("... and {} more", n - limit));
+    }
+    Err(format!(
+        "{} and {} differ in {n} entries:\n{}",
+        a.display(),
+        b.display(),
+        s.join("\n")
+    ))
+}
+
+/// blake3 of a whole tree's manifest: one value to compare or print.
+pub fn tree_hash(root: &Path) -> std::io::Result<String> {
+    let m = manifest(root)?;
+    let mut h = blake3::Hasher::new();
+    for (k, v) in &m {
+        h.update(k.as_bytes());
+        h.update(b"\0");
+        h.update(v.as_bytes());
+        h.update(b"\n");
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
