@@ -6,13 +6,44 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fmt::Write as _;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 /// Everything compared about one entry, as a printable line.
 pub type Manifest = BTreeMap<String, String>;
+
+/// What a comparison includes besides kind, mode, owner, link count, xattrs and content.
+#[derive(Clone, Copy, Debug)]
+pub struct CompareOpts {
+    /// Modification times (of every entry, the root included). Off to compare a mirror
+    /// with a native directory that saw the same operations at other instants.
+    pub mtimes: bool,
+    /// The data/hole map of files. Note that ext4 reports an unwritten (fallocated) range
+    /// as data once its pages are in the page cache (read, or faulted by mmap), so two
+    /// copies with identical extents can differ here until `drop_page_caches`.
+    pub extents: bool,
+}
+
+impl Default for CompareOpts {
+    fn default() -> Self {
+        CompareOpts {
+            mtimes: true,
+            extents: true,
+        }
+    }
+}
+
+impl CompareOpts {
+    /// Everything but modification times.
+    pub fn ignore_mtimes() -> Self {
+        CompareOpts {
+            mtimes: false,
+            ..CompareOpts::default()
+        }
+    }
+}
 
 fn xattrs(path: &Path) -> String {
     let c = match CString::new(path.as_os_str().as_bytes()) {
@@ -37,9 +68,23 @@ fn xattrs(path: &Path) -> String {
     out
 }
 
+/// Write back dirty pages and drop the clean page cache of the whole machine (needs root),
+/// so that unwritten extents read as holes again on every copy: see `CompareOpts::extents`.
+pub fn drop_page_caches() -> std::io::Result<()> {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", b"1")
+}
+
 /// Data extents of a file as "start-end" ranges (SEEK_DATA / SEEK_HOLE).
 fn extents(f: &std::fs::File, size: u64) -> String {
-    use std::os::fd::AsFd;
+    use std::os::fd::{AsFd, AsRawFd};
+    // Drop this file's clean cached pages first, so that the map of a file that was read
+    // shows its unwritten extents as holes again (see `CompareOpts::extents`). Best effort,
+    // and only for this inode: through the FUSE mount it reaches the mount's cache, not the
+    // primary's backing file (`drop_page_caches` does).
+    // SAFETY: a valid descriptor; the advice changes no data.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     let mut out = String::new();
     let mut pos = 0;
     while pos < size {
@@ -57,10 +102,16 @@ fn extents(f: &std::fs::File, size: u64) -> String {
     out
 }
 
-fn content_hash(path: &Path) -> std::io::Result<(String, String)> {
+fn content_hash(path: &Path, with_extents: bool) -> std::io::Result<(String, String)> {
     let mut f = std::fs::File::open(path)?;
     let size = f.metadata()?.len();
-    let ext = extents(&f, size);
+    let ext = if with_extents {
+        extents(&f, size)
+    } else {
+        "-".into()
+    };
+    // SEEK_DATA/SEEK_HOLE moved the offset: hash from the start.
+    f.seek(std::io::SeekFrom::Start(0))?;
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -75,12 +126,17 @@ fn content_hash(path: &Path) -> std::io::Result<(String, String)> {
 
 /// Describe every entry beneath `root` (the root itself is "." and its time is included).
 pub fn manifest(root: &Path) -> std::io::Result<Manifest> {
+    manifest_with(root, CompareOpts::default())
+}
+
+/// `manifest`, including only what `opts` asks for.
+pub fn manifest_with(root: &Path, opts: CompareOpts) -> std::io::Result<Manifest> {
     let mut out = Manifest::new();
-    walk(root, root, &mut out)?;
+    walk(root, root, opts, &mut out)?;
     Ok(out)
 }
 
-fn walk(root: &Path, p: &Path, out: &mut Manifest) -> std::io::Result<()> {
+fn walk(root: &Path, p: &Path, opts: CompareOpts, out: &mut Manifest) -> std::io::Result<()> {
     let md = std::fs::symlink_metadata(p)?;
     let rel = p
         .strip_prefix(root)
@@ -93,18 +149,22 @@ fn walk(root: &Path, p: &Path, out: &mut Manifest) -> std::io::Result<()> {
         })
         .unwrap_or_default();
     let ft = md.file_type();
+    let mtime = if opts.mtimes {
+        format!("{}.{:09}", md.mtime(), md.mtime_nsec())
+    } else {
+        "-".into()
+    };
     let common = format!(
-        "mode={:o} uid={} gid={} nlink={} mtime={}.{:09} xattrs[{}]",
+        "mode={:o} uid={} gid={} nlink={} mtime={} xattrs[{}]",
         md.mode(),
         md.uid(),
         md.gid(),
         md.nlink(),
-        md.mtime(),
-        md.mtime_nsec(),
+        mtime,
         xattrs(p)
     );
     let specific = if ft.is_file() {
-        let (hash, ext) = content_hash(p)?;
+        let (hash, ext) = content_hash(p, opts.extents)?;
         format!("file size={} data[{}] blake3={}", md.len(), ext, hash)
     } else if ft.is_dir() {
         "dir".to_string()
@@ -122,7 +182,7 @@ fn walk(root: &Path, p: &Path, out: &mut Manifest) -> std::io::Result<()> {
         let mut children: Vec<_> = std::fs::read_dir(p)?.collect::<Result<_, _>>()?;
         children.sort_by_key(|e| e.file_name());
         for c in children {
-            walk(root, &c.path(), out)?;
+            walk(root, &c.path(), opts, out)?;
         }
     }
     Ok(())
@@ -150,8 +210,13 @@ pub fn diff(a: &Manifest, b: &Manifest) -> Vec<String> {
 
 /// Compare two trees; the differences (at most `limit` of them) when they differ.
 pub fn compare(a: &Path, b: &Path, limit: usize) -> Result<(), String> {
-    let ma = manifest(a).map_err(|e| format!("reading {}: {e}", a.display()))?;
-    let mb = manifest(b).map_err(|e| format!("reading {}: {e}", b.display()))?;
+    compare_with(a, b, limit, CompareOpts::default())
+}
+
+/// `compare`, including only what `opts` asks for.
+pub fn compare_with(a: &Path, b: &Path, limit: usize, opts: CompareOpts) -> Result<(), String> {
+    let ma = manifest_with(a, opts).map_err(|e| format!("reading {}: {e}", a.display()))?;
+    let mb = manifest_with(b, opts).map_err(|e| format!("reading {}: {e}", b.display()))?;
     let d = diff(&ma, &mb);
     if d.is_empty() {
         return Ok(());

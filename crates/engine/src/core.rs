@@ -41,8 +41,6 @@ pub struct Handle {
     pub fd: OwnedFd,
     pub ino: u64,
     pub writable: bool,
-    /// O_APPEND: every write goes to the end, computed under the ordering lock.
-    pub append: bool,
     /// O_SYNC (false) or O_DSYNC (true): every write is followed by a durable flush.
     pub sync: Option<bool>,
     /// Session in which the peer opened its matching descriptor (0: it has none).

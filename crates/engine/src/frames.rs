@@ -21,12 +21,21 @@ pub async fn read_frame(
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(false),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(cut_short()),
         Err(e) => return Err(e.into()),
     }
     let len = wire::frame_len(prefix)?;
     buf.resize(len, 0);
-    recv.read_exact(buf).await?;
-    Ok(true)
+    match recv.read_exact(buf).await {
+        Ok(()) => Ok(true),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => Err(cut_short()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The peer finished its stream inside a frame: a malformed message, not a clean end.
+fn cut_short() -> FrameError {
+    FrameError::Wire(WireError::Truncated("the stream ended inside a frame"))
 }
 
 /// Encode and write one message without data.

@@ -132,7 +132,18 @@ impl MirrorFs {
         } else {
             req.gid()
         };
-        sys::fchownat(pfd.as_fd(), name, req.uid(), gid, libc::AT_SYMLINK_NOFOLLOW)
+        let st = sys::fstatat(pfd.as_fd(), name, libc::AT_SYMLINK_NOFOLLOW)?;
+        if st.st_uid == req.uid() && (gid == u32::MAX || st.st_gid == gid) {
+            return Ok(());
+        }
+        sys::fchownat(pfd.as_fd(), name, req.uid(), gid, libc::AT_SYMLINK_NOFOLLOW)?;
+        // chown clears setuid/setgid even for root, but the creator keeps them on ext4 (the
+        // kernel already stripped what it must from the mode it passed): put them back.
+        let kept = libc::S_ISUID | libc::S_ISGID;
+        if st.st_mode & kept != 0 && st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+            sys::fchmodat(pfd.as_fd(), name, st.st_mode & 0o7777)?;
+        }
+        Ok(())
     }
 
     /// After a namespace change in `parent`: the entry made (looked up), and fixes.
@@ -242,7 +253,6 @@ impl MirrorFs {
             fd,
             ino: ino.0,
             writable,
-            append: flags & libc::O_APPEND != 0,
             sync,
             remote_session: AtomicU64::new(0),
         };
@@ -496,6 +506,7 @@ impl fuser::Filesystem for MirrorFs {
                         path,
                         meta: meta_of(st),
                         excl: true,
+                        truncate: false,
                         handle: None,
                     },
                     reply,
@@ -704,13 +715,38 @@ impl fuser::Filesystem for MirrorFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let flags = flags.0;
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        if !writable {
+        if !writable && flags & libc::O_TRUNC == 0 {
             return match self.open_handle(ino, flags, None) {
                 Ok((fh, _)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
                 Err(e) => reply.error(e),
             };
         }
         let order = self.core.order();
+        if !writable {
+            // O_RDONLY|O_TRUNC truncates on Linux: replicate the truncation, not a handle.
+            let (fh, h) = match self.open_handle(ino, flags, None) {
+                Ok(x) => x,
+                Err(e) => return reply.error(e),
+            };
+            let t = match (self.core.path_of(ino.0), sys::fstat(h.fd.as_fd())) {
+                (Some(path), Ok(st)) => self.core.submit(
+                    Op::Truncate {
+                        target: Target::Path(path.clone()),
+                        size: 0,
+                    },
+                    &[],
+                    vec![TimeFix {
+                        target: Target::Path(path),
+                        mtime: sys::timespec(st.st_mtime, st.st_mtime_nsec),
+                    }],
+                    || self.core.dirty_node(ino.0),
+                ),
+                _ => None,
+            };
+            drop(order);
+            self.core.wait(t);
+            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        }
         let (fh, h) = match self.open_handle(ino, flags, None) {
             Ok(x) => x,
             Err(e) => return reply.error(e),
@@ -796,15 +832,10 @@ impl fuser::Filesystem for MirrorFs {
         let Some(h) = self.core.handle(fh.0) else {
             return reply.error(Errno::EBADF);
         };
+        // The kernel's offset, also for O_APPEND: it computed the end of the file under the
+        // inode lock and put the data there in its page cache. Writes from the page cache
+        // (mmap writeback) come through any writable handle, O_APPEND ones included.
         let order = self.core.order();
-        let offset = if h.append {
-            match sys::fstat(h.fd.as_fd()) {
-                Ok(st) => st.st_size as u64,
-                Err(e) => return reply.error(errno_of(&e)),
-            }
-        } else {
-            offset
-        };
         let n = match sys::pwrite(h.fd.as_fd(), data, offset) {
             Ok(n) => n,
             Err(e) => return reply.error(errno_of(&e)),
@@ -950,7 +981,6 @@ impl fuser::Filesystem for MirrorFs {
             fd,
             ino: ino.0,
             writable: false,
-            append: false,
             sync: None,
             remote_session: AtomicU64::new(0),
         };
@@ -1201,6 +1231,7 @@ impl fuser::Filesystem for MirrorFs {
                         path,
                         meta: meta_of(&st),
                         excl: flags & libc::O_EXCL != 0,
+                        truncate: flags & libc::O_TRUNC != 0,
                         handle: h.writable.then_some(fh),
                     },
                     &[],

@@ -168,9 +168,17 @@ impl Link {
         self.lock().mode
     }
 
-    /// Mode and the reason it was entered.
+    /// Mode and the reason it was entered, as shown to operators and tests: in-sync only once
+    /// the peer confirmed the end of the synchronisation (until then its copy is incomplete,
+    /// although every new operation is already sent).
     pub fn status(&self) -> (Mode, String) {
         let st = self.lock();
+        if st.mode == Mode::InSync && !st.stored_in_sync {
+            return (
+                Mode::Syncing,
+                "full synchronisation sent: waiting for the peer to confirm it".into(),
+            );
+        }
         (st.mode, st.reason.clone())
     }
 

@@ -51,9 +51,14 @@ pub fn detach_stale_mount(dir: &Path) -> std::io::Result<bool> {
         let sep = f.iter().position(|x| *x == "-");
         f.len() > 4
             && unescape(f[4]) == target
-            && sep
-                .and_then(|i| f.get(i + 1))
-                .is_some_and(|t| t.starts_with("fuse") && t.contains("mirrorkit"))
+            && sep.is_some_and(|i| {
+                // Type "fuse.mirrorkit" when the kernel records the subtype; else type "fuse"
+                // with the source "mirrorkit:<mirror>" (our FSName).
+                let fstype = f.get(i + 1).copied().unwrap_or_default();
+                let source = f.get(i + 2).copied().unwrap_or_default();
+                fstype.starts_with("fuse")
+                    && (fstype.contains("mirrorkit") || source.starts_with("mirrorkit:"))
+            })
     });
     if !stale {
         return Ok(false);

@@ -53,7 +53,7 @@ pub async fn run(
         .load()
         .map_err(|e| format!("mirror {}: {e}", cfg.mirror))?;
     let state = Arc::new(state);
-    let mut current: Option<quinn::Connection> = None;
+    let current: Arc<Mutex<Option<quinn::Connection>>> = Arc::new(Mutex::new(None));
     while let Some(conn) = mirrorkit_net::accept(&endpoint).await {
         let who = mirrorkit_net::peer_node_name(&conn).unwrap_or_default();
         if who != cfg.peer_node {
@@ -63,17 +63,18 @@ pub async fn run(
             conn.close(1u32.into(), b"not the configured peer");
             continue;
         }
-        if let Some(old) = current.take() {
-            old.close(0u32.into(), b"replaced by a new session");
-        }
-        current = Some(conn.clone());
-        let (store, state, cfg, counters) =
-            (store.clone(), state.clone(), cfg.clone(), counters.clone());
+        let (store, state, cfg, counters, current) = (
+            store.clone(),
+            state.clone(),
+            cfg.clone(),
+            counters.clone(),
+            current.clone(),
+        );
         let rt = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("mirrorkit-apply".into())
             .spawn(move || {
-                let end = serve(&rt, &conn, &store, &state, &cfg, &counters);
+                let end = serve(&rt, &conn, &current, &store, &state, &cfg, &counters);
                 info!(mirror = %cfg.mirror, "replication session ended: {end}");
                 conn.close(0u32.into(), b"session ended");
             })
@@ -82,31 +83,51 @@ pub async fn run(
     Ok(())
 }
 
-/// One session, on its own thread. Returns why it ended.
+/// Longest a new connection may take to open its stream and greet. Default 5000 ms.
+const GREETING_TIMEOUT_MS: u64 = 5000;
+
+/// One session, on its own thread. Returns why it ended. Once its greeting is accepted it
+/// replaces the `current` session (whose thread then lets go of the store); a connection that
+/// does not greet validly changes nothing.
 fn serve(
     rt: &tokio::runtime::Handle,
     conn: &quinn::Connection,
+    current: &Mutex<Option<quinn::Connection>>,
     store: &Mutex<Store>,
     state: &StateFile,
     cfg: &SecondaryConfig,
     counters: &SecondaryCounters,
 ) -> String {
-    let (mut send, mut recv) = match rt.block_on(conn.accept_bi()) {
-        Ok(s) => s,
-        Err(e) => return format!("no replication stream: {e}"),
+    let greeting_timeout = std::time::Duration::from_millis(GREETING_TIMEOUT_MS);
+    let (mut send, mut recv) = match rt
+        .block_on(async { tokio::time::timeout(greeting_timeout, conn.accept_bi()).await })
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return format!("no replication stream: {e}"),
+        Err(_) => return format!("no replication stream within {GREETING_TIMEOUT_MS} ms"),
     };
     let mut buf = Vec::new();
-    match rt.block_on(read_frame(&mut recv, &mut buf)) {
-        Ok(true) => {}
-        Ok(false) => return "primary closed the stream before greeting".into(),
-        Err(e) => return format!("greeting: {e}"),
+    match rt.block_on(async {
+        tokio::time::timeout(greeting_timeout, read_frame(&mut recv, &mut buf)).await
+    }) {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => return "primary closed the stream before greeting".into(),
+        Ok(Err(FrameError::Wire(e))) => {
+            return refuse(rt, conn, &mut send, cfg, format!("malformed greeting: {e}"))
+        }
+        Ok(Err(e)) => return format!("greeting: {e}"),
+        Err(_) => {
+            let r = format!("no greeting within {GREETING_TIMEOUT_MS} ms");
+            return refuse(rt, conn, &mut send, cfg, r);
+        }
     }
     let hello = match wire::decode_frame(&buf) {
         Ok((Message::Hello(h), _)) => h,
         Ok((other, _)) => {
-            return reject(rt, &mut send, format!("expected a greeting, got {other:?}"))
+            let r = format!("expected a greeting, got {other:?}");
+            return refuse(rt, conn, &mut send, cfg, r);
         }
-        Err(e) => return reject(rt, &mut send, format!("malformed greeting: {e}")),
+        Err(e) => return refuse(rt, conn, &mut send, cfg, format!("malformed greeting: {e}")),
     };
     if hello.version != PROTOCOL_VERSION
         || hello.mirror != cfg.mirror
@@ -116,14 +137,29 @@ fn serve(
             "greeting for mirror {:?} as {:?} with protocol {} does not match mirror {:?}, primary, protocol {}",
             hello.mirror, hello.role, hello.version, cfg.mirror, PROTOCOL_VERSION
         );
-        return reject(rt, &mut send, r);
+        return refuse(rt, conn, &mut send, cfg, r);
     }
-    // Wait for the previous session's thread to let go of the store.
+    if hello.node != cfg.peer_node {
+        let r = format!(
+            "greeting names node {:?}, but the certificate names node {:?}",
+            hello.node, cfg.peer_node
+        );
+        return refuse(rt, conn, &mut send, cfg, r);
+    }
+    // A valid greeting: this session replaces the current one, whose thread then ends and lets
+    // go of the store.
+    let old = current
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .replace(conn.clone());
+    if let Some(old) = old {
+        old.close(0u32.into(), b"replaced by a new session");
+    }
     let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
     store.reset_session();
     let mut mstate = match state.load() {
         Ok(s) => s,
-        Err(e) => return reject(rt, &mut send, e.to_string()),
+        Err(e) => return refuse(rt, conn, &mut send, cfg, e.to_string()),
     };
     let me = Message::Hello(Hello {
         version: PROTOCOL_VERSION,
@@ -224,10 +260,26 @@ const FAREWELL_MS: u64 = 1000;
 /// Finish the stream and give the peer a moment to read the last message.
 fn farewell(rt: &tokio::runtime::Handle, send: &mut quinn::SendStream) {
     let _ = send.finish();
-    let _ = rt.block_on(tokio::time::timeout(
-        std::time::Duration::from_millis(FAREWELL_MS),
-        send.stopped(),
-    ));
+    // The timer must be made inside the runtime: this runs on the apply thread.
+    let _ = rt.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_millis(FAREWELL_MS),
+            send.stopped(),
+        )
+        .await
+    });
+}
+
+/// Refuse a session at its greeting: log why, with the peer's address, and say it.
+fn refuse(
+    rt: &tokio::runtime::Handle,
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    cfg: &SecondaryConfig,
+    reason: String,
+) -> String {
+    error!(mirror = %cfg.mirror, remote = %conn.remote_address(), "refused replication session: {reason}");
+    reject(rt, send, reason)
 }
 
 fn reject(rt: &tokio::runtime::Handle, send: &mut quinn::SendStream, reason: String) -> String {

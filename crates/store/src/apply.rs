@@ -153,6 +153,7 @@ impl Store {
                 path,
                 meta,
                 excl,
+                truncate,
                 handle,
             } => {
                 if let Some(h) = handle {
@@ -163,6 +164,9 @@ impl Store {
                 let mut flags = libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW;
                 if *excl {
                     flags |= libc::O_EXCL;
+                }
+                if *truncate {
+                    flags |= libc::O_TRUNC;
                 }
                 let fd = sys::openat2(dir.as_fd(), &name, flags, 0o600, sys::RESOLVE_STRICT)
                     .and_then(|fd| set_meta_fd(fd.as_fd(), meta).map(|()| fd))

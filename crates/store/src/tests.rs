@@ -41,6 +41,7 @@ fn create_write_rename_unlink() {
             path: p("f"),
             meta: meta(0o640),
             excl: true,
+            truncate: false,
             handle: Some(1),
         },
         &[],
@@ -87,6 +88,7 @@ fn symlinks_never_lead_outside() {
             path: p("out/new"),
             meta: meta(0o644),
             excl: true,
+            truncate: false,
             handle: None,
         },
         Op::Open {

@@ -83,11 +83,13 @@ pub enum SpecialKind {
 /// One mutating operation, as completed on the primary.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    /// Create a regular file (fails if it exists when `excl`), optionally keeping it open as `handle`.
+    /// Create a regular file (fails if it exists when `excl`; emptied if it exists when
+    /// `truncate`), optionally keeping it open for writing as `handle`.
     Create {
         path: RelPath,
         meta: Meta,
         excl: bool,
+        truncate: bool,
         handle: Option<u64>,
     },
     /// Open an existing regular file for writing as `handle`; `truncate` as O_TRUNC.
@@ -411,8 +413,12 @@ pub fn decode_frame(frame: &[u8]) -> Result<(Message, &[u8]), WireError> {
         return Err(WireError::Truncated("header shorter than announced"));
     }
     let (header, data) = rest.split_at(header_len);
-    let (msg, trailing) = postcard::take_from_bytes::<Message>(header)
-        .map_err(|e| WireError::BadHeader(e.to_string()))?;
+    path::take_refusal();
+    let (msg, trailing) =
+        postcard::take_from_bytes::<Message>(header).map_err(|e| match path::take_refusal() {
+            Some(reason) => WireError::BadPath(reason),
+            None => WireError::BadHeader(e.to_string()),
+        })?;
     if !trailing.is_empty() {
         return Err(WireError::TrailingHeaderBytes(trailing.len()));
     }

@@ -136,9 +136,29 @@ impl Serialize for RelPath {
     }
 }
 
+thread_local! {
+    /// Why the last path decoded on this thread was refused. postcard reports a custom error
+    /// without its message, and the receiver must say which path it refused and why.
+    static REFUSAL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Most bytes of a refused path quoted in the reason.
+const REFUSED_PATH_SHOWN_BYTES: usize = 256;
+
+/// Take the reason the last path decoded on this thread was refused, if one was.
+pub(crate) fn take_refusal() -> Option<String> {
+    REFUSAL.with(|r| r.borrow_mut().take())
+}
+
 impl<'de> Deserialize<'de> for RelPath {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let bytes: Vec<u8> = serde::de::Deserialize::deserialize(d)?;
-        RelPath::new(bytes).map_err(serde::de::Error::custom)
+        if let Err(e) = check_path(&bytes) {
+            let shown = &bytes[..bytes.len().min(REFUSED_PATH_SHOWN_BYTES)];
+            let reason = format!("path {:?}: {e}", String::from_utf8_lossy(shown));
+            REFUSAL.with(|r| *r.borrow_mut() = Some(reason.clone()));
+            return Err(serde::de::Error::custom(reason));
+        }
+        Ok(RelPath(bytes))
     }
 }

@@ -1,0 +1,664 @@
+//! `mirrorkit-bench`: the end-to-end benchmark. Runs the same workloads on a native directory
+//! and on a mirror's mounted directory (two real `mirrorkit` processes on loopback, started by
+//! `mirrorkit-tests`), in one run, alternating sides within every repetition so that machine
+//! noise hits both, and prints medians and the ratio mirror/native against the targets.
+//!
+//! Owns: the workloads, their timing and the report. Never: reaches into or tunes the engine;
+//! the mirror is measured from the outside, as an application sees it. How to run it and what
+//! the figures mean: docs/benchmarks.md.
+
+mod daemon;
+mod machine;
+mod report;
+mod stats;
+mod workloads;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use mirrorkit_engine::status::STATUS_INTERVAL_MS;
+use mirrorkit_tests::{tree, Mirror, MirrorOpts, Status};
+use serde::Serialize;
+
+use crate::machine::Machine;
+use crate::report::{Row, Skipped, Target, Traffic};
+use crate::stats::{median, percentile};
+use crate::workloads::{COMMIT_BYTES, SMALL_FILE_BYTES};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mirrorkit-bench",
+    about = "Same workloads on a native directory and on a mirror; medians and ratios mirror/native"
+)]
+struct Cli {
+    /// Small sizes, for a CI smoke run: proves the benchmark works, figures mean nothing.
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions of every workload on each side [default: 5; quick: 2].
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Sequential write: MiB written per run [default: 1024; quick: 16].
+    #[arg(long)]
+    write_mib: Option<u64>,
+    /// 4 KiB write + fsync loop: iterations per run [default: 2000; quick: 100].
+    #[arg(long)]
+    fsync_iters: Option<usize>,
+    /// Small files: files created per run [default: 5000; quick: 200].
+    #[arg(long)]
+    files: Option<usize>,
+    /// Small files: directories they are spread over [default: 50; quick: 4].
+    #[arg(long)]
+    file_dirs: Option<usize>,
+    /// Reads: size of the file read, MiB [default: 1024; quick: 16].
+    #[arg(long)]
+    read_mib: Option<u64>,
+    /// Only these workloads (comma separated) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<Workload>,
+    /// Skip cold reads (they drop the whole machine's page cache).
+    #[arg(long)]
+    no_cold: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Directory under which the native directory and both nodes' directories are created; it
+    /// should be on the local disk (ext4 for reference figures) [default: $MIRRORKIT_TEST_DIR,
+    /// else the temp dir].
+    #[arg(long, value_name = "DIR")]
+    base: Option<PathBuf>,
+    /// The mirrorkit binary to run [default: $MIRRORKIT_BIN, else `mirrorkit` next to this
+    /// executable, built first with cargo].
+    #[arg(long, value_name = "FILE")]
+    mirrorkit_bin: Option<PathBuf>,
+    /// Do not run `cargo build --bin mirrorkit` before using the binary next to this executable.
+    #[arg(long)]
+    no_build: bool,
+    /// The mirror's peer timeout, ms: a write not acknowledged within it makes the primary
+    /// continue alone, which ends the run with an error [default: the daemon's, 3000].
+    #[arg(long, default_value_t = 3000)]
+    peer_timeout_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Workload {
+    SeqWrite,
+    #[value(name = "fsync-4k")]
+    #[serde(rename = "fsync-4k")]
+    Fsync4k,
+    SmallFiles,
+    ReadCached,
+    ReadCold,
+}
+
+impl Workload {
+    const ALL: [Workload; 5] = [
+        Workload::SeqWrite,
+        Workload::Fsync4k,
+        Workload::SmallFiles,
+        Workload::ReadCached,
+        Workload::ReadCold,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::SeqWrite => "seq-write",
+            Workload::Fsync4k => "fsync-4k",
+            Workload::SmallFiles => "small-files",
+            Workload::ReadCached => "read-cached",
+            Workload::ReadCold => "read-cold",
+        }
+    }
+
+    /// The figures this workload yields, in the order `Bench::measure` returns them.
+    fn rows(self) -> Vec<Row> {
+        let row = |id, workload, metric, target| Row {
+            id,
+            workload,
+            metric,
+            target,
+            native: Vec::new(),
+            mirror: Vec::new(),
+        };
+        match self {
+            Workload::SeqWrite => vec![row(
+                "seq_write_mb_s",
+                "sequential 1 MiB writes + fsync",
+                "MB/s",
+                Target::at_least(0.45),
+            )],
+            Workload::Fsync4k => vec![
+                row(
+                    "fsync_4k_p50_us",
+                    "4 KiB write + fsync, p50",
+                    "us",
+                    Target::at_most(1.5),
+                ),
+                row(
+                    "fsync_4k_p99_us",
+                    "4 KiB write + fsync, p99",
+                    "us",
+                    Target::at_most(2.0),
+                ),
+            ],
+            Workload::SmallFiles => vec![row(
+                "small_files_per_s",
+                "create+write+close 16 KiB files",
+                "files/s",
+                Target::at_least(0.5),
+            )],
+            Workload::ReadCached => vec![row(
+                "read_cached_mb_s",
+                "read, in page cache",
+                "MB/s",
+                Target::at_least(0.9),
+            )],
+            Workload::ReadCold => vec![row(
+                "read_cold_mb_s",
+                "read, cold (caches dropped)",
+                "MB/s",
+                Target::at_least(0.9),
+            )],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Native,
+    Mirror,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Native => "native",
+            Side::Mirror => "mirror",
+        }
+    }
+}
+
+/// The sizes actually used (the defaults, or quick's, overridden by explicit options).
+#[derive(Clone, Debug, Serialize)]
+struct Config {
+    quick: bool,
+    reps: usize,
+    write_mib: u64,
+    fsync_iters: usize,
+    files: usize,
+    file_dirs: usize,
+    read_mib: u64,
+    peer_timeout_ms: u64,
+    workloads: Vec<Workload>,
+}
+
+impl Config {
+    fn of(cli: &Cli) -> Result<Config> {
+        let q = cli.quick;
+        let cfg = Config {
+            quick: q,
+            reps: cli.reps.unwrap_or(if q { 2 } else { 5 }),
+            write_mib: cli.write_mib.unwrap_or(if q { 16 } else { 1024 }),
+            fsync_iters: cli.fsync_iters.unwrap_or(if q { 100 } else { 2000 }),
+            files: cli.files.unwrap_or(if q { 200 } else { 5000 }),
+            file_dirs: cli.file_dirs.unwrap_or(if q { 4 } else { 50 }),
+            read_mib: cli.read_mib.unwrap_or(if q { 16 } else { 1024 }),
+            peer_timeout_ms: cli.peer_timeout_ms,
+            workloads: if cli.only.is_empty() {
+                Workload::ALL.to_vec()
+            } else {
+                Workload::ALL
+                    .into_iter()
+                    .filter(|w| cli.only.contains(w))
+                    .collect()
+            },
+        };
+        if cfg.reps == 0
+            || cfg.write_mib == 0
+            || cfg.fsync_iters == 0
+            || cfg.files == 0
+            || cfg.file_dirs == 0
+            || cfg.read_mib == 0
+        {
+            bail!("repetitions, sizes and counts must be at least 1: {cfg:?}");
+        }
+        Ok(cfg)
+    }
+}
+
+/// Everything the JSON file holds.
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    command: &'a str,
+    date_utc: &'a str,
+    machine: &'a Machine,
+    base_dir: String,
+    git: &'a str,
+    bench_build: &'a str,
+    mirrorkit_bin: String,
+    mirrorkit_bin_how: &'a str,
+    load_average_start: &'a str,
+    load_average_end: &'a str,
+    config: &'a Config,
+    results: Vec<report::RowJson>,
+    traffic: &'a [Traffic],
+    skipped: &'a [Skipped],
+    mirror_trees_identical: bool,
+    targets_missed: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mirrorkit-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let cfg = Config::of(&cli)?;
+    let command = machine::command_line();
+    let date = machine::utc_now();
+    let daemon = daemon::resolve(cli.mirrorkit_bin.clone(), !cli.no_build)?;
+    if !is_root() || !Path::new("/dev/fuse").exists() {
+        bail!("the mirror needs root and /dev/fuse (it mounts a FUSE file system)");
+    }
+    let base = match &cli.base {
+        Some(b) => {
+            std::fs::create_dir_all(b).with_context(|| format!("--base {}", b.display()))?;
+            // The harness creates the mirror's directories under MIRRORKIT_TEST_DIR. Set while
+            // this process has a single thread.
+            std::env::set_var("MIRRORKIT_TEST_DIR", b);
+            b.clone()
+        }
+        None => std::env::var_os("MIRRORKIT_TEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir),
+    };
+    let machine = Machine::probe(&base);
+    let git = machine::git_revision();
+    let bench_build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let load_start = machine::load_average();
+
+    println!("mirrorkit-bench: the same workloads on a native directory and on a mirror");
+    println!("command:    {command}");
+    println!("date:       {date}");
+    println!(
+        "machine:    nproc {}, {}, {:.1} GiB RAM, kernel {}",
+        machine.nproc, machine.cpu, machine.memory_gib, machine.kernel
+    );
+    println!(
+        "fs:         {} on {} (mounted at {}), base {}",
+        machine.fs_type,
+        machine.fs_device,
+        machine.fs_mount,
+        base.display()
+    );
+    println!("code:       git {git}, benchmark {bench_build} build");
+    println!("mirrorkit:  {} ({})", daemon.path.display(), daemon.how);
+    println!("load avg:   {load_start} (1, 5, 15 min) at start");
+    println!(
+        "config:     {} reps; seq write {} MiB; fsync loop {} x 4 KiB; {} files x 16 KiB in {} dirs; read {} MiB{}",
+        cfg.reps,
+        cfg.write_mib,
+        cfg.fsync_iters,
+        cfg.files,
+        cfg.file_dirs,
+        cfg.read_mib,
+        if cfg.quick { " (--quick: figures not meaningful)" } else { "" }
+    );
+    if cfg!(debug_assertions) {
+        println!(
+            "WARNING:    debug build: figures are not representative (use cargo run --release)"
+        );
+    }
+    if machine.fs_type != "ext4" {
+        println!(
+            "WARNING:    the base directory is on {}, not ext4: the reference figures are for ext4 on a local disk",
+            machine.fs_type
+        );
+    }
+
+    let mut skipped = Vec::new();
+    let mut workloads = cfg.workloads.clone();
+    if workloads.contains(&Workload::ReadCold) {
+        let why = if cli.no_cold {
+            Some("--no-cold".to_string())
+        } else if !is_root() {
+            Some("not root: cold reads need `echo 3 > /proc/sys/vm/drop_caches`".to_string())
+        } else {
+            workloads::drop_caches()
+                .err()
+                .map(|e| format!("cannot drop caches (/proc/sys/vm/drop_caches: {e})"))
+        };
+        if let Some(reason) = why {
+            println!("skipped:    cold reads ({reason})");
+            workloads.retain(|w| *w != Workload::ReadCold);
+            skipped.push(Skipped {
+                workload: Workload::ReadCold.name(),
+                reason,
+            });
+        }
+    }
+    println!();
+
+    eprintln!("starting the mirror (two mirrorkit processes)");
+    let mirror = Mirror::start(MirrorOpts {
+        peer_timeout_ms: cfg.peer_timeout_ms,
+        log_filter: "warn".into(),
+    });
+    let mut bench = Bench::new(&cfg, &mirror)?;
+    let result = bench.run(&workloads);
+    if let Err(e) = result {
+        bail!(
+            "{e:#}\n--- primary log (tail)\n{}\n--- secondary log (tail)\n{}",
+            tail(&mirror.a.log(), 20),
+            tail(&mirror.b.log(), 20)
+        );
+    }
+    // Everything the workloads left (the read files) must be identical on both nodes.
+    let identical = match tree::compare(mirror.primary_dir(), mirror.secondary_dir(), 10) {
+        Ok(()) => true,
+        Err(e) => {
+            println!("WARNING: the two copies differ after the run:\n{e}");
+            false
+        }
+    };
+    let load_end = machine::load_average();
+
+    let rows: Vec<Row> = bench.rows.clone();
+    let missed = rows.iter().filter(|r| !r.met()).count();
+    println!(
+        "results: medians of {} repetitions; ratio = mirror / native (median over median); \
+         paired ratios = range of the per-repetition ratios",
+        cfg.reps
+    );
+    print!("{}", report::table(&rows));
+    for s in &skipped {
+        println!("{:<34} skipped: {}", s.workload, s.reason);
+    }
+    println!();
+    println!("replication traffic per mirror run (medians):");
+    for t in &bench.traffic {
+        println!(
+            "  {:<12} {:>9.0} operations sent, {:>9.1} MiB of write data",
+            t.workload, t.ops_per_run, t.data_mib_per_run
+        );
+    }
+    println!(
+        "copies identical after the run: {}",
+        if identical { "yes" } else { "NO" }
+    );
+    println!("load avg:   {load_end} at end");
+    println!(
+        "targets:    {} of {} met{}",
+        rows.len() - missed,
+        rows.len(),
+        if missed > 0 { " (see MISSED)" } else { "" }
+    );
+
+    if let Some(path) = &cli.json {
+        let j = JsonReport {
+            command: &command,
+            date_utc: &date,
+            machine: &machine,
+            base_dir: base.display().to_string(),
+            git: &git,
+            bench_build,
+            mirrorkit_bin: daemon.path.display().to_string(),
+            mirrorkit_bin_how: &daemon.how,
+            load_average_start: &load_start,
+            load_average_end: &load_end,
+            config: &cfg,
+            results: rows.iter().map(Row::json).collect(),
+            traffic: &bench.traffic,
+            skipped: &skipped,
+            mirror_trees_identical: identical,
+            targets_missed: missed,
+        };
+        let text = serde_json::to_string_pretty(&j)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("--json {}", path.display()))?;
+        println!("json:       {}", path.display());
+    }
+    if !identical {
+        bail!("the mirror's two copies differ: its figures are not those of a working mirror");
+    }
+    Ok(())
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// What the primary sent to its peer during one run.
+struct Sent {
+    ops: u64,
+    data_bytes: u64,
+}
+
+/// One run of the benchmark: the two directories and what was measured so far.
+struct Bench<'a> {
+    cfg: &'a Config,
+    mirror: &'a Mirror,
+    native_root: PathBuf,
+    mirror_root: PathBuf,
+    rows: Vec<Row>,
+    traffic: Vec<Traffic>,
+}
+
+impl<'a> Bench<'a> {
+    fn new(cfg: &'a Config, mirror: &'a Mirror) -> Result<Bench<'a>> {
+        // Both on the same file system: the native directory beside the nodes' directories.
+        let native_root = mirror.base.path().join("native");
+        let mirror_root = mirror.primary_dir().join("bench");
+        for d in [&native_root, &mirror_root] {
+            std::fs::create_dir_all(d).with_context(|| format!("{}", d.display()))?;
+        }
+        Ok(Bench {
+            cfg,
+            mirror,
+            native_root,
+            mirror_root,
+            rows: Vec::new(),
+            traffic: Vec::new(),
+        })
+    }
+
+    fn root(&self, side: Side) -> &Path {
+        match side {
+            Side::Native => &self.native_root,
+            Side::Mirror => &self.mirror_root,
+        }
+    }
+
+    fn run(&mut self, workloads: &[Workload]) -> Result<()> {
+        if workloads
+            .iter()
+            .any(|w| matches!(w, Workload::ReadCached | Workload::ReadCold))
+        {
+            for side in [Side::Native, Side::Mirror] {
+                let dir = self.root(side).join("read");
+                std::fs::create_dir_all(&dir)?;
+                eprintln!(
+                    "writing the {} MiB file the reads read ({})",
+                    self.cfg.read_mib,
+                    side.name()
+                );
+                workloads::prepare_read_file(&dir.join("data"), self.cfg.read_mib)
+                    .with_context(|| format!("preparing the read file ({})", side.name()))?;
+            }
+        }
+        let mut rows: Vec<Vec<Row>> = workloads.iter().map(|w| w.rows()).collect();
+        let mut traffic: Vec<(Vec<f64>, Vec<f64>)> =
+            vec![(Vec::new(), Vec::new()); workloads.len()];
+        for rep in 0..self.cfg.reps {
+            for (i, &w) in workloads.iter().enumerate() {
+                // Alternate which side goes first, so that neither always follows the other.
+                let sides = if (rep + i) % 2 == 0 {
+                    [Side::Native, Side::Mirror]
+                } else {
+                    [Side::Mirror, Side::Native]
+                };
+                for side in sides {
+                    let (figures, sent) = self.measure(w, side).with_context(|| {
+                        format!(
+                            "{} on the {} directory, repetition {}",
+                            w.name(),
+                            side.name(),
+                            rep + 1
+                        )
+                    })?;
+                    let shown: Vec<String> = rows[i]
+                        .iter()
+                        .zip(&figures)
+                        .map(|(r, f)| format!("{f:.1} {}", r.metric))
+                        .collect();
+                    eprintln!(
+                        "rep {}/{} {:<12} {:<6} {}",
+                        rep + 1,
+                        self.cfg.reps,
+                        w.name(),
+                        side.name(),
+                        shown.join(", ")
+                    );
+                    for (r, f) in rows[i].iter_mut().zip(figures) {
+                        match side {
+                            Side::Native => r.native.push(f),
+                            Side::Mirror => r.mirror.push(f),
+                        }
+                    }
+                    if let Some(sent) = sent {
+                        traffic[i].0.push(sent.ops as f64);
+                        traffic[i]
+                            .1
+                            .push(sent.data_bytes as f64 / f64::from(1 << 20));
+                    }
+                }
+            }
+        }
+        self.rows = rows.into_iter().flatten().collect();
+        self.traffic = workloads
+            .iter()
+            .zip(traffic)
+            .map(|(w, (ops, mib))| Traffic {
+                workload: w.name(),
+                ops_per_run: median(&ops),
+                data_mib_per_run: median(&mib),
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// One run of `w` on `side`: its figures (as `Workload::rows` lists them) and, on the
+    /// mirror, the operations and write bytes the primary sent meanwhile.
+    fn measure(&self, w: Workload, side: Side) -> Result<(Vec<f64>, Option<Sent>)> {
+        let dir = self.root(side).join(w.name());
+        let read_file = self.root(side).join("read/data");
+        let before = match side {
+            Side::Mirror => Some(self.settled_status()?),
+            Side::Native => None,
+        };
+        let mb = |bytes: u64, t: Duration| bytes as f64 / 1e6 / t.as_secs_f64();
+        let (figures, data_bytes) = match w {
+            Workload::SeqWrite => {
+                std::fs::create_dir_all(&dir)?;
+                workloads::sync_all();
+                let bytes = self.cfg.write_mib << 20;
+                let t = workloads::seq_write(&dir, self.cfg.write_mib)?;
+                (vec![mb(bytes, t)], bytes)
+            }
+            Workload::Fsync4k => {
+                std::fs::create_dir_all(&dir)?;
+                workloads::sync_all();
+                let lat = workloads::fsync_loop(&dir, self.cfg.fsync_iters)?;
+                let us: Vec<f64> = lat.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+                let bytes = (self.cfg.fsync_iters * COMMIT_BYTES) as u64;
+                (vec![percentile(&us, 50.0), percentile(&us, 99.0)], bytes)
+            }
+            Workload::SmallFiles => {
+                let dirs = workloads::small_file_dirs(&dir, self.cfg.file_dirs)?;
+                workloads::sync_all();
+                let t = workloads::small_files(&dirs, self.cfg.files)?;
+                let bytes = (self.cfg.files * SMALL_FILE_BYTES) as u64;
+                (vec![self.cfg.files as f64 / t.as_secs_f64()], bytes)
+            }
+            Workload::ReadCached => {
+                workloads::sync_all();
+                // The first read fills the page cache; the second is measured.
+                workloads::read_file(&read_file)?;
+                let (t, bytes) = workloads::read_file(&read_file)?;
+                (vec![mb(bytes, t)], 0)
+            }
+            Workload::ReadCold => {
+                workloads::drop_caches()?;
+                let (t, bytes) = workloads::read_file(&read_file)?;
+                (vec![mb(bytes, t)], 0)
+            }
+        };
+        let sent = match before {
+            Some(before) => Some(self.check_mirrored(&before, data_bytes)?),
+            None => None,
+        };
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("cleaning {}", dir.display()))?;
+        }
+        Ok((figures, sent))
+    }
+
+    /// The primary's status once it reflects everything done so far (it is rewritten every
+    /// `STATUS_INTERVAL_MS`).
+    fn settled_status(&self) -> Result<Status> {
+        std::thread::sleep(Duration::from_millis(2 * STATUS_INTERVAL_MS));
+        self.mirror
+            .a
+            .status()
+            .context("the primary wrote no status")
+    }
+
+    /// After a run on the mirror: the primary must still be in sync, never having gone alone,
+    /// and must have sent at least the run's write data; otherwise the figures would not be
+    /// those of a mirror. Returns the operations and write bytes sent during the run.
+    fn check_mirrored(&self, before: &Status, data_bytes: u64) -> Result<Sent> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let after = loop {
+            let s = self.settled_status()?;
+            if s.mode != "in-sync" || s.times_alone != before.times_alone {
+                bail!(
+                    "the primary left in-sync during the run (mode {}, {}): its figures would not \
+                     be mirrored ones; a loaded machine may need a longer --peer-timeout-ms",
+                    s.mode,
+                    s.reason
+                );
+            }
+            if s.data_bytes_sent >= before.data_bytes_sent + data_bytes {
+                break s;
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "the primary sent {} bytes of write data for a run that wrote {data_bytes}",
+                    s.data_bytes_sent - before.data_bytes_sent
+                );
+            }
+        };
+        Ok(Sent {
+            ops: after.ops_sent - before.ops_sent,
+            data_bytes: after.data_bytes_sent - before.data_bytes_sent,
+        })
+    }
+}
