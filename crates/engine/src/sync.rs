@@ -48,6 +48,9 @@ struct Pass<'a> {
     session: u64,
     /// (device, inode) of files with several links → the path sent first in this pass.
     linked: HashMap<(u64, u64), RelPath>,
+    /// (device, inode) of files with several links → every name seen so far, in any pass of
+    /// this synchronisation (some may be gone or name another inode by now).
+    names: HashMap<(u64, u64), BTreeSet<RelPath>>,
     buf: Vec<u8>,
 }
 
@@ -61,20 +64,23 @@ fn read_err(path: &RelPath) -> impl FnOnce(std::io::Error) -> SyncError + '_ {
 /// Run a full synchronisation for link session `session`. Returns when the peer confirmed it.
 pub fn full_sync(core: &Core, session: u64) -> Result<(), SyncError> {
     let started = std::time::Instant::now();
-    let mut pass = Pass::new(core, session);
+    let mut pass = Pass::new(core, session, HashMap::new());
     pass.entry(&RelPath::root())?;
+    let mut names = pass.names;
     for round in 0..MAX_CATCH_UP_PASSES {
         if core.link.dirty_len() <= SWITCH_DIRTY_PATHS {
             break;
         }
         let dirty = core.link.take_dirty(session)?;
         info!(mirror = %core.mirror, round, paths = dirty.len(), "synchronisation: catching up");
-        Pass::new(core, session).dirty(dirty)?;
+        let mut catch_up = Pass::new(core, session, names);
+        catch_up.dirty(dirty)?;
+        names = catch_up.names;
     }
     let ticket = {
         let _order = core.order();
         let dirty = core.link.take_dirty(session)?;
-        let mut last = Pass::new(core, session);
+        let mut last = Pass::new(core, session, names);
         last.dirty(dirty)?;
         for (fh, h) in core.writable_handles() {
             if let Some(path) = core.path_of(h.ino) {
@@ -110,12 +116,33 @@ pub fn full_sync(core: &Core, session: u64) -> Result<(), SyncError> {
     Ok(())
 }
 
+/// Bytes of names in one `SyncDir` message: with the path (at most 4 KiB) and the per-name
+/// length prefixes, the header stays under `MAX_HEADER_BYTES`.
+const DIR_CHUNK_NAME_BYTES: usize = 40 << 10;
+
+/// Split a listing into `SyncDir` chunks bounded by count and by bytes (at least one chunk,
+/// possibly empty).
+fn listing_chunks(names: &[Vec<u8>]) -> Vec<&[Vec<u8>]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, n) in names.iter().enumerate() {
+        if i > start && (i - start == MAX_DIR_ENTRIES || bytes + n.len() > DIR_CHUNK_NAME_BYTES) {
+            chunks.push(&names[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += n.len();
+    }
+    chunks.push(&names[start..]);
+    chunks
+}
+
 impl<'a> Pass<'a> {
-    fn new(core: &'a Core, session: u64) -> Self {
+    fn new(core: &'a Core, session: u64, names: HashMap<(u64, u64), BTreeSet<RelPath>>) -> Self {
         Pass {
             core,
             session,
             linked: HashMap::new(),
+            names,
             buf: vec![0u8; SYNC_CHUNK_BYTES],
         }
     }
@@ -129,20 +156,42 @@ impl<'a> Pass<'a> {
     /// recorded entry), then attributes of the others.
     fn dirty(&mut self, dirty: BTreeSet<Dirty>) -> Result<(), SyncError> {
         let mut entries: Vec<RelPath> = Vec::new();
-        let mut metas = Vec::new();
+        let mut metas = BTreeSet::new();
         for d in dirty {
             match d {
                 Dirty::Entry(p) => entries.push(p),
-                Dirty::Meta(p) => metas.push(p),
+                Dirty::Meta(p) => {
+                    metas.insert(p);
+                }
             }
         }
+        // Every known name of a file with several links goes with it: the peer makes one fresh
+        // inode and links the other names to it, else the names not sent again would keep the
+        // old inode (and its old content).
+        let mut others = Vec::new();
+        for p in &entries {
+            if let Some((st, _)) = self.lstat(p)? {
+                if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink > 1 {
+                    if let Some(names) = self.names.get(&(st.st_dev, st.st_ino)) {
+                        others.extend(names.iter().cloned());
+                    }
+                }
+            }
+        }
+        entries.extend(others);
         entries.sort();
+        entries.dedup();
         let mut done: Vec<RelPath> = Vec::new();
         for p in entries {
             if done.iter().any(|d| p.starts_with(d)) {
                 continue;
             }
             self.entry(&p)?;
+            // Synchronising an entry replaces it on the peer, which changes its parent's time
+            // there (a file's content change did not change it here): set it back.
+            if let Some((parent, _)) = p.split_last() {
+                metas.insert(parent);
+            }
             done.push(p);
         }
         for p in metas {
@@ -301,11 +350,7 @@ impl<'a> Pass<'a> {
     fn dir(&mut self, path: &RelPath, fd: &OwnedFd, meta: Meta) -> Result<(), SyncError> {
         let entries = sys::read_dir(fd.as_fd()).map_err(read_err(path))?;
         let names: Vec<Vec<u8>> = entries.iter().map(|e| e.name.clone()).collect();
-        let chunks: Vec<&[Vec<u8>]> = if names.is_empty() {
-            vec![&[]]
-        } else {
-            names.chunks(MAX_DIR_ENTRIES).collect()
-        };
+        let chunks = listing_chunks(&names);
         let n = chunks.len();
         for (i, chunk) in chunks.into_iter().enumerate() {
             self.send(
@@ -342,6 +387,7 @@ impl<'a> Pass<'a> {
     fn file(&mut self, path: &RelPath, st: &libc::stat, meta: Meta) -> Result<(), SyncError> {
         if st.st_nlink > 1 {
             let key = (st.st_dev, st.st_ino);
+            self.names.entry(key).or_default().insert(path.clone());
             if let Some(existing) = self.linked.get(&key) {
                 return self.send(
                     &Op::SyncLink {
@@ -413,5 +459,49 @@ impl<'a> Pass<'a> {
             pos = end;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mirrorkit_wire::{encode_frame, Message, Timespec, MAX_NAME_BYTES};
+
+    #[test]
+    fn listing_chunks_fit_the_header_limit() {
+        let long: Vec<Vec<u8>> = (0..3000)
+            .map(|i| format!("{i:0>width$}", width = MAX_NAME_BYTES).into_bytes())
+            .collect();
+        let chunks = listing_chunks(&long);
+        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 3000);
+        let component = vec![b'p'; 255];
+        let mut path = RelPath::root();
+        while path.as_bytes().len() + 256 <= mirrorkit_wire::MAX_PATH_BYTES {
+            path = path.join(&component).unwrap();
+        }
+        let mut buf = Vec::new();
+        for c in chunks {
+            let msg = Message::Op {
+                seq: u64::MAX,
+                op: Op::SyncDir {
+                    path: path.clone(),
+                    meta: Meta {
+                        mode: 0o7777,
+                        uid: u32::MAX,
+                        gid: u32::MAX,
+                        mtime: Timespec { sec: i64::MIN, nsec: 999_999_999 },
+                    },
+                    entries: c.to_vec(),
+                    first: true,
+                    last: true,
+                },
+                fixes: vec![],
+            };
+            encode_frame(&msg, &[], &mut buf).unwrap();
+        }
+        let short: Vec<Vec<u8>> = (0..2500).map(|i| format!("{i}").into_bytes()).collect();
+        let sizes: Vec<usize> = listing_chunks(&short).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [1024, 1024, 452]);
+        assert_eq!(listing_chunks(&[]).len(), 1);
     }
 }

@@ -85,13 +85,14 @@ pub fn run(base: &Path) -> Result<()> {
 Try:
   echo hi > {b}/alpha/data/a.txt && cat {b}/beta/data/a.txt
   dd if=/dev/urandom of={b}/alpha/data/big bs=1M count=64 conv=fsync
-  b3sum {b}/alpha/data/big {b}/beta/data/big       (or sha256sum)
-  mirrorkit status --state-dir {b}/alpha/state
+  sha256sum {b}/alpha/data/big {b}/beta/data/big
+  {exe} status --state-dir {b}/alpha/state
   kill -STOP {beta}   (the secondary stops answering: after 3 s the primary continues alone)
   kill -CONT {beta}   (it returns: a full synchronisation brings it back in sync)
 
 The web console comes with the cluster manager (not yet built). Ctrl-C stops the demo.",
-        beta = beta.0.id()
+        beta = beta.0.id(),
+        exe = exe.display()
     );
     let (tx, rx) = std::sync::mpsc::channel();
     let _ = ctrlc_channel(tx);
