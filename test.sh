@@ -7,7 +7,7 @@
 # Tests that need root and /dev/fuse skip with a printed reason when run without them, except when
 # CI is set, where they fail.
 #
-# Extra arguments go to the test runner: ./test.sh --no-fail-fast, ./test.sh smoke, ...
+# Extra arguments go to the test runner: ./test.sh --no-fail-fast, ./test.sh basic_operations, ...
 set -euo pipefail
 cd "$(dirname "$0")"
 
