@@ -29,7 +29,6 @@ pub enum Dirty {
     /// Only the attributes of this path changed (a directory's time when an entry changed).
     Meta(RelPath),
 }
-use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 /// Limits and timeouts of the link.
@@ -88,6 +87,13 @@ pub struct Counters {
     pub times_alone: AtomicU64,
 }
 
+/// The session's replication stream, written by submitting threads (never from async code:
+/// `block_on` would panic there; FUSE workers and the synchroniser's blocking thread are not).
+struct StreamWriter {
+    stream: quinn::SendStream,
+    rt: tokio::runtime::Handle,
+}
+
 struct St {
     mode: Mode,
     /// Incremented whenever a connection starts or ends; tickets of an older session are
@@ -97,7 +103,7 @@ struct St {
     acked: u64,
     inflight: VecDeque<(u64, usize)>,
     inflight_bytes: usize,
-    tx: Option<mpsc::UnboundedSender<Bytes>>,
+    tx: Option<StreamWriter>,
     dirty: BTreeSet<Dirty>,
     reason: String,
     /// What the state file currently says about the peer.
@@ -287,11 +293,15 @@ impl Link {
         frame.extend_from_slice(&buf);
         frame.extend_from_slice(data);
         st.encode_buf = buf;
-        let Some(tx) = &st.tx else {
+        let Some(tx) = &mut st.tx else {
             return Err(SessionLost(st.reason.clone()));
         };
-        if tx.send(Bytes::from(frame)).is_err() {
-            self.go_alone_locked(&mut st, session, "replication stream writer stopped".into());
+        // Written by the submitting thread itself, in sequence order (the state lock is held):
+        // no hand-off to another task on the latency path. The in-flight window is smaller than
+        // QUIC's send and stream windows, so this completes without waiting for the network.
+        let written = tx.rt.block_on(tx.stream.write_chunk(Bytes::from(frame)));
+        if let Err(e) = written {
+            self.go_alone_locked(&mut st, session, format!("replication stream: {e}"));
             return Err(SessionLost(st.reason.clone()));
         }
         st.next_seq += 1;
@@ -315,8 +325,14 @@ impl Link {
 
     /// As `wait`, telling whether the peer acknowledged (true) or the session ended (false).
     pub fn wait_acked(&self, t: Ticket) -> bool {
+        self.wait_acked_within(t, self.inner.cfg.peer_timeout_ms)
+    }
+
+    /// As `wait_acked`, bounded by `timeout_ms` instead of the peer timeout: for waits of the
+    /// synchroniser that no application operation is blocked on.
+    pub fn wait_acked_within(&self, t: Ticket, timeout_ms: u64) -> bool {
         let mut st = self.lock();
-        let deadline = Instant::now() + Duration::from_millis(self.inner.cfg.peer_timeout_ms);
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
         loop {
             if st.session != t.session {
                 return false;
@@ -327,8 +343,8 @@ impl Link {
             let now = Instant::now();
             if now >= deadline {
                 let reason = format!(
-                    "peer did not acknowledge operation {} within {} ms",
-                    t.seq, self.inner.cfg.peer_timeout_ms
+                    "peer did not acknowledge operation {} within {timeout_ms} ms",
+                    t.seq
                 );
                 self.go_alone_locked(&mut st, t.session, reason);
                 return false;
@@ -343,7 +359,7 @@ impl Link {
     }
 
     /// A connection is up: start a session in `Syncing` mode. Returns the session number.
-    pub fn begin_session(&self, tx: mpsc::UnboundedSender<Bytes>) -> u64 {
+    pub fn begin_session(&self, stream: quinn::SendStream, rt: tokio::runtime::Handle) -> u64 {
         let mut st = self.lock();
         st.session += 1;
         st.mode = Mode::Syncing;
@@ -352,7 +368,7 @@ impl Link {
         st.acked = 0;
         st.inflight.clear();
         st.inflight_bytes = 0;
-        st.tx = Some(tx);
+        st.tx = Some(StreamWriter { stream, rt });
         st.dirty.clear();
         self.inner.counters.sessions.fetch_add(1, Ordering::Relaxed);
         info!(mirror = %self.inner.mirror, session = st.session, "link state: syncing (peer connected, full synchronisation starts)");

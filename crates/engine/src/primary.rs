@@ -5,9 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use mirrorkit_wire::{self as wire, Hello, Message, Role, PROTOCOL_VERSION};
-use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::core::Core;
@@ -94,10 +92,8 @@ async fn session(
     }
     info!(mirror = %core.mirror, peer = %peer.node, addr = %peer.addr, "replication link up");
 
-    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     let link = core.link.clone();
-    let session = link.begin_session(tx);
-    let writer = tokio::spawn(write_loop(send, rx));
+    let session = link.begin_session(send, tokio::runtime::Handle::current());
     let reader = tokio::spawn(read_loop(recv, link.clone(), session));
     let sync_core = core.clone();
     let sync = tokio::task::spawn_blocking(move || crate::sync::full_sync(&sync_core, session));
@@ -127,21 +123,8 @@ async fn session(
         }
     };
     link.lost(session, end.clone());
-    writer.abort();
     conn.close(0u32.into(), b"session ended");
     Err(end)
-}
-
-/// Write queued frames in order. Ends when the link drops the session (its sender).
-async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Bytes>) {
-    let mut batch = Vec::with_capacity(64);
-    while rx.recv_many(&mut batch, 64).await > 0 {
-        if send.write_all_chunks(&mut batch).await.is_err() {
-            return;
-        }
-        batch.clear();
-    }
-    let _ = send.finish();
 }
 
 /// Read acknowledgements until the stream ends; returns why it ended.

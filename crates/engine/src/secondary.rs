@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::Mutex as AsyncMutex;
+
 use mirrorkit_store::{MirrorState, StateFile, Store};
 use mirrorkit_wire::{self as wire, Hello, Message, Op, Role, PROTOCOL_VERSION};
 use tracing::{error, info, warn};
@@ -47,7 +49,7 @@ pub async fn run(
             cfg.root.display()
         )
     })?;
-    let store = Arc::new(Mutex::new(store));
+    let store = Arc::new(AsyncMutex::new(store));
     let state = StateFile::new(&cfg.state_dir);
     state
         .load()
@@ -70,15 +72,11 @@ pub async fn run(
             counters.clone(),
             current.clone(),
         );
-        let rt = tokio::runtime::Handle::current();
-        std::thread::Builder::new()
-            .name("mirrorkit-apply".into())
-            .spawn(move || {
-                let end = serve(&rt, &conn, &current, &store, &state, &cfg, &counters);
-                info!(mirror = %cfg.mirror, "replication session ended: {end}");
-                conn.close(0u32.into(), b"session ended");
-            })
-            .map_err(|e| format!("cannot start the apply thread: {e}"))?;
+        tokio::spawn(async move {
+            let end = serve(&conn, &current, &store, &state, &cfg, &counters).await;
+            info!(mirror = %cfg.mirror, "replication session ended: {end}");
+            conn.close(0u32.into(), b"session ended");
+        });
     }
     Ok(())
 }
@@ -86,48 +84,44 @@ pub async fn run(
 /// Longest a new connection may take to open its stream and greet. Default 5000 ms.
 const GREETING_TIMEOUT_MS: u64 = 5000;
 
-/// One session, on its own thread. Returns why it ended. Once its greeting is accepted it
+/// One session, as one task. Returns why it ended. Once its greeting is accepted it
 /// replaces the `current` session (whose thread then lets go of the store); a connection that
 /// does not greet validly changes nothing.
-fn serve(
-    rt: &tokio::runtime::Handle,
+async fn serve(
     conn: &quinn::Connection,
     current: &Mutex<Option<quinn::Connection>>,
-    store: &Mutex<Store>,
+    store: &AsyncMutex<Store>,
     state: &StateFile,
     cfg: &SecondaryConfig,
     counters: &SecondaryCounters,
 ) -> String {
     let greeting_timeout = std::time::Duration::from_millis(GREETING_TIMEOUT_MS);
-    let (mut send, mut recv) = match rt
-        .block_on(async { tokio::time::timeout(greeting_timeout, conn.accept_bi()).await })
+    let (mut send, mut recv) = match tokio::time::timeout(greeting_timeout, conn.accept_bi()).await
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return format!("no replication stream: {e}"),
         Err(_) => return format!("no replication stream within {GREETING_TIMEOUT_MS} ms"),
     };
     let mut buf = Vec::new();
-    match rt.block_on(async {
-        tokio::time::timeout(greeting_timeout, read_frame(&mut recv, &mut buf)).await
-    }) {
+    match tokio::time::timeout(greeting_timeout, read_frame(&mut recv, &mut buf)).await {
         Ok(Ok(true)) => {}
         Ok(Ok(false)) => return "primary closed the stream before greeting".into(),
         Ok(Err(FrameError::Wire(e))) => {
-            return refuse(rt, conn, &mut send, cfg, format!("malformed greeting: {e}"))
+            return refuse(conn, &mut send, cfg, format!("malformed greeting: {e}")).await
         }
         Ok(Err(e)) => return format!("greeting: {e}"),
         Err(_) => {
             let r = format!("no greeting within {GREETING_TIMEOUT_MS} ms");
-            return refuse(rt, conn, &mut send, cfg, r);
+            return refuse(conn, &mut send, cfg, r).await;
         }
     }
     let hello = match wire::decode_frame(&buf) {
         Ok((Message::Hello(h), _)) => h,
         Ok((other, _)) => {
             let r = format!("expected a greeting, got {other:?}");
-            return refuse(rt, conn, &mut send, cfg, r);
+            return refuse(conn, &mut send, cfg, r).await;
         }
-        Err(e) => return refuse(rt, conn, &mut send, cfg, format!("malformed greeting: {e}")),
+        Err(e) => return refuse(conn, &mut send, cfg, format!("malformed greeting: {e}")).await,
     };
     if hello.version != PROTOCOL_VERSION
         || hello.mirror != cfg.mirror
@@ -137,14 +131,14 @@ fn serve(
             "greeting for mirror {:?} as {:?} with protocol {} does not match mirror {:?}, primary, protocol {}",
             hello.mirror, hello.role, hello.version, cfg.mirror, PROTOCOL_VERSION
         );
-        return refuse(rt, conn, &mut send, cfg, r);
+        return refuse(conn, &mut send, cfg, r).await;
     }
     if hello.node != cfg.peer_node {
         let r = format!(
             "greeting names node {:?}, but the certificate names node {:?}",
             hello.node, cfg.peer_node
         );
-        return refuse(rt, conn, &mut send, cfg, r);
+        return refuse(conn, &mut send, cfg, r).await;
     }
     // A valid greeting: this session replaces the current one, whose thread then ends and lets
     // go of the store.
@@ -155,11 +149,11 @@ fn serve(
     if let Some(old) = old {
         old.close(0u32.into(), b"replaced by a new session");
     }
-    let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+    let mut store = store.lock().await;
     store.reset_session();
     let mut mstate = match state.load() {
         Ok(s) => s,
-        Err(e) => return refuse(rt, conn, &mut send, cfg, e.to_string()),
+        Err(e) => return refuse(conn, &mut send, cfg, e.to_string()).await,
     };
     let me = Message::Hello(Hello {
         version: PROTOCOL_VERSION,
@@ -168,7 +162,7 @@ fn serve(
         role: Role::Secondary,
         consistent: mstate.consistent,
     });
-    if let Err(e) = rt.block_on(write_message(&mut send, &me)) {
+    if let Err(e) = write_message(&mut send, &me).await {
         return format!("greeting: {e}");
     }
     counters.sessions.fetch_add(1, Ordering::Relaxed);
@@ -176,12 +170,12 @@ fn serve(
     let mut expected = 1u64;
     let mut ack = Vec::new();
     loop {
-        match rt.block_on(read_frame(&mut recv, &mut buf)) {
+        match read_frame(&mut recv, &mut buf).await {
             Ok(true) => {}
             Ok(false) => return "primary closed the replication stream".into(),
             Err(FrameError::Wire(e)) => {
                 error!(mirror = %cfg.mirror, "rejected message from the primary: {e}");
-                return reject(rt, &mut send, format!("malformed message: {e}"));
+                return reject(&mut send, format!("malformed message: {e}")).await;
             }
             Err(e) => return format!("replication stream: {e}"),
         }
@@ -189,7 +183,7 @@ fn serve(
             Ok(x) => x,
             Err(e) => {
                 error!(mirror = %cfg.mirror, "rejected message from the primary: {e}");
-                return reject(rt, &mut send, format!("malformed message: {e}"));
+                return reject(&mut send, format!("malformed message: {e}")).await;
             }
         };
         let (seq, op, fixes) = match msg {
@@ -197,13 +191,13 @@ fn serve(
             Message::Bye { reason } => return format!("primary ended the session: {reason}"),
             other => {
                 error!(mirror = %cfg.mirror, "rejected message from the primary: unexpected {other:?}");
-                return reject(rt, &mut send, format!("unexpected message {other:?}"));
+                return reject(&mut send, format!("unexpected message {other:?}")).await;
             }
         };
         if seq != expected {
             let r = format!("operation {seq} out of sequence (expected {expected})");
             error!(mirror = %cfg.mirror, "rejected message from the primary: {r}");
-            return fail(rt, &mut send, seq, libc::EPROTO, r);
+            return fail(&mut send, seq, libc::EPROTO, r).await;
         }
         expected += 1;
         let sync_op = matches!(
@@ -220,11 +214,22 @@ fn serve(
             // primary passed through. Record it before the first change.
             mstate.consistent = false;
             if let Err(e) = state.store(&mstate) {
-                return fail(rt, &mut send, seq, libc::EIO, e.to_string());
+                return fail(&mut send, seq, libc::EIO, e.to_string()).await;
             }
             warn!(mirror = %cfg.mirror, "copy marked inconsistent: full synchronisation in progress");
         }
-        if let Err(e) = store.apply(&op, data, &fixes) {
+        let durable = matches!(
+            op,
+            Op::Fsync { .. } | Op::FsyncPath { .. } | Op::Barrier | Op::SyncDone
+        );
+        // Operations that wait for the disk run off the async workers (the runtime is
+        // multi-threaded); the others are a page-cache copy, cheaper than a hand-off.
+        let applied = if durable {
+            tokio::task::block_in_place(|| store.apply(&op, data, &fixes))
+        } else {
+            store.apply(&op, data, &fixes)
+        };
+        if let Err(e) = applied {
             error!(mirror = %cfg.mirror, seq, "cannot apply {}: {e}", op.name());
             if mstate.consistent {
                 mstate.consistent = false;
@@ -232,7 +237,7 @@ fn serve(
                     error!(mirror = %cfg.mirror, "cannot record that the copy is inconsistent: {se}");
                 }
             }
-            return fail(rt, &mut send, seq, e.errno(), e.to_string());
+            return fail(&mut send, seq, e.errno(), e.to_string()).await;
         }
         if matches!(op, Op::SyncDone) {
             mstate = MirrorState {
@@ -240,7 +245,7 @@ fn serve(
                 peer_in_sync: false,
             };
             if let Err(e) = state.store(&mstate) {
-                return fail(rt, &mut send, seq, libc::EIO, e.to_string());
+                return fail(&mut send, seq, libc::EIO, e.to_string()).await;
             }
             info!(mirror = %cfg.mirror, "copy consistent: full synchronisation complete");
         }
@@ -248,7 +253,7 @@ fn serve(
         if let Err(e) = wire::encode_frame(&Message::Ack { seq }, &[], &mut ack) {
             return format!("cannot encode acknowledgement: {e}");
         }
-        if let Err(e) = rt.block_on(send.write_all(&ack)) {
+        if let Err(e) = send.write_all(&ack).await {
             return format!("cannot acknowledge: {e}");
         }
     }
@@ -258,54 +263,45 @@ fn serve(
 const FAREWELL_MS: u64 = 1000;
 
 /// Finish the stream and give the peer a moment to read the last message.
-fn farewell(rt: &tokio::runtime::Handle, send: &mut quinn::SendStream) {
+async fn farewell(send: &mut quinn::SendStream) {
     let _ = send.finish();
-    // The timer must be made inside the runtime: this runs on the apply thread.
-    let _ = rt.block_on(async {
-        tokio::time::timeout(
-            std::time::Duration::from_millis(FAREWELL_MS),
-            send.stopped(),
-        )
-        .await
-    });
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_millis(FAREWELL_MS),
+        send.stopped(),
+    )
+    .await;
 }
 
 /// Refuse a session at its greeting: log why, with the peer's address, and say it.
-fn refuse(
-    rt: &tokio::runtime::Handle,
+async fn refuse(
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
     cfg: &SecondaryConfig,
     reason: String,
 ) -> String {
     error!(mirror = %cfg.mirror, remote = %conn.remote_address(), "refused replication session: {reason}");
-    reject(rt, send, reason)
+    reject(send, reason).await
 }
 
-fn reject(rt: &tokio::runtime::Handle, send: &mut quinn::SendStream, reason: String) -> String {
-    let _ = rt.block_on(write_message(
+async fn reject(send: &mut quinn::SendStream, reason: String) -> String {
+    let _ = write_message(
         send,
         &Message::Bye {
             reason: reason.clone(),
         },
-    ));
-    farewell(rt, send);
+    )
+    .await;
+    farewell(send).await;
     reason
 }
 
-fn fail(
-    rt: &tokio::runtime::Handle,
-    send: &mut quinn::SendStream,
-    seq: u64,
-    errno: i32,
-    reason: String,
-) -> String {
+async fn fail(send: &mut quinn::SendStream, seq: u64, errno: i32, reason: String) -> String {
     let msg = Message::Failed {
         seq,
         errno,
         reason: reason.clone(),
     };
-    let _ = rt.block_on(write_message(send, &msg));
-    farewell(rt, send);
+    let _ = write_message(send, &msg).await;
+    farewell(send).await;
     reason
 }

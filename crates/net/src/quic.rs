@@ -35,7 +35,8 @@ pub struct TransportParams {
     /// Interval of keep-alive packets on an otherwise idle connection; must be shorter than
     /// `idle_timeout_ms`. Default 1000 ms.
     pub keep_alive_ms: u64,
-    /// Bytes a peer may send on one stream ahead of our reads. Default 64 MiB.
+    /// Bytes a peer may send on one stream ahead of our reads. Default 128 MiB: above the
+    /// replication link's in-flight window, so that a submitted operation never waits for credit.
     pub stream_window_bytes: u64,
     /// Bytes a peer may send on all streams together ahead of our reads. Default 128 MiB.
     pub connection_window_bytes: u64,
@@ -49,7 +50,7 @@ impl Default for TransportParams {
         Self {
             idle_timeout_ms: 5000,
             keep_alive_ms: 1000,
-            stream_window_bytes: 64 * MIB,
+            stream_window_bytes: 128 * MIB,
             connection_window_bytes: 128 * MIB,
             send_window_bytes: 128 * MIB,
         }
@@ -93,14 +94,8 @@ impl TransportParams {
         let mut congestion = quinn::congestion::CubicConfig::default();
         congestion.initial_window(INITIAL_CONGESTION_WINDOW_BYTES);
 
-        // Probe up to the largest UDP payload: a path with a large MTU (loopback, jumbo frames)
-        // then carries a 1 MiB write in a few packets instead of ~900; on a 1500-byte path the
-        // probes fail and the MTU stays at Ethernet's.
-        let mut mtu = quinn::MtuDiscoveryConfig::default();
-        mtu.upper_bound(MTU_DISCOVERY_UPPER_BOUND_BYTES);
         let mut config = TransportConfig::default();
         config
-            .mtu_discovery_config(Some(mtu))
             .max_idle_timeout(Some(idle_timeout))
             .keep_alive_interval(Some(Duration::from_millis(self.keep_alive_ms)))
             .stream_receive_window(stream_window)
@@ -111,8 +106,39 @@ impl TransportParams {
     }
 }
 
-/// Largest UDP payload MTU discovery tries (the maximum UDP allows).
-pub const MTU_DISCOVERY_UPPER_BOUND_BYTES: u16 = 65_527;
+/// Kernel buffer of the UDP socket in each direction. A burst of a 1 MiB write overflows the
+/// default (about 200 KiB), which QUIC then treats as loss and answers by slowing down.
+pub const SOCKET_BUFFER_BYTES: usize = 16 << 20;
+
+/// Raise the socket's buffers to `SOCKET_BUFFER_BYTES`: beyond the system maximum when
+/// privileged (SO_*BUFFORCE), else as far as `net.core.{r,w}mem_max` allow.
+fn grow_socket_buffers(socket: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size = SOCKET_BUFFER_BYTES as libc::c_int;
+    for (force, plain, what) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, "receive"),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, "send"),
+    ] {
+        let set = |opt| {
+            // SAFETY: a valid socket and a c_int option value of the right size.
+            unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            }
+        };
+        if set(force) != 0 && set(plain) != 0 {
+            tracing::warn!(
+                "cannot raise the UDP {what} buffer to {SOCKET_BUFFER_BYTES} bytes: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
 
 /// Create the node's endpoint, bound to `bind` (IPv4 or IPv6; port 0 picks a free port).
 ///
@@ -172,7 +198,15 @@ pub fn endpoint(
     let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
     client_config.transport_config(transport);
 
-    let mut endpoint = quinn::Endpoint::server(server_config, bind)
+    let endpoint_config = quinn::EndpointConfig::default();
+    let socket =
+        std::net::UdpSocket::bind(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
+    grow_socket_buffers(&socket);
+    let runtime = quinn::default_runtime().ok_or_else(|| NetError::Bind {
+        addr: bind,
+        source: std::io::Error::other("no async runtime: call from within tokio"),
+    })?;
+    let mut endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
         .map_err(|source| NetError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(client_config);
     Ok(endpoint)
