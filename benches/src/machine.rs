@@ -16,6 +16,11 @@ pub struct Machine {
     pub fs_type: String,
     pub fs_device: String,
     pub fs_mount: String,
+    /// The file system's mount options (`discard`, for one, puts deletions' cost in later runs).
+    pub fs_options: String,
+    /// Whether a DAMON scheme pages out memory it sees as idle (page cache included): then
+    /// "cached" data may not stay cached.
+    pub damon_pageout: bool,
 }
 
 impl Machine {
@@ -42,37 +47,93 @@ impl Machine {
             })
             .map(|kb| kb / (1024.0 * 1024.0))
             .unwrap_or(f64::NAN);
-        let (fs_type, fs_device, fs_mount) = mount_of(base).unwrap_or_else(|| {
+        let m = mount_of(base).unwrap_or_else(|| {
             let u = "unknown".to_string();
-            (u.clone(), u.clone(), u)
+            Mount {
+                fs_type: u.clone(),
+                device: u.clone(),
+                point: u.clone(),
+                options: u,
+            }
         });
         Machine {
             nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
             cpu,
             kernel,
             memory_gib,
-            fs_type,
-            fs_device,
-            fs_mount,
+            fs_type: m.fs_type,
+            fs_device: m.device,
+            fs_mount: m.point,
+            fs_options: m.options,
+            damon_pageout: damon_pageout(),
         }
     }
 }
 
-/// The mount holding `path`: (fs type, device, mount point), from /proc/self/mountinfo (the
-/// longest mount point that is a prefix of the canonical path).
-pub fn mount_of(path: &Path) -> Option<(String, String, String)> {
+/// A running kdamond with a `pageout` scheme, or the damon_reclaim module enabled.
+fn damon_pageout() -> bool {
+    let read = |p: &Path| std::fs::read_to_string(p).map(|s| s.trim().to_string());
+    if read(Path::new("/sys/module/damon_reclaim/parameters/enabled")).is_ok_and(|s| s == "Y") {
+        return true;
+    }
+    let Ok(kdamonds) = std::fs::read_dir("/sys/kernel/mm/damon/admin/kdamonds") else {
+        return false;
+    };
+    kdamonds.flatten().any(|k| {
+        let on = read(&k.path().join("state")).is_ok_and(|s| s == "on");
+        let pageout = std::fs::read_dir(k.path().join("contexts"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|c| {
+                std::fs::read_dir(c.path().join("schemes"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .any(|s| read(&s.path().join("action")).is_ok_and(|a| a == "pageout"));
+        on && pageout
+    })
+}
+
+/// A mounted file system, from /proc/self/mountinfo.
+pub struct Mount {
+    pub fs_type: String,
+    pub device: String,
+    pub point: String,
+    /// Per-mount and file-system-wide options together.
+    pub options: String,
+}
+
+/// The mount holding `path`: the longest mount point that is a prefix of its canonical path.
+pub fn mount_of(path: &Path) -> Option<Mount> {
     let path = std::fs::canonicalize(path).ok()?;
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     info.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
             let sep = f.iter().position(|x| *x == "-")?;
-            let mount = f.get(4)?.replace("\\040", " ");
-            let fs = f.get(sep + 1)?.to_string();
-            let dev = f.get(sep + 2)?.to_string();
-            path.starts_with(&mount).then_some((fs, dev, mount))
+            let point = f.get(4)?.replace("\\040", " ");
+            path.starts_with(&point).then(|| Mount {
+                fs_type: f.get(sep + 1).unwrap_or(&"?").to_string(),
+                device: f.get(sep + 2).unwrap_or(&"?").to_string(),
+                options: {
+                    let mut o: Vec<&str> = Vec::new();
+                    for opt in [f.get(5), f.get(sep + 3)]
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|x| x.split(','))
+                    {
+                        if !opt.is_empty() && !o.contains(&opt) {
+                            o.push(opt);
+                        }
+                    }
+                    o.join(",")
+                },
+                point,
+            })
         })
-        .max_by_key(|(_, _, m)| m.len())
+        .max_by_key(|m| m.point.len())
 }
 
 /// The 1, 5 and 15 minute load averages, as the kernel prints them.
@@ -80,6 +141,45 @@ pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// CPU pressure (PSI): the share of the last minute in which some runnable task waited for
+/// a CPU, as "some avg60" in /proc/pressure/cpu.
+pub fn cpu_pressure() -> String {
+    std::fs::read_to_string("/proc/pressure/cpu")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("some"))
+                .and_then(|l| l.split_whitespace().find(|f| f.starts_with("avg60=")))
+                .map(|f| format!("{}%", &f["avg60=".len()..]))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Nanoseconds that this thread and every thread of `pids` spent runnable but waiting for a
+/// CPU (the second field of schedstat). Threads that exited are no longer counted.
+pub fn run_delay_ns(pids: &[u32]) -> u64 {
+    let delay = |p: &Path| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| {
+                s.split_whitespace()
+                    .nth(1)
+                    .and_then(|f| f.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let mut total = delay(Path::new("/proc/thread-self/schedstat"));
+    for pid in pids {
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            total += tasks
+                .flatten()
+                .map(|t| delay(&t.path().join("schedstat")))
+                .sum::<u64>();
+        }
+    }
+    total
 }
 
 /// The command line of this process, quoted so that it can be pasted into a shell.
@@ -172,8 +272,18 @@ mod tests {
     }
 
     #[test]
+    fn run_delay_ignores_processes_that_are_gone() {
+        // No process has this id (above pid_max); only this thread is counted.
+        let own = run_delay_ns(&[]);
+        let with_gone = run_delay_ns(&[u32::MAX]);
+        assert!(with_gone >= own);
+        assert!(with_gone - own < 1_000_000_000, "{own} then {with_gone}");
+    }
+
+    #[test]
     fn root_is_mounted() {
-        let (_, _, mount) = mount_of(Path::new("/")).unwrap();
-        assert_eq!(mount, "/");
+        let m = mount_of(Path::new("/")).unwrap();
+        assert_eq!(m.point, "/");
+        assert!(m.options.starts_with("r"), "{}", m.options);
     }
 }

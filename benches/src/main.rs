@@ -7,6 +7,7 @@
 //! the mirror is measured from the outside, as an application sees it. How to run it and what
 //! the figures mean: docs/benchmarks.md.
 
+mod bench;
 mod daemon;
 mod machine;
 mod report;
@@ -15,18 +16,15 @@ mod workloads;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use mirrorkit_engine::status::STATUS_INTERVAL_MS;
-use mirrorkit_tests::{tree, Mirror, MirrorOpts, Status};
+use mirrorkit_tests::{tree, Mirror, MirrorOpts};
 use serde::Serialize;
 
+use crate::bench::{Bench, CpuWait};
 use crate::machine::Machine;
 use crate::report::{Row, Skipped, Target, Traffic};
-use crate::stats::{median, percentile};
-use crate::workloads::{COMMIT_BYTES, SMALL_FILE_BYTES};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -240,12 +238,14 @@ struct JsonReport<'a> {
     bench_build: &'a str,
     mirrorkit_bin: String,
     mirrorkit_bin_how: &'a str,
-    load_average_start: &'a str,
-    load_average_end: &'a str,
+    load_start: &'a str,
+    load_end: &'a str,
     config: &'a Config,
     results: Vec<report::RowJson>,
     traffic: &'a [Traffic],
+    cpu_wait: &'a [CpuWait],
     skipped: &'a [Skipped],
+    notes: &'a [String],
     mirror_trees_identical: bool,
     targets_missed: usize,
 }
@@ -293,7 +293,11 @@ fn run(cli: Cli) -> Result<()> {
     } else {
         "release"
     };
-    let load_start = machine::load_average();
+    let load_start = format!(
+        "{} (1, 5, 15 min), CPU pressure {}",
+        machine::load_average(),
+        machine::cpu_pressure()
+    );
 
     println!("mirrorkit-bench: the same workloads on a native directory and on a mirror");
     println!("command:    {command}");
@@ -303,15 +307,22 @@ fn run(cli: Cli) -> Result<()> {
         machine.nproc, machine.cpu, machine.memory_gib, machine.kernel
     );
     println!(
-        "fs:         {} on {} (mounted at {}), base {}",
+        "fs:         {} on {} (mounted at {}, {}), base {}",
         machine.fs_type,
         machine.fs_device,
         machine.fs_mount,
+        machine.fs_options,
         base.display()
     );
+    if machine.damon_pageout {
+        println!(
+            "memory:     DAMON proactive reclaim is on: page cache it sees as idle is paged out, \
+             so cached reads are checked with mincore"
+        );
+    }
     println!("code:       git {git}, benchmark {bench_build} build");
     println!("mirrorkit:  {} ({})", daemon.path.display(), daemon.how);
-    println!("load avg:   {load_start} (1, 5, 15 min) at start");
+    println!("load:       {load_start} at start");
     println!(
         "config:     {} reps; seq write {} MiB; fsync loop {} x 4 KiB; {} files x 16 KiB in {} dirs; read {} MiB{}",
         cfg.reps,
@@ -379,7 +390,11 @@ fn run(cli: Cli) -> Result<()> {
             false
         }
     };
-    let load_end = machine::load_average();
+    let load_end = format!(
+        "{} (1, 5, 15 min), CPU pressure {}",
+        machine::load_average(),
+        machine::cpu_pressure()
+    );
 
     let rows: Vec<Row> = bench.rows.clone();
     let missed = rows.iter().filter(|r| !r.met()).count();
@@ -400,11 +415,25 @@ fn run(cli: Cli) -> Result<()> {
             t.workload, t.ops_per_run, t.data_mib_per_run
         );
     }
+    println!();
+    println!(
+        "CPU run-queue wait during the timed parts (medians, % of wall time, summed over the \
+         benchmark's and the nodes' threads; high = figures taken on a starved machine):"
+    );
+    for c in &bench.cpu_wait_summary {
+        println!(
+            "  {:<12} native {:>5.0}%   mirror {:>5.0}%",
+            c.workload, c.native_pct, c.mirror_pct
+        );
+    }
+    for n in &bench.notes {
+        println!("note: {n}");
+    }
     println!(
         "copies identical after the run: {}",
         if identical { "yes" } else { "NO" }
     );
-    println!("load avg:   {load_end} at end");
+    println!("load:       {load_end} at end");
     println!(
         "targets:    {} of {} met{}",
         rows.len() - missed,
@@ -422,12 +451,14 @@ fn run(cli: Cli) -> Result<()> {
             bench_build,
             mirrorkit_bin: daemon.path.display().to_string(),
             mirrorkit_bin_how: &daemon.how,
-            load_average_start: &load_start,
-            load_average_end: &load_end,
+            load_start: &load_start,
+            load_end: &load_end,
             config: &cfg,
             results: rows.iter().map(Row::json).collect(),
             traffic: &bench.traffic,
+            cpu_wait: &bench.cpu_wait_summary,
             skipped: &skipped,
+            notes: &bench.notes,
             mirror_trees_identical: identical,
             targets_missed: missed,
         };
@@ -444,221 +475,4 @@ fn run(cli: Cli) -> Result<()> {
 fn tail(s: &str, lines: usize) -> String {
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
-}
-
-/// What the primary sent to its peer during one run.
-struct Sent {
-    ops: u64,
-    data_bytes: u64,
-}
-
-/// One run of the benchmark: the two directories and what was measured so far.
-struct Bench<'a> {
-    cfg: &'a Config,
-    mirror: &'a Mirror,
-    native_root: PathBuf,
-    mirror_root: PathBuf,
-    rows: Vec<Row>,
-    traffic: Vec<Traffic>,
-}
-
-impl<'a> Bench<'a> {
-    fn new(cfg: &'a Config, mirror: &'a Mirror) -> Result<Bench<'a>> {
-        // Both on the same file system: the native directory beside the nodes' directories.
-        let native_root = mirror.base.path().join("native");
-        let mirror_root = mirror.primary_dir().join("bench");
-        for d in [&native_root, &mirror_root] {
-            std::fs::create_dir_all(d).with_context(|| format!("{}", d.display()))?;
-        }
-        Ok(Bench {
-            cfg,
-            mirror,
-            native_root,
-            mirror_root,
-            rows: Vec::new(),
-            traffic: Vec::new(),
-        })
-    }
-
-    fn root(&self, side: Side) -> &Path {
-        match side {
-            Side::Native => &self.native_root,
-            Side::Mirror => &self.mirror_root,
-        }
-    }
-
-    fn run(&mut self, workloads: &[Workload]) -> Result<()> {
-        if workloads
-            .iter()
-            .any(|w| matches!(w, Workload::ReadCached | Workload::ReadCold))
-        {
-            for side in [Side::Native, Side::Mirror] {
-                let dir = self.root(side).join("read");
-                std::fs::create_dir_all(&dir)?;
-                eprintln!(
-                    "writing the {} MiB file the reads read ({})",
-                    self.cfg.read_mib,
-                    side.name()
-                );
-                workloads::prepare_read_file(&dir.join("data"), self.cfg.read_mib)
-                    .with_context(|| format!("preparing the read file ({})", side.name()))?;
-            }
-        }
-        let mut rows: Vec<Vec<Row>> = workloads.iter().map(|w| w.rows()).collect();
-        let mut traffic: Vec<(Vec<f64>, Vec<f64>)> =
-            vec![(Vec::new(), Vec::new()); workloads.len()];
-        for rep in 0..self.cfg.reps {
-            for (i, &w) in workloads.iter().enumerate() {
-                // Alternate which side goes first, so that neither always follows the other.
-                let sides = if (rep + i) % 2 == 0 {
-                    [Side::Native, Side::Mirror]
-                } else {
-                    [Side::Mirror, Side::Native]
-                };
-                for side in sides {
-                    let (figures, sent) = self.measure(w, side).with_context(|| {
-                        format!(
-                            "{} on the {} directory, repetition {}",
-                            w.name(),
-                            side.name(),
-                            rep + 1
-                        )
-                    })?;
-                    let shown: Vec<String> = rows[i]
-                        .iter()
-                        .zip(&figures)
-                        .map(|(r, f)| format!("{f:.1} {}", r.metric))
-                        .collect();
-                    eprintln!(
-                        "rep {}/{} {:<12} {:<6} {}",
-                        rep + 1,
-                        self.cfg.reps,
-                        w.name(),
-                        side.name(),
-                        shown.join(", ")
-                    );
-                    for (r, f) in rows[i].iter_mut().zip(figures) {
-                        match side {
-                            Side::Native => r.native.push(f),
-                            Side::Mirror => r.mirror.push(f),
-                        }
-                    }
-                    if let Some(sent) = sent {
-                        traffic[i].0.push(sent.ops as f64);
-                        traffic[i]
-                            .1
-                            .push(sent.data_bytes as f64 / f64::from(1 << 20));
-                    }
-                }
-            }
-        }
-        self.rows = rows.into_iter().flatten().collect();
-        self.traffic = workloads
-            .iter()
-            .zip(traffic)
-            .map(|(w, (ops, mib))| Traffic {
-                workload: w.name(),
-                ops_per_run: median(&ops),
-                data_mib_per_run: median(&mib),
-            })
-            .collect();
-        Ok(())
-    }
-
-    /// One run of `w` on `side`: its figures (as `Workload::rows` lists them) and, on the
-    /// mirror, the operations and write bytes the primary sent meanwhile.
-    fn measure(&self, w: Workload, side: Side) -> Result<(Vec<f64>, Option<Sent>)> {
-        let dir = self.root(side).join(w.name());
-        let read_file = self.root(side).join("read/data");
-        let before = match side {
-            Side::Mirror => Some(self.settled_status()?),
-            Side::Native => None,
-        };
-        let mb = |bytes: u64, t: Duration| bytes as f64 / 1e6 / t.as_secs_f64();
-        let (figures, data_bytes) = match w {
-            Workload::SeqWrite => {
-                std::fs::create_dir_all(&dir)?;
-                workloads::sync_all();
-                let bytes = self.cfg.write_mib << 20;
-                let t = workloads::seq_write(&dir, self.cfg.write_mib)?;
-                (vec![mb(bytes, t)], bytes)
-            }
-            Workload::Fsync4k => {
-                std::fs::create_dir_all(&dir)?;
-                workloads::sync_all();
-                let lat = workloads::fsync_loop(&dir, self.cfg.fsync_iters)?;
-                let us: Vec<f64> = lat.iter().map(|d| d.as_secs_f64() * 1e6).collect();
-                let bytes = (self.cfg.fsync_iters * COMMIT_BYTES) as u64;
-                (vec![percentile(&us, 50.0), percentile(&us, 99.0)], bytes)
-            }
-            Workload::SmallFiles => {
-                let dirs = workloads::small_file_dirs(&dir, self.cfg.file_dirs)?;
-                workloads::sync_all();
-                let t = workloads::small_files(&dirs, self.cfg.files)?;
-                let bytes = (self.cfg.files * SMALL_FILE_BYTES) as u64;
-                (vec![self.cfg.files as f64 / t.as_secs_f64()], bytes)
-            }
-            Workload::ReadCached => {
-                workloads::sync_all();
-                // The first read fills the page cache; the second is measured.
-                workloads::read_file(&read_file)?;
-                let (t, bytes) = workloads::read_file(&read_file)?;
-                (vec![mb(bytes, t)], 0)
-            }
-            Workload::ReadCold => {
-                workloads::drop_caches()?;
-                let (t, bytes) = workloads::read_file(&read_file)?;
-                (vec![mb(bytes, t)], 0)
-            }
-        };
-        let sent = match before {
-            Some(before) => Some(self.check_mirrored(&before, data_bytes)?),
-            None => None,
-        };
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("cleaning {}", dir.display()))?;
-        }
-        Ok((figures, sent))
-    }
-
-    /// The primary's status once it reflects everything done so far (it is rewritten every
-    /// `STATUS_INTERVAL_MS`).
-    fn settled_status(&self) -> Result<Status> {
-        std::thread::sleep(Duration::from_millis(2 * STATUS_INTERVAL_MS));
-        self.mirror
-            .a
-            .status()
-            .context("the primary wrote no status")
-    }
-
-    /// After a run on the mirror: the primary must still be in sync, never having gone alone,
-    /// and must have sent at least the run's write data; otherwise the figures would not be
-    /// those of a mirror. Returns the operations and write bytes sent during the run.
-    fn check_mirrored(&self, before: &Status, data_bytes: u64) -> Result<Sent> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let after = loop {
-            let s = self.settled_status()?;
-            if s.mode != "in-sync" || s.times_alone != before.times_alone {
-                bail!(
-                    "the primary left in-sync during the run (mode {}, {}): its figures would not \
-                     be mirrored ones; a loaded machine may need a longer --peer-timeout-ms",
-                    s.mode,
-                    s.reason
-                );
-            }
-            if s.data_bytes_sent >= before.data_bytes_sent + data_bytes {
-                break s;
-            }
-            if std::time::Instant::now() >= deadline {
-                bail!(
-                    "the primary sent {} bytes of write data for a run that wrote {data_bytes}",
-                    s.data_bytes_sent - before.data_bytes_sent
-                );
-            }
-        };
-        Ok(Sent {
-            ops: after.ops_sent - before.ops_sent,
-            data_bytes: after.data_bytes_sent - before.data_bytes_sent,
-        })
-    }
 }

@@ -126,6 +126,44 @@ pub fn read_file(path: &Path) -> std::io::Result<(Duration, u64)> {
     Ok((start.elapsed(), total))
 }
 
+/// The fraction of `path`'s pages in the page cache (mmap + mincore; on a FUSE mount, its
+/// own page cache, the one a read() on the mount is served from).
+pub fn resident_fraction(path: &Path) -> std::io::Result<f64> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(path)?;
+    let len = f.metadata()?.len() as usize;
+    if len == 0 {
+        return Ok(1.0);
+    }
+    // SAFETY: a fresh read-only shared mapping of an open file, unmapped below.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let mut vec = vec![0u8; len.div_ceil(page)];
+    // SAFETY: `vec` has one byte per page of the mapping.
+    let r = unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: the mapping made above, not used after this.
+    unsafe { libc::munmap(addr, len) };
+    if r < 0 {
+        return Err(err);
+    }
+    let resident = vec.iter().filter(|b| *b & 1 == 1).count();
+    Ok(resident as f64 / vec.len() as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +192,8 @@ mod tests {
         let r = d.path().join("r");
         prepare_read_file(&r, 3).unwrap();
         assert_eq!(read_file(&r).unwrap().1, 3 * CHUNK_BYTES as u64);
+        let resident = resident_fraction(&r).unwrap();
+        assert!((0.0..=1.0).contains(&resident), "{resident}");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fmt::Write as _;
-use std::io::{Read, Seek};
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
@@ -102,16 +102,14 @@ fn extents(f: &std::fs::File, size: u64) -> String {
     out
 }
 
-fn content_hash(path: &Path, with_extents: bool) -> std::io::Result<(String, String)> {
-    let mut f = std::fs::File::open(path)?;
+fn file_extents(path: &Path) -> std::io::Result<String> {
+    let f = std::fs::File::open(path)?;
     let size = f.metadata()?.len();
-    let ext = if with_extents {
-        extents(&f, size)
-    } else {
-        "-".into()
-    };
-    // SEEK_DATA/SEEK_HOLE moved the offset: hash from the start.
-    f.seek(std::io::SeekFrom::Start(0))?;
+    Ok(extents(&f, size))
+}
+
+fn content_hash(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -121,7 +119,7 @@ fn content_hash(path: &Path, with_extents: bool) -> std::io::Result<(String, Str
         }
         h.update(&buf[..n]);
     }
-    Ok((h.finalize().to_hex().to_string(), ext))
+    Ok(h.finalize().to_hex().to_string())
 }
 
 /// Describe every entry beneath `root` (the root itself is "." and its time is included).
@@ -132,11 +130,28 @@ pub fn manifest(root: &Path) -> std::io::Result<Manifest> {
 /// `manifest`, including only what `opts` asks for.
 pub fn manifest_with(root: &Path, opts: CompareOpts) -> std::io::Result<Manifest> {
     let mut out = Manifest::new();
-    walk(root, root, opts, &mut out)?;
+    let mut files = Vec::new();
+    walk(root, root, opts, &mut out, &mut files)?;
+    // Contents only once every data/hole map is taken: reading a file caches its pages, and
+    // the map of another name of the same inode would then show unwritten extents as data.
+    for (rel, path) in files {
+        let hash = content_hash(&path)?;
+        if let Some(line) = out.get_mut(&rel) {
+            *line = line.replacen(HASH_PLACEHOLDER, &hash, 1);
+        }
+    }
     Ok(out)
 }
 
-fn walk(root: &Path, p: &Path, opts: CompareOpts, out: &mut Manifest) -> std::io::Result<()> {
+const HASH_PLACEHOLDER: &str = "<blake3>";
+
+fn walk(
+    root: &Path,
+    p: &Path,
+    opts: CompareOpts,
+    out: &mut Manifest,
+    files: &mut Vec<(String, std::path::PathBuf)>,
+) -> std::io::Result<()> {
     let md = std::fs::symlink_metadata(p)?;
     let rel = p
         .strip_prefix(root)
@@ -164,8 +179,17 @@ fn walk(root: &Path, p: &Path, opts: CompareOpts, out: &mut Manifest) -> std::io
         xattrs(p)
     );
     let specific = if ft.is_file() {
-        let (hash, ext) = content_hash(p, opts.extents)?;
-        format!("file size={} data[{}] blake3={}", md.len(), ext, hash)
+        let ext = if opts.extents {
+            file_extents(p)?
+        } else {
+            "-".into()
+        };
+        files.push((rel.clone(), p.to_path_buf()));
+        format!(
+            "file size={} data[{}] blake3={HASH_PLACEHOLDER}",
+            md.len(),
+            ext
+        )
     } else if ft.is_dir() {
         "dir".to_string()
     } else if ft.is_symlink() {
@@ -182,7 +206,7 @@ fn walk(root: &Path, p: &Path, opts: CompareOpts, out: &mut Manifest) -> std::io
         let mut children: Vec<_> = std::fs::read_dir(p)?.collect::<Result<_, _>>()?;
         children.sort_by_key(|e| e.file_name());
         for c in children {
-            walk(root, &c.path(), opts, out)?;
+            walk(root, &c.path(), opts, out, files)?;
         }
     }
     Ok(())

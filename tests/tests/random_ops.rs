@@ -4,7 +4,10 @@
 //! applications see ext4's own behaviour and error codes through the mirror). The link must
 //! stay in sync throughout (a fallback to "alone" followed by a resync would hide a bug), and at
 //! the end the secondary's copy must be identical to the primary's (exactly) and to the native
-//! directory (but for modification times, which were taken at other instants).
+//! directory (but for modification times, which were taken at other instants). A second test
+//! runs the same kind of sequence on a populated tree and kills and restarts the secondary a
+//! third of the way through, so that operations also run while the primary is alone and
+//! while it resynchronises the secondary.
 //!
 //! `MIRRORKIT_SEED=<u64>` replays a run (the seed is printed at the start and in every failure);
 //! `MIRRORKIT_OPS=<n>` changes its length (default `DEFAULT_OPS`); `MIRRORKIT_TRACE=1` prints
@@ -19,12 +22,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mirrorkit_tests::fill::{self, TreeSpec};
 use mirrorkit_tests::{require_root_and_fuse, tree, Mirror, MirrorOpts};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
 /// Operations in a default run: a few thousand, well under a minute in a debug build.
-const DEFAULT_OPS: usize = 3000;
+const DEFAULT_OPS: usize = 5000;
+/// Operations in a default run across a resynchronisation.
+const DEFAULT_OPS_RESYNC: usize = 2500;
+/// Operations between the kill of the secondary and its restart.
+const RESTART_AFTER_OPS: usize = 100;
+/// The tree both directories start from in a run across a resynchronisation: big enough
+/// (some 15 MB) that operations run during the synchronisation.
+const RESYNC_TREE: TreeSpec = TreeSpec {
+    dirs: 20,
+    files_per_dir: 20,
+    max_file_bytes: 64 << 10,
+};
 /// Names of every path component: a small namespace, so that operations collide often (a
 /// name is a file here and a directory there, renames replace, rmdir meets non-empty dirs).
 const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
@@ -180,6 +195,24 @@ enum Op {
     Stat {
         path: String,
     },
+}
+
+impl Op {
+    /// Whether the operation, if it succeeded, may have added, removed or renamed entries.
+    fn changes_names(&self) -> bool {
+        match self {
+            Op::Open { flags, .. } => flags & libc::O_CREAT != 0,
+            Op::UnlinkOpen { .. }
+            | Op::Mkdir { .. }
+            | Op::Rmdir { .. }
+            | Op::Unlink { .. }
+            | Op::Rename { .. }
+            | Op::Link { .. }
+            | Op::Symlink { .. }
+            | Op::Mkfifo { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// What an operation returned, comparable between the two sides.
@@ -581,13 +614,20 @@ impl Side {
     }
 }
 
-/// Generates the operations from the seed and what is open.
+/// Generates the operations from the seed, what is open, and what exists.
 struct Gen {
     rng: StdRng,
+    /// Every entry of the native tree (path, `S_IFMT` bits), sorted: most operations pick an
+    /// existing entry, so that they succeed often enough to matter.
+    tree: Vec<(String, u32)>,
 }
 
+/// Deepest directory that gets new entries (keeps paths short).
+const MAX_DEPTH: usize = 4;
+
 impl Gen {
-    fn path(&mut self) -> String {
+    /// A path of one to three random names (often missing, or of an unexpected kind).
+    fn random_path(&mut self) -> String {
         let depth = match self.rng.gen_range(0..100) {
             0..50 => 1,
             50..85 => 2,
@@ -597,6 +637,59 @@ impl Gen {
             .map(|_| NAMES[self.rng.gen_range(0..NAMES.len())])
             .collect::<Vec<_>>()
             .join("/")
+    }
+
+    /// An existing entry of kind `kind` (any kind for 0), if there is one.
+    fn existing(&mut self, kind: u32) -> Option<String> {
+        let c: Vec<&String> = self
+            .tree
+            .iter()
+            .filter(|(_, k)| kind == 0 || *k == kind)
+            .map(|(p, _)| p)
+            .collect();
+        (!c.is_empty()).then(|| c[self.rng.gen_range(0..c.len())].clone())
+    }
+
+    /// Mostly an existing entry, else a random path.
+    fn path(&mut self) -> String {
+        if self.rng.gen_range(0..100) < 60 {
+            if let Some(p) = self.existing(0) {
+                return p;
+            }
+        }
+        self.random_path()
+    }
+
+    fn file_path(&mut self) -> String {
+        if self.rng.gen_range(0..100) < 70 {
+            if let Some(p) = self.existing(libc::S_IFREG) {
+                return p;
+            }
+        }
+        self.path()
+    }
+
+    fn dir_path(&mut self) -> String {
+        if self.rng.gen_range(0..100) < 70 {
+            if let Some(p) = self.existing(libc::S_IFDIR) {
+                return p;
+            }
+        }
+        self.path()
+    }
+
+    /// Mostly a random name in an existing directory (the root included), else any path.
+    fn new_path(&mut self) -> String {
+        let name = NAMES[self.rng.gen_range(0..NAMES.len())];
+        if self.rng.gen_range(0..100) < 75 {
+            match self.existing(libc::S_IFDIR) {
+                Some(d) if self.rng.gen() && d.split('/').count() < MAX_DEPTH => {
+                    return format!("{d}/{name}");
+                }
+                _ => return name.to_string(),
+            }
+        }
+        self.path()
     }
 
     fn offset(&mut self) -> u64 {
@@ -739,46 +832,57 @@ impl Gen {
             if (700..720).contains(&k) {
                 return Op::UnlinkOpen {
                     slot,
-                    path: self.path(),
+                    path: self.new_path(),
                     off: self.offset(),
                     len: self.len(),
                     fill: self.rng.gen(),
                 };
             }
+            let path = if self.rng.gen() {
+                self.file_path()
+            } else {
+                self.new_path()
+            };
             return Op::Open {
                 slot,
-                path: self.path(),
+                path,
                 flags: self.open_flags(),
                 mode: self.mode(),
             };
         }
         match k {
             450..500 => Op::Mkdir {
-                path: self.path(),
+                path: self.new_path(),
                 mode: self.mode() | 0o700,
             },
-            500..530 => Op::Rmdir { path: self.path() },
+            500..530 => Op::Rmdir {
+                path: self.dir_path(),
+            },
             530..570 => Op::Unlink { path: self.path() },
             570..600 => Op::Truncate {
-                path: self.path(),
+                path: self.file_path(),
                 size: self.offset(),
             },
             720..790 => Op::Rename {
                 from: self.path(),
-                to: self.path(),
+                to: if self.rng.gen() {
+                    self.new_path()
+                } else {
+                    self.path()
+                },
                 flags: [0, 0, libc::RENAME_NOREPLACE, libc::RENAME_EXCHANGE]
                     [self.rng.gen_range(0..4)],
             },
             790..820 => Op::Link {
-                from: self.path(),
-                to: self.path(),
+                from: self.file_path(),
+                to: self.new_path(),
             },
             820..840 => Op::Symlink {
-                target: self.path(),
-                path: self.path(),
+                target: self.random_path(),
+                path: self.new_path(),
             },
             840..850 => Op::Mkfifo {
-                path: self.path(),
+                path: self.new_path(),
                 mode: self.mode(),
             },
             850..870 => Op::Chmod {
@@ -824,6 +928,32 @@ impl Gen {
     }
 }
 
+/// Every entry beneath `root` with its kind, sorted (readdir order is the file system's).
+fn list_tree(root: &Path) -> Vec<(String, u32)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, u32)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(md) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let kind = std::os::unix::fs::MetadataExt::mode(&md) & libc::S_IFMT;
+            if let Ok(rel) = p.strip_prefix(root) {
+                out.push((rel.display().to_string(), kind));
+            }
+            if kind == libc::S_IFDIR {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
 /// What the watchdog watches: the operation running and since when.
 struct Progress {
     index: usize,
@@ -856,30 +986,73 @@ fn random_operations_match_native_and_mirror() {
     if !require_root_and_fuse("random_operations_match_native_and_mirror") {
         return;
     }
+    run("random_ops", DEFAULT_OPS, None);
+}
+
+/// The same, with the secondary killed (kill -9) a third of the way through and restarted a
+/// little later: the operations go on while the primary is alone and while it resynchronises
+/// the secondary, under every kind of operation (open and unlinked files, FIFOs, xattrs,
+/// hard links, renames).
+#[test]
+fn random_operations_across_a_resync() {
+    if !require_root_and_fuse("random_operations_across_a_resync") {
+        return;
+    }
+    run(
+        "random_ops_resync",
+        DEFAULT_OPS_RESYNC,
+        Some(RESTART_AFTER_OPS),
+    );
+}
+
+/// Where the link is, for the checks between operations.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    /// In sync in session `n`: it must stay so.
+    InSync(u64),
+    /// The secondary is down or being resynchronised: nothing to check until in-sync.
+    Away,
+}
+
+/// Run the operations; with `restart`, kill the secondary after a third of them and restart
+/// it `restart` operations later.
+fn run(name: &str, default_ops: usize, restart: Option<usize>) {
     let seed: u64 = match std::env::var("MIRRORKIT_SEED") {
         Ok(s) => s.parse().expect("MIRRORKIT_SEED must be a u64"),
         Err(_) => rand::thread_rng().gen(),
     };
     let ops: usize = match std::env::var("MIRRORKIT_OPS") {
         Ok(s) => s.parse().expect("MIRRORKIT_OPS must be a number"),
-        Err(_) => DEFAULT_OPS,
+        Err(_) => default_ops,
     };
-    eprintln!("random_ops: seed {seed} ({ops} operations); replay with MIRRORKIT_SEED={seed}");
+    eprintln!("{name}: seed {seed} ({ops} operations); replay with MIRRORKIT_SEED={seed}");
     // MIRRORKIT_TRACE=1 prints every operation and its outcome (to replay a failure).
     let trace = std::env::var_os("MIRRORKIT_TRACE").is_some();
     let started = Instant::now();
 
-    let m = Mirror::start(MirrorOpts::default());
+    let mut m = Mirror::start(MirrorOpts {
+        ..MirrorOpts::default()
+    });
     let native_dir = m.base.path().join("native");
     std::fs::create_dir(&native_dir).unwrap();
     // Same attributes on both roots, so that they compare equal.
     let root_mode = std::fs::metadata(m.primary_dir()).unwrap().permissions();
     std::fs::set_permissions(&native_dir, root_mode).unwrap();
 
+    if restart.is_some() {
+        // Something to synchronise (every kind of entry, a few MB), and for the operations
+        // to work on: the same tree in both directories. Without the symlink that leads out of
+        // the tree, which operations would follow.
+        for dir in [&native_dir, &m.primary_dir().to_path_buf()] {
+            fill::populate(dir, RESYNC_TREE, seed);
+            std::fs::remove_file(dir.join("sym/abs")).unwrap();
+        }
+    }
     let mut native = Side::new(&native_dir);
     let mut mirror = Side::new(m.primary_dir());
     let mut gen = Gen {
         rng: StdRng::seed_from_u64(seed),
+        tree: Vec::new(),
     };
     let progress = Arc::new(Mutex::new(Progress {
         index: 0,
@@ -894,9 +1067,39 @@ fn random_operations_match_native_and_mirror() {
         done.clone(),
     );
     let mut counts = std::collections::BTreeMap::<String, (usize, usize)>::new();
+    let kill_at = restart.map(|_| ops / 3);
+    let mut phase = Phase::InSync(1);
+    let mut tree_changed = true;
+    let mut syncing_ops = 0usize;
 
     for i in 0..ops {
+        if Some(i) == kill_at {
+            eprintln!("{name}: seed {seed}: killing the secondary before operation {i}");
+            m.b.kill9();
+            phase = Phase::Away;
+        }
+        if let (Some(k), Some(r)) = (kill_at, restart) {
+            if i == k + r {
+                eprintln!("{name}: seed {seed}: restarting the secondary before operation {i}");
+                m.start_secondary();
+            }
+        }
+        if phase == Phase::Away {
+            match m.a.status() {
+                Some(s) if s.mode == "in-sync" && s.sessions == 2 => {
+                    eprintln!(
+                        "{name}: seed {seed}: in sync again before operation {i} ({syncing_ops} operations during the synchronisation)"
+                    );
+                    phase = Phase::InSync(2);
+                }
+                Some(s) if s.mode == "syncing" => syncing_ops += 1,
+                _ => {}
+            }
+        }
         let open: Vec<bool> = native.slots.iter().map(Option::is_some).collect();
+        if tree_changed {
+            gen.tree = list_tree(&native_dir);
+        }
         let op = gen.next(&open);
         {
             let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
@@ -906,6 +1109,7 @@ fn random_operations_match_native_and_mirror() {
         }
         let expected = native.apply(&op);
         let got = mirror.apply(&op);
+        tree_changed = expected.is_ok() && op.changes_names();
         if trace {
             eprintln!("{i} {op:?} -> {expected:?}");
         }
@@ -926,8 +1130,11 @@ fn random_operations_match_native_and_mirror() {
         } else {
             c.1 += 1;
         }
+        let Phase::InSync(sessions) = phase else {
+            continue;
+        };
         if i % 100 == 99 {
-            assert_in_sync(&m, seed, i);
+            assert_in_sync(&m, seed, i, sessions);
         }
         if i % CHECK_EVERY_OPS == CHECK_EVERY_OPS - 1 {
             let opts = tree::CompareOpts {
@@ -945,10 +1152,17 @@ fn random_operations_match_native_and_mirror() {
         native.slots[s] = None;
         mirror.slots[s] = None;
     }
+    let sessions = match phase {
+        Phase::InSync(n) => n,
+        Phase::Away => {
+            m.wait_primary_mode("in-sync", Duration::from_secs(30));
+            2
+        }
+    };
     // The status file is rewritten every 100 ms.
     std::thread::sleep(Duration::from_millis(300));
-    assert_in_sync(&m, seed, ops);
-    eprintln!("random_ops: seed {seed}: operations (succeeded, failed) by kind: {counts:?}");
+    assert_in_sync(&m, seed, ops, sessions);
+    eprintln!("{name}: seed {seed}: operations (succeeded, failed) by kind: {counts:?}");
 
     tree::drop_page_caches().expect("drop page caches (needs root)");
     tree::compare(m.primary_dir(), m.secondary_dir(), 30)
@@ -962,21 +1176,22 @@ fn random_operations_match_native_and_mirror() {
         extents: false,
     };
     tree::compare_with(&native_dir, m.secondary_dir(), 30, opts)
-    .unwrap_or_else(|e| panic!("seed {seed}: native directory and secondary differ: {e}"));
-    assert_in_sync(&m, seed, ops);
+        .unwrap_or_else(|e| panic!("seed {seed}: native directory and secondary differ: {e}"));
+    assert_in_sync(&m, seed, ops, sessions);
     eprintln!(
-        "random_ops: seed {seed}: {ops} operations, trees identical, in {:.1} s",
+        "{name}: seed {seed}: {ops} operations, trees identical, in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }
 
-/// The link never left in-sync: one session, never alone. A fallback to alone followed by a
-/// full resync would otherwise repair (and hide) an operation the secondary failed to apply.
-fn assert_in_sync(m: &Mirror, seed: u64, i: usize) {
+/// The link never left in-sync on its own: still session `sessions`, alone only as often as
+/// the test made it. A fallback to alone followed by a full resync would otherwise repair (and
+/// hide) an operation the secondary failed to apply.
+fn assert_in_sync(m: &Mirror, seed: u64, i: usize, sessions: u64) {
     let s = m.a.status().expect("primary status");
     let refused = m.b.log().contains("cannot apply");
     assert!(
-        s.mode == "in-sync" && s.sessions == 1 && s.times_alone == 0 && !refused,
+        s.mode == "in-sync" && s.sessions == sessions && s.times_alone == sessions - 1 && !refused,
         "seed {seed}: by operation {i} the link left in-sync: {s:?}\n--- primary log\n{}\n--- secondary log\n{}",
         m.a.log(),
         m.b.log()

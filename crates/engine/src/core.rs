@@ -251,6 +251,37 @@ impl Core {
             .collect()
     }
 
+    /// What the peer knows an inode by, for an operation on it: a path this node knows, else
+    /// a file the peer holds open for it. When neither exists but the inode still has a name
+    /// here (a hard link the kernel never looked up through this mount), the operation cannot
+    /// reach the peer, nor be recorded for a synchronisation: the session ends, so that the
+    /// next synchronisation repairs the copy. An inode without a name is unreachable: the peer
+    /// needs nothing. Call with `order` held; `what` names the operation for the log.
+    pub fn peer_target(&self, ino: u64, what: &str) -> Option<Target> {
+        if let Some(p) = self.path_of(ino) {
+            return Some(Target::Path(p));
+        }
+        if let Some(s) = self.link.in_sync_session() {
+            let handles = self.handles.read().unwrap_or_else(|p| p.into_inner());
+            let open = handles.iter().find(|(_, h)| {
+                h.ino == ino && h.writable && h.remote_session.load(Ordering::Relaxed) == s
+            });
+            if let Some((fh, _)) = open {
+                return Some(Target::Handle(*fh));
+            }
+        }
+        let named = self
+            .node_fd(ino)
+            .and_then(|fd| sys::fstat(fd.as_fd()).ok())
+            .is_some_and(|st| st.st_nlink > 0);
+        if named {
+            self.link.lost_current(&format!(
+                "{what} of an inode whose path this node does not know"
+            ));
+        }
+        None
+    }
+
     /// Submit an operation on a handle: only if the peer holds the handle (or a
     /// synchronisation is recording what changed). Call with `order` held.
     pub fn submit_on_handle(

@@ -277,7 +277,10 @@ impl MirrorFs {
 impl fuser::Filesystem for MirrorFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE_BYTES);
-        let _ = config.set_max_readahead(MAX_WRITE_BYTES);
+        // The kernel offers its own ceiling (often 128 KiB); take as much as it allows.
+        if let Err(max) = config.set_max_readahead(MAX_WRITE_BYTES) {
+            let _ = config.set_max_readahead(max);
+        }
         let _ = config.set_max_background(64);
         // Never FUSE_WRITEBACK_CACHE: a write must reach us (and the peer) before it returns.
         for cap in [
@@ -339,18 +342,16 @@ impl fuser::Filesystem for MirrorFs {
         let kind = self.core.node_kind(ino.0).unwrap_or(libc::S_IFREG);
         let handle = fh.and_then(|f| self.core.handle(f.0).map(|h| (f.0, h)));
         let order = self.core.order();
-        let path = self.core.path_of(ino.0);
         // The peer's target: the handle it holds if this one is open for writing there,
-        // else the path.
+        // else the path (or another handle of the inode).
         let remote_handle = handle.as_ref().filter(|(_, h)| {
             h.writable
                 && self.core.link.in_sync_session()
                     == Some(h.remote_session.load(Ordering::Relaxed))
         });
-        let target = match (remote_handle, &path) {
-            (Some((fh, _)), _) => Some(Target::Handle(*fh)),
-            (None, Some(p)) => Some(Target::Path(p.clone())),
-            (None, None) => None,
+        let target = match remote_handle {
+            Some((fh, _)) => Some(Target::Handle(*fh)),
+            None => self.core.peer_target(ino.0, "attribute change"),
         };
         let proc = self.core.proc_path(&node);
         let mut tickets = Vec::new();
@@ -1109,10 +1110,10 @@ impl fuser::Filesystem for MirrorFs {
         }) {
             return reply.error(errno_of(&e));
         }
-        let t = match self.core.path_of(ino.0) {
-            Some(path) => self.core.submit(
+        let t = match self.core.peer_target(ino.0, "extended attribute change") {
+            Some(target) => self.core.submit(
                 Op::SetXattr {
-                    target: Target::Path(path),
+                    target,
                     name: sys::os_bytes(name).to_vec(),
                     flags,
                 },
@@ -1158,10 +1159,10 @@ impl fuser::Filesystem for MirrorFs {
         if let Err(e) = self.with_xattr_path(ino.0, |p, follow| sys::removexattr(p, follow, &c)) {
             return reply.error(errno_of(&e));
         }
-        let t = match self.core.path_of(ino.0) {
-            Some(path) => self.core.submit(
+        let t = match self.core.peer_target(ino.0, "extended attribute removal") {
+            Some(target) => self.core.submit(
                 Op::RemoveXattr {
-                    target: Target::Path(path),
+                    target,
                     name: sys::os_bytes(name).to_vec(),
                 },
                 &[],

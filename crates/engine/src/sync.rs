@@ -4,17 +4,20 @@
 //!    so that the peer removes what the primary does not have), file (data extents only: holes
 //!    stay holes), symlink, special file and extended attribute. Application operations are
 //!    not sent meanwhile; the link records the paths they touch.
-//! 2. Catch-up passes: synchronise the recorded paths again, until few remain.
+//! 2. Catch-up passes: synchronise the recorded paths again, until few remain. After the bulk
+//!    pass and each catch-up pass, wait (the application does not) until the peer has applied
+//!    and flushed what was sent, so that the switch does not wait behind a deep backlog.
 //! 3. Switch: under the ordering lock (the application's mutations wait), synchronise the last
 //!    recorded paths, open on the peer every file the application holds open for writing,
 //!    send `SyncDone`, and switch the link to in-sync. Release the lock. When the peer
 //!    acknowledges `SyncDone` (it made everything durable), record that it is in sync.
 //!
 //! Hard links are kept within a pass (the second name of an inode becomes a link to the
-//! first). A hard link made by the application while a synchronisation runs can arrive as a
-//! separate copy: see docs/architecture.md, "Known limits".
+//! first), and a catch-up pass that sends one name of an inode again sends every name of it
+//! seen so far, so that names written, renamed or linked by the application while a
+//! synchronisation runs stay links of one inode on the peer.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use mirrorkit_store::sys;
@@ -30,6 +33,9 @@ pub const SYNC_CHUNK_BYTES: usize = 1 << 20;
 pub const SWITCH_DIRTY_PATHS: usize = 256;
 /// Most catch-up passes before switching anyway (the application then waits for the rest).
 pub const MAX_CATCH_UP_PASSES: usize = 8;
+/// Longest the synchroniser waits for the peer to apply and flush what a pass sent (the
+/// application does not wait on it; a dead peer ends the connection sooner). Default 60 s.
+pub const SYNC_DRAIN_TIMEOUT_MS: u64 = 60_000;
 
 /// Why a synchronisation stopped.
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +52,13 @@ pub enum SyncError {
 struct Pass<'a> {
     core: &'a Core,
     session: u64,
-    /// (device, inode) of files with several links → the path sent first in this pass.
+    /// (device, inode) of inodes with several links → the path sent first in this pass.
     linked: HashMap<(u64, u64), RelPath>,
-    /// (device, inode) of files with several links → every name seen so far, in any pass of
+    /// (device, inode) of inodes with several links → every name seen so far, in any pass of
     /// this synchronisation (some may be gone or name another inode by now).
     names: HashMap<(u64, u64), BTreeSet<RelPath>>,
+    /// Names of inodes with several links sent in this pass.
+    visited: HashSet<RelPath>,
     buf: Vec<u8>,
 }
 
@@ -67,6 +75,7 @@ pub fn full_sync(core: &Core, session: u64) -> Result<(), SyncError> {
     let mut pass = Pass::new(core, session, HashMap::new());
     pass.entry(&RelPath::root())?;
     let mut names = pass.names;
+    drain(core, session)?;
     for round in 0..MAX_CATCH_UP_PASSES {
         if core.link.dirty_len() <= SWITCH_DIRTY_PATHS {
             break;
@@ -76,6 +85,7 @@ pub fn full_sync(core: &Core, session: u64) -> Result<(), SyncError> {
         let mut catch_up = Pass::new(core, session, names);
         catch_up.dirty(dirty)?;
         names = catch_up.names;
+        drain(core, session)?;
     }
     let ticket = {
         let _order = core.order();
@@ -83,7 +93,7 @@ pub fn full_sync(core: &Core, session: u64) -> Result<(), SyncError> {
         let mut last = Pass::new(core, session, names);
         last.dirty(dirty)?;
         for (fh, h) in core.writable_handles() {
-            if let Some(path) = core.path_of(h.ino) {
+            if let Some(path) = last.handle_path(h.ino, &h.fd)? {
                 core.link.submit_sync(
                     session,
                     &Op::Open {
@@ -136,6 +146,22 @@ fn listing_chunks(names: &[Vec<u8>]) -> Vec<&[Vec<u8>]> {
     chunks
 }
 
+/// Wait, without holding up the application, until the peer has applied everything sent so
+/// far and made it durable. A pass fills the in-flight window (up to `max_inflight_bytes`),
+/// and the peer's flush of a whole copy can take longer than the peer timeout; without this,
+/// `SyncDone` and the application's first operations in sync would wait behind all of it and
+/// time out on a slow peer, and every new session would end the same way.
+fn drain(core: &Core, session: u64) -> Result<(), SyncError> {
+    let t = core.link.submit_sync(session, &Op::Barrier, &[])?;
+    if !core.link.wait_acked_within(t, SYNC_DRAIN_TIMEOUT_MS) {
+        return Err(SessionLost(format!(
+            "peer did not apply and flush the synchronised data within {SYNC_DRAIN_TIMEOUT_MS} ms"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 impl<'a> Pass<'a> {
     fn new(core: &'a Core, session: u64, names: HashMap<(u64, u64), BTreeSet<RelPath>>) -> Self {
         Pass {
@@ -143,6 +169,7 @@ impl<'a> Pass<'a> {
             session,
             linked: HashMap::new(),
             names,
+            visited: HashSet::new(),
             buf: vec![0u8; SYNC_CHUNK_BYTES],
         }
     }
@@ -165,22 +192,7 @@ impl<'a> Pass<'a> {
                 }
             }
         }
-        // Every known name of a file with several links goes with it: the peer makes one fresh
-        // inode and links the other names to it, else the names not sent again would keep the
-        // old inode (and its old content).
-        let mut others = Vec::new();
-        for p in &entries {
-            if let Some((st, _)) = self.lstat(p)? {
-                if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink > 1 {
-                    if let Some(names) = self.names.get(&(st.st_dev, st.st_ino)) {
-                        others.extend(names.iter().cloned());
-                    }
-                }
-            }
-        }
-        entries.extend(others);
         entries.sort();
-        entries.dedup();
         let mut done: Vec<RelPath> = Vec::new();
         for p in entries {
             if done.iter().any(|d| p.starts_with(d)) {
@@ -194,6 +206,34 @@ impl<'a> Pass<'a> {
             }
             done.push(p);
         }
+        // Every name of an inode with several links that this pass sent again (itself, or
+        // inside a directory it sent again) goes with it: the peer makes one fresh inode and
+        // links the other names to it, else the names not sent would keep the old inode (and
+        // its old content).
+        loop {
+            let keys: Vec<(u64, u64)> = self.linked.keys().copied().collect();
+            let mut pending = Vec::new();
+            for key in keys {
+                for n in self.current_names(key)? {
+                    if !self.visited.contains(&n) {
+                        pending.push(n);
+                    }
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+            for p in pending {
+                // Marked first: a name the application changes meanwhile is not retried.
+                if !self.visited.insert(p.clone()) {
+                    continue;
+                }
+                self.entry(&p)?;
+                if let Some((parent, _)) = p.split_last() {
+                    metas.insert(parent);
+                }
+            }
+        }
         for p in metas {
             if done.iter().any(|d| p.starts_with(d)) {
                 continue;
@@ -201,6 +241,54 @@ impl<'a> Pass<'a> {
             self.attrs_only(&p)?;
         }
         Ok(())
+    }
+
+    /// A path of a file the application holds open: one the FUSE layer knows, else one of the
+    /// names this synchronisation saw (another hard link), `None` if it has no name left.
+    fn handle_path(&mut self, ino: u64, fd: &OwnedFd) -> Result<Option<RelPath>, SyncError> {
+        if let Some(p) = self.core.path_of(ino) {
+            return Ok(Some(p));
+        }
+        let st = sys::fstat(fd.as_fd()).map_err(|source| SyncError::Read {
+            path: format!("open file (inode {ino})"),
+            source,
+        })?;
+        if st.st_nlink == 0 {
+            return Ok(None);
+        }
+        match self
+            .current_names((st.st_dev, st.st_ino))?
+            .into_iter()
+            .next()
+        {
+            Some(p) => Ok(Some(p)),
+            // Its writes could not reach the peer: better no session than a silent gap.
+            None => Err(SessionLost(format!(
+                "a file open for writing (inode {}) has a name this node cannot find",
+                st.st_ino
+            ))
+            .into()),
+        }
+    }
+
+    /// The names recorded for an inode that still name it here (the others are forgotten:
+    /// the application's change of them is recorded as dirty on its own).
+    fn current_names(&mut self, key: (u64, u64)) -> Result<Vec<RelPath>, SyncError> {
+        let Some(names) = self.names.get(&key).cloned() else {
+            return Ok(Vec::new());
+        };
+        let mut current = Vec::new();
+        for n in names {
+            match self.lstat(&n)? {
+                Some((st, _)) if (st.st_dev, st.st_ino) == key => current.push(n),
+                _ => {
+                    if let Some(set) = self.names.get_mut(&key) {
+                        set.remove(&n);
+                    }
+                }
+            }
+        }
+        Ok(current)
     }
 
     /// The parent descriptor and name of `path` on this node, or `None` if it is gone.
@@ -251,6 +339,24 @@ impl<'a> Pass<'a> {
             return Ok(());
         };
         let meta = meta_of(&st);
+        // Any inode but a directory can have several names (symlinks and FIFOs too): the
+        // second name sent in a pass becomes a link to the first.
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR && st.st_nlink > 1 {
+            let key = (st.st_dev, st.st_ino);
+            self.names.entry(key).or_default().insert(path.clone());
+            self.visited.insert(path.clone());
+            if let Some(existing) = self.linked.get(&key) {
+                let existing = existing.clone();
+                return self.send(
+                    &Op::SyncLink {
+                        existing,
+                        path: path.clone(),
+                    },
+                    &[],
+                );
+            }
+            self.linked.insert(key, path.clone());
+        }
         match st.st_mode & libc::S_IFMT {
             libc::S_IFDIR => self.dir(path, &fd, meta)?,
             libc::S_IFREG => self.file(path, &st, meta)?,
@@ -385,20 +491,6 @@ impl<'a> Pass<'a> {
     }
 
     fn file(&mut self, path: &RelPath, st: &libc::stat, meta: Meta) -> Result<(), SyncError> {
-        if st.st_nlink > 1 {
-            let key = (st.st_dev, st.st_ino);
-            self.names.entry(key).or_default().insert(path.clone());
-            if let Some(existing) = self.linked.get(&key) {
-                return self.send(
-                    &Op::SyncLink {
-                        existing: existing.clone(),
-                        path: path.clone(),
-                    },
-                    &[],
-                );
-            }
-            self.linked.insert(key, path.clone());
-        }
         let fd = match sys::open_beneath(
             self.core.root.as_fd(),
             path,
@@ -425,6 +517,9 @@ impl<'a> Pass<'a> {
 
     /// Send the data extents of a file; holes are skipped and stay holes on the peer.
     fn data(&mut self, path: &RelPath, fd: BorrowedFd<'_>, size: u64) -> Result<(), SyncError> {
+        // Preallocated (unwritten) extents are holes too: they read as zeros, and sending them
+        // would allocate zeros on the peer where this node has none.
+        let unwritten = sys::unwritten_ranges(fd, size).map_err(read_err(path))?;
         let mut pos = 0u64;
         while pos < size {
             let Some(start) =
@@ -436,30 +531,65 @@ impl<'a> Pass<'a> {
                 .map_err(read_err(path))?
                 .unwrap_or(size)
                 .min(size);
-            let mut off = start;
-            while off < end {
-                let want = ((end - off) as usize).min(SYNC_CHUNK_BYTES);
-                let n = sys::pread(fd, &mut self.buf[..want], off).map_err(read_err(path))?;
-                if n == 0 {
+            for (from, to) in without(start, end, &unwritten) {
+                if !self.range(path, fd, from, to)? {
                     // The file shrank meanwhile: the application's change is recorded.
                     return Ok(());
                 }
-                let chunk = std::mem::take(&mut self.buf);
-                let r = self.send(
-                    &Op::SyncData {
-                        path: path.clone(),
-                        offset: off,
-                    },
-                    &chunk[..n],
-                );
-                self.buf = chunk;
-                r?;
-                off += n as u64;
             }
             pos = end;
         }
         Ok(())
     }
+
+    /// Send `[start, end)` of a file; false if the file ended before.
+    fn range(
+        &mut self,
+        path: &RelPath,
+        fd: BorrowedFd<'_>,
+        start: u64,
+        end: u64,
+    ) -> Result<bool, SyncError> {
+        let mut off = start;
+        while off < end {
+            let want = ((end - off) as usize).min(SYNC_CHUNK_BYTES);
+            let n = sys::pread(fd, &mut self.buf[..want], off).map_err(read_err(path))?;
+            if n == 0 {
+                return Ok(false);
+            }
+            let chunk = std::mem::take(&mut self.buf);
+            let r = self.send(
+                &Op::SyncData {
+                    path: path.clone(),
+                    offset: off,
+                },
+                &chunk[..n],
+            );
+            self.buf = chunk;
+            r?;
+            off += n as u64;
+        }
+        Ok(true)
+    }
+}
+
+/// The parts of `[start, end)` outside `skip` (sorted, non-overlapping ranges).
+fn without(start: u64, end: u64, skip: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut pos = start;
+    for &(s, e) in skip {
+        if e <= pos || s >= end {
+            continue;
+        }
+        if s > pos {
+            out.push((pos, s));
+        }
+        pos = pos.max(e);
+    }
+    if pos < end {
+        out.push((pos, end));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -489,7 +619,10 @@ mod tests {
                         mode: 0o7777,
                         uid: u32::MAX,
                         gid: u32::MAX,
-                        mtime: Timespec { sec: i64::MIN, nsec: 999_999_999 },
+                        mtime: Timespec {
+                            sec: i64::MIN,
+                            nsec: 999_999_999,
+                        },
                     },
                     entries: c.to_vec(),
                     first: true,
@@ -503,5 +636,17 @@ mod tests {
         let sizes: Vec<usize> = listing_chunks(&short).iter().map(|c| c.len()).collect();
         assert_eq!(sizes, [1024, 1024, 452]);
         assert_eq!(listing_chunks(&[]).len(), 1);
+    }
+
+    #[test]
+    fn unwritten_ranges_are_cut_out_of_data_ranges() {
+        assert_eq!(without(0, 100, &[]), [(0, 100)]);
+        assert_eq!(
+            without(0, 100, &[(20, 30), (50, 60)]),
+            [(0, 20), (30, 50), (60, 100)]
+        );
+        assert_eq!(without(10, 100, &[(0, 20), (90, 200)]), [(20, 90)]);
+        assert_eq!(without(10, 20, &[(0, 30)]), []);
+        assert_eq!(without(10, 20, &[(0, 5), (25, 30)]), [(10, 20)]);
     }
 }

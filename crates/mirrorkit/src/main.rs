@@ -235,9 +235,7 @@ fn run_mirror(role: RoleCmd) -> Result<()> {
                     peer,
                 ));
                 let status_core = core.clone();
-                tokio::spawn(status_loop(state_dir.clone(), move || {
-                    Status::of_primary(&status_core)
-                }));
+                status_loop(state_dir.clone(), move || Status::of_primary(&status_core))?;
                 wait_for_signal().await;
                 Ok(())
             });
@@ -262,7 +260,7 @@ fn run_mirror(role: RoleCmd) -> Result<()> {
                 let endpoint = mirrorkit_net::endpoint(&identity, common.listen, &TransportParams::default())?;
                 let c = counters.clone();
                 let mirror = common.mirror.clone();
-                tokio::spawn(status_loop(common.state_dir.clone(), move || Status::of_secondary(&mirror, &c)));
+                status_loop(common.state_dir.clone(), move || Status::of_secondary(&mirror, &c))?;
                 tokio::select! {
                     r = mirrorkit_engine::secondary::run(endpoint, cfg, counters.clone()) => r.map_err(anyhow::Error::msg),
                     _ = wait_for_signal() => Ok(()),
@@ -274,18 +272,26 @@ fn run_mirror(role: RoleCmd) -> Result<()> {
     }
 }
 
-async fn status_loop(state_dir: PathBuf, status: impl Fn() -> Status) {
-    let mut last = Status::default();
-    loop {
-        let s = status();
-        if s != last {
-            if let Err(e) = s.write(&state_dir) {
-                tracing::warn!(dir = %state_dir.display(), "cannot write status: {e}");
+/// Rewrite the status file when it changes, on a thread of its own: file writes must not
+/// stall the async workers that carry the replication link.
+fn status_loop(state_dir: PathBuf, status: impl Fn() -> Status + Send + 'static) -> Result<()> {
+    std::thread::Builder::new()
+        .name("mirrorkit-status".into())
+        .spawn(move || {
+            let mut last = Status::default();
+            loop {
+                let s = status();
+                if s != last {
+                    if let Err(e) = s.write(&state_dir) {
+                        tracing::warn!(dir = %state_dir.display(), "cannot write status: {e}");
+                    }
+                    last = s;
+                }
+                std::thread::sleep(Duration::from_millis(STATUS_INTERVAL_MS));
             }
-            last = s;
-        }
-        tokio::time::sleep(Duration::from_millis(STATUS_INTERVAL_MS)).await;
-    }
+        })
+        .context("cannot start the status thread")?;
+    Ok(())
 }
 
 async fn wait_for_signal() {

@@ -316,6 +316,91 @@ pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
     cvt(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
 }
 
+/// `FS_IOC_FIEMAP`: `_IOWR('f', 11, struct fiemap)` (libc does not define it).
+const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+const FIEMAP_FLAG_SYNC: u32 = 0x1;
+const FIEMAP_EXTENT_LAST: u32 = 0x1;
+const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x800;
+/// Extents asked for per FIEMAP call.
+const FIEMAP_BATCH: usize = 64;
+
+/// `struct fiemap_extent` of linux/fiemap.h.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FiemapExtent {
+    logical: u64,
+    physical: u64,
+    length: u64,
+    reserved64: [u64; 2],
+    flags: u32,
+    reserved: [u32; 3],
+}
+
+/// `struct fiemap` with room for `FIEMAP_BATCH` extents.
+#[repr(C)]
+struct Fiemap {
+    start: u64,
+    length: u64,
+    flags: u32,
+    mapped_extents: u32,
+    extent_count: u32,
+    reserved: u32,
+    extents: [FiemapExtent; FIEMAP_BATCH],
+}
+
+/// The ranges of `[0, size)` that the file system holds as unwritten (preallocated) extents,
+/// sorted: they read as zeros, and `SEEK_DATA` reports them as data once their pages are in
+/// the page cache. The file's dirty pages are written back first (`FIEMAP_FLAG_SYNC`), so a
+/// range written but not yet flushed is never reported unwritten. Empty when the file system
+/// cannot tell (no FIEMAP).
+pub fn unwritten_ranges(fd: BorrowedFd<'_>, size: u64) -> io::Result<Vec<(u64, u64)>> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut pos = 0u64;
+    let mut flags = FIEMAP_FLAG_SYNC;
+    while pos < size {
+        // SAFETY: an all-zero `Fiemap` is a valid value (plain integers).
+        let mut m: Fiemap = unsafe { std::mem::zeroed() };
+        m.start = pos;
+        m.length = size - pos;
+        m.flags = flags;
+        m.extent_count = FIEMAP_BATCH as u32;
+        // SAFETY: valid descriptor; `m` is a `struct fiemap` followed by room for
+        // `extent_count` extents, as the ioctl expects.
+        let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FIEMAP as _, &mut m as *mut Fiemap) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENOTTY | libc::EOPNOTSUPP | libc::EINVAL | libc::EBADR) => {
+                    Ok(Vec::new())
+                }
+                _ => Err(e),
+            };
+        }
+        flags = 0;
+        let mapped = (m.mapped_extents as usize).min(FIEMAP_BATCH);
+        if mapped == 0 {
+            break;
+        }
+        let mut last = false;
+        for e in &m.extents[..mapped] {
+            let end = e.logical.saturating_add(e.length);
+            if e.flags & FIEMAP_EXTENT_UNWRITTEN != 0 && e.logical < size {
+                let range = (e.logical, end.min(size));
+                match out.last_mut() {
+                    Some(prev) if prev.1 == range.0 => prev.1 = range.1,
+                    _ => out.push(range),
+                }
+            }
+            pos = pos.max(end);
+            last |= e.flags & FIEMAP_EXTENT_LAST != 0;
+        }
+        if last {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// `lseek` with SEEK_DATA / SEEK_HOLE; `None` at end of file (ENXIO).
 pub fn seek_data_hole(fd: BorrowedFd<'_>, offset: u64, whence: i32) -> io::Result<Option<u64>> {
     let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
