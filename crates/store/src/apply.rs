@@ -523,35 +523,27 @@ impl Store {
         let times = atime.is_some() || mtime.is_some();
         let owner = uid.is_some() || gid.is_some();
         let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
+        // Owner first: chown clears setuid/setgid, and the mode sent is the final one.
+        let on_fd = |fd: BorrowedFd<'_>| -> io::Result<()> {
+            if owner {
+                sys::fchown(fd, u, g)?;
+            }
+            if let Some(mode) = mode {
+                sys::fchmod(fd, mode)?;
+            }
+            if times {
+                sys::futimens(fd, a, m)?;
+            }
+            Ok(())
+        };
         match target {
-            Target::Handle(h) => {
-                let fd = self
-                    .handles
+            Target::Handle(h) => on_fd(
+                self.handles
                     .get(h)
                     .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?
-                    .as_fd();
-                if owner {
-                    sys::fchown(fd, u, g)?;
-                }
-                if let Some(mode) = mode {
-                    sys::fchmod(fd, mode)?;
-                }
-                if times {
-                    sys::futimens(fd, a, m)?;
-                }
-            }
-            Target::Path(p) if p.is_root() => {
-                let fd = self.root.as_fd();
-                if owner {
-                    sys::fchown(fd, u, g)?;
-                }
-                if let Some(mode) = mode {
-                    sys::fchmod(fd, mode)?;
-                }
-                if times {
-                    sys::futimens(fd, a, m)?;
-                }
-            }
+                    .as_fd(),
+            )?,
+            Target::Path(p) if p.is_root() => on_fd(self.root.as_fd())?,
             Target::Path(p) => {
                 let (dir, name) = sys::open_parent(self.root.as_fd(), p)?;
                 let dir = dir.as_fd();
