@@ -141,7 +141,10 @@ fn frozen_secondary_then_resync() {
     let recorded = peer_in_sync(&m);
     assert!(
         !recorded,
-        "the write returned while the state file still said the peer was in sync"
+        "the write returned after {blocked:?} while the state file still said the peer was in sync; status {:?}\n--- a log\n{}\n--- b log\n{}",
+        m.a.status(),
+        m.a.log(),
+        m.b.log()
     );
     assert!(
         blocked >= Duration::from_millis(PEER_TIMEOUT_MS * 8 / 10)
