@@ -97,6 +97,17 @@ impl MirrorFs {
         }
     }
 
+    /// The parent's descriptor and the entry's name as a C string.
+    fn parent_and_name(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+    ) -> Result<(Arc<OwnedFd>, std::ffi::CString), Errno> {
+        let pfd = self.parent_fd(parent)?;
+        let c = names(name).map_err(|e| errno_of(&e))?;
+        Ok((pfd, c))
+    }
+
     fn parent_fd(&self, parent: INodeNo) -> Result<Arc<OwnedFd>, Errno> {
         self.core.node_fd(parent.0).ok_or(Errno::ESTALE)
     }
@@ -189,13 +200,9 @@ impl MirrorFs {
         op: impl FnOnce(mirrorkit_wire::RelPath, &libc::stat) -> Op,
         reply: ReplyEntry,
     ) {
-        let pfd = match self.parent_fd(parent) {
-            Ok(f) => f,
+        let (pfd, c) = match self.parent_and_name(parent, name) {
+            Ok(x) => x,
             Err(e) => return reply.error(e),
-        };
-        let c = match names(name) {
-            Ok(c) => c,
-            Err(e) => return reply.error(errno_of(&e)),
         };
         let order = self.core.order();
         if let Err(e) = make(&pfd, &c).and_then(|()| self.chown_new(req, &pfd, &c)) {
@@ -1191,13 +1198,9 @@ impl fuser::Filesystem for MirrorFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let pfd = match self.parent_fd(parent) {
-            Ok(f) => f,
+        let (pfd, c) = match self.parent_and_name(parent, name) {
+            Ok(x) => x,
             Err(e) => return reply.error(e),
-        };
-        let c = match names(name) {
-            Ok(c) => c,
-            Err(e) => return reply.error(errno_of(&e)),
         };
         let order = self.core.order();
         let oflags = libc::O_CREAT
@@ -1322,13 +1325,9 @@ impl fuser::Filesystem for MirrorFs {
 
 impl MirrorFs {
     fn remove(&self, parent: INodeNo, name: &OsStr, flags: i32, reply: ReplyEmpty) {
-        let pfd = match self.parent_fd(parent) {
-            Ok(f) => f,
+        let (pfd, c) = match self.parent_and_name(parent, name) {
+            Ok(x) => x,
             Err(e) => return reply.error(e),
-        };
-        let c = match names(name) {
-            Ok(c) => c,
-            Err(e) => return reply.error(errno_of(&e)),
         };
         let order = self.core.order();
         let st = sys::fstatat(pfd.as_fd(), &c, libc::AT_SYMLINK_NOFOLLOW).ok();
