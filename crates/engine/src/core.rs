@@ -286,7 +286,6 @@ impl Core {
     /// synchronisation is recording what changed). Call with `order` held.
     pub fn submit_on_handle(
         &self,
-        fh: u64,
         h: &Handle,
         op: mirrorkit_wire::Op,
         data: &[u8],
@@ -299,7 +298,6 @@ impl Core {
                 return None;
             }
         }
-        let _ = fh;
         self.link.submit(op, data, fixes, || self.dirty_node(h.ino))
     }
 

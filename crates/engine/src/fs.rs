@@ -858,7 +858,6 @@ impl fuser::Filesystem for MirrorFs {
                 Err(_) => Vec::new(),
             };
             tickets[0] = self.core.submit_on_handle(
-                fh.0,
                 &h,
                 Op::Write {
                     handle: fh.0,
@@ -869,7 +868,6 @@ impl fuser::Filesystem for MirrorFs {
             );
             if let Some(datasync) = h.sync {
                 tickets[1] = self.core.submit_on_handle(
-                    fh.0,
                     &h,
                     Op::Fsync {
                         handle: fh.0,
@@ -913,8 +911,9 @@ impl fuser::Filesystem for MirrorFs {
         reply: ReplyEmpty,
     ) {
         if let Some(h) = self.core.handle(fh.0) {
+            // The ordering lock only for writable handles, which the peer may hold too.
+            let _order = h.writable.then(|| self.core.order());
             if h.writable {
-                let _order = self.core.order();
                 // Not waited for: closing is not a durability point.
                 if let Some(s) = self.core.link.in_sync_session() {
                     if h.remote_session.load(Ordering::Relaxed) == s {
@@ -922,10 +921,8 @@ impl fuser::Filesystem for MirrorFs {
                             .submit(Op::Close { handle: fh.0 }, &[], Vec::new(), Vec::new);
                     }
                 }
-                self.core.remove_handle(fh.0);
-            } else {
-                self.core.remove_handle(fh.0);
             }
+            self.core.remove_handle(fh.0);
         }
         reply.ok();
     }
@@ -944,7 +941,6 @@ impl fuser::Filesystem for MirrorFs {
         let order = self.core.order();
         let t = if h.writable {
             self.core.submit_on_handle(
-                fh.0,
                 &h,
                 Op::Fsync {
                     handle: fh.0,
@@ -1286,7 +1282,6 @@ impl fuser::Filesystem for MirrorFs {
             })
             .unwrap_or_default();
         let t = self.core.submit_on_handle(
-            fh.0,
             &h,
             Op::Fallocate {
                 handle: fh.0,
