@@ -71,6 +71,13 @@ pub struct DataState {
     /// may hold writes that the peer never acknowledged and its record does not list. The next
     /// resync between the two, in either direction, compares all data.
     pub unclean: bool,
+    /// An operator made this data the reference (`prim`) since its last resync as source: a
+    /// peer in split brain with it yields to it, keeping its own divergent data aside.
+    pub forced: bool,
+    /// This node saw its peer hold newer data, or data that diverged from its own, and has
+    /// not taken the peer's data since (DRBD's "outdated"): it may not lead without the peer,
+    /// even after a restart, unless an operator forces it.
+    pub outdated: bool,
 }
 
 /// How two nodes' data relate, seen from the local node.
@@ -180,6 +187,8 @@ pub enum Stale {
     WasSecondary,
     /// This node has no data history (new or wiped).
     NoHistory,
+    /// This node saw the peer with newer (or divergent) data and has not resynced since.
+    Outdated,
 }
 
 impl std::fmt::Display for Stale {
@@ -192,6 +201,9 @@ impl std::fmt::Display for Stale {
                 "this node was secondary when it last ran: the peer may hold newer data"
             }
             Stale::NoHistory => "this node has no data history (new or wiped node)",
+            Stale::Outdated => {
+                "this node saw the peer with newer data, or data that diverged from its own, and has not resynced since"
+            }
         })
     }
 }
@@ -203,6 +215,9 @@ impl DataState {
     pub fn may_lead_alone(&self) -> Result<(), Stale> {
         if !self.consistent {
             return Err(Stale::Inconsistent);
+        }
+        if self.outdated {
+            return Err(Stale::Outdated);
         }
         match self.role {
             Role::Primary => Ok(()),
@@ -222,10 +237,19 @@ impl DataState {
     /// or is forced): a new generation `fresh` begins. The dirty record keeps covering every
     /// change since the peer's last known generation.
     pub fn begin_alone(&mut self, fresh: GenId) {
+        // Stopped without recording what the peer missed: the record does not cover it.
+        let trusted = !self.unclean;
+        if !trusted {
+            self.bitmap = None;
+            self.unclean = false;
+        }
         if let Some(cur) = self.current {
             // The peer holds `cur` if it was in sync with this primary, or if this node was its
             // secondary (then it took this node's data from it).
-            if self.bitmap.is_none() && (self.peer_in_sync || self.role == Role::Secondary) {
+            if trusted
+                && self.bitmap.is_none()
+                && (self.peer_in_sync || self.role == Role::Secondary)
+            {
                 self.bitmap = Some(cur);
             }
             self.push_history(cur);
@@ -233,7 +257,16 @@ impl DataState {
         self.current = Some(fresh);
         self.peer_in_sync = false;
         self.consistent = true;
+        self.outdated = false;
         self.role = Role::Primary;
+    }
+
+    /// The running primary lost its peer and has just recorded every change the peer may lack
+    /// (operations in flight and acknowledged since its last flush): unlike a restart after a
+    /// crash, its record is complete, so the next resync may be incremental.
+    pub fn peer_lost(&mut self, fresh: GenId) {
+        self.unclean = false;
+        self.begin_alone(fresh);
     }
 
     /// Forced primary (`prim`) on data that may be stale or inconsistent: it becomes the
@@ -246,14 +279,38 @@ impl DataState {
         self.bitmap = None;
         self.peer_in_sync = false;
         self.consistent = true;
+        self.unclean = false;
+        self.forced = true;
+        self.outdated = false;
         self.role = Role::Primary;
     }
 
     /// As primary, a resync brought the peer to this node's data: the record can start over.
     pub fn resync_done_as_source(&mut self) {
         self.bitmap = None;
+        self.forced = false;
         self.peer_in_sync = true;
         self.role = Role::Primary;
+    }
+
+    /// This node, primary, handed its data over to its peer (a swap, or a stop with the peer in
+    /// sync) after a barrier proved that the peer holds every write: from now on it is
+    /// secondary, and its copy equals the peer's.
+    pub fn handed_over(&mut self) {
+        self.role = Role::Secondary;
+        self.bitmap = None;
+        self.peer_in_sync = false;
+        self.unclean = false;
+    }
+
+    /// An operator chose this node's data over the peer's generation `other` (`prim` in a
+    /// split brain, or on data older than the peer's): a node holding `other` is now behind
+    /// this one and resyncs from it in full, keeping its divergent files aside.
+    pub fn supersede(&mut self, other: GenId) {
+        if self.current != Some(other) && !self.history.contains(&other) {
+            self.history.insert(0, other);
+            self.history.truncate(HISTORY_LEN);
+        }
     }
 
     /// A resync into this node starts: its copy is inconsistent until it ends.
@@ -270,6 +327,8 @@ impl DataState {
         self.bitmap = None;
         self.consistent = true;
         self.unclean = false;
+        self.forced = false;
+        self.outdated = false;
         self.role = Role::Secondary;
     }
 }
@@ -338,6 +397,11 @@ mod tests {
         a.unclean = true; // crashed while primary in sync
         b.begin_alone(GenId(2)); // failover
         assert_eq!(compare(&b, &a), Relation::LocalNewer { incremental: false });
+        // The crashed node, restarted as primary alone, drops its record.
+        let mut a2 = a.clone();
+        a2.begin_alone(GenId(9));
+        assert_eq!(a2.bitmap, None);
+        assert!(!a2.unclean);
         a.unclean = false; // a clean switchover instead
         assert_eq!(compare(&b, &a), Relation::LocalNewer { incremental: true });
         assert_eq!(compare(&a, &b), Relation::PeerNewer { incremental: true });
@@ -355,6 +419,68 @@ mod tests {
         b.resync_done_as_target(&a);
         a.resync_done_as_source();
         assert_eq!(compare(&a, &b), Relation::Same { compare_all: false });
+    }
+
+    #[test]
+    fn operator_choice_ends_a_split_brain() {
+        let (mut a, mut b) = pair();
+        a.begin_alone(GenId(2));
+        b.begin_alone(GenId(3));
+        assert_eq!(compare(&a, &b), Relation::SplitBrain);
+        a.supersede(GenId(3));
+        assert_eq!(compare(&a, &b), Relation::LocalNewer { incremental: false });
+        assert_eq!(compare(&b, &a), Relation::PeerNewer { incremental: false });
+        // Superseding twice, or one's own generation, changes nothing.
+        let before = a.clone();
+        a.supersede(GenId(3));
+        a.supersede(GenId(2));
+        assert_eq!(a, before);
+    }
+
+    #[test]
+    fn handover_makes_the_old_primary_an_incremental_target() {
+        let (mut a, mut b) = pair();
+        a.unclean = true;
+        a.handed_over();
+        assert_eq!(a.may_lead_alone(), Err(Stale::WasSecondary));
+        b.begin_alone(GenId(2));
+        assert_eq!(compare(&a, &b), Relation::PeerNewer { incremental: true });
+    }
+
+    #[test]
+    fn a_running_primary_that_loses_its_peer_keeps_an_incremental_record() {
+        let mut a = DataState::default();
+        a.begin_alone(GenId(1));
+        let mut b = DataState::default();
+        b.begin_resync_as_target();
+        b.resync_done_as_target(&a);
+        a.resync_done_as_source();
+        a.unclean = true; // running in sync
+        a.peer_lost(GenId(2));
+        assert_eq!(a.bitmap, Some(GenId(1)));
+        assert_eq!(compare(&a, &b), Relation::LocalNewer { incremental: true });
+        // The same node restarted after a crash in sync: the record is not trusted.
+        let mut c = a.clone();
+        c.resync_done_as_source();
+        c.unclean = true;
+        c.begin_alone(GenId(3));
+        assert_eq!(c.bitmap, None);
+        assert_eq!(compare(&c, &b), Relation::LocalNewer { incremental: false });
+    }
+
+    #[test]
+    fn an_outdated_node_waits_until_it_takes_the_peers_data_or_is_forced() {
+        let (mut a, mut b) = pair();
+        a.begin_alone(GenId(2));
+        b.begin_alone(GenId(3)); // split brain; a yields and learns it is outdated
+        a.outdated = true;
+        assert_eq!(a.may_lead_alone(), Err(Stale::Outdated));
+        let mut forced = a.clone();
+        forced.force_lead(GenId(4));
+        assert_eq!(forced.may_lead_alone(), Ok(()));
+        a.begin_resync_as_target();
+        a.resync_done_as_target(&b);
+        assert!(!a.outdated);
     }
 
     #[test]

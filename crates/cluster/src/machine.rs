@@ -1,0 +1,1363 @@
+//! The module state machine: one module on one node. Events in, actions out; no I/O, no clock
+//! (the time of each event is passed in), no threads. A shell (the daemon) turns the actions
+//! into scripts, mounts, virtual IPs, messages and timers, and their results into events;
+//! `tests/sim` drives two machines (and a witness) through a simulated network instead.
+//!
+//! # States
+//!
+//! | state | meaning | entered when | left when |
+//! | --- | --- | --- | --- |
+//! | STOP | module stopped here | boot; `stop`, `forcestop`; a failed promotion or restart | `start`, `restart`, `second`, `prim` |
+//! | STARTING | started, choosing a role | `start`, `restart` from STOP/WAIT/SECOND | the peer's status arrives, or `peer_wait_ms` passes |
+//! | WAIT | started, may not be primary now; the reason says why and what to do | stale or outdated data (see below); split brain; the peer has newer data; `second`; witness refusal; failing checker | the cause goes (re-decided on every peer status and every `retry_ms`); `prim`; `stop` |
+//! | PROMOTING | becoming primary: the peer's consent (if in view), the witness's grant, persist the new generation, the witness's confirmation, mount, virtual IP, `prestart`+`start_prim` | elected with the peer in view; failover; alone on trusted data; the peer handed over; `prim` | every step done (ALONE or PRIM); a step failed (DEMOTING, then STOP); the witness refused, or the peer claimed too and won (WAIT, SECOND, or decided again) |
+//! | ALONE | primary, peer not in sync: changes recorded for its resync | promotion done; the mirror's session with the peer ended (after a new generation is persisted and, with a witness, confirmed) | the mirror reports the peer in sync (PRIM); demotion |
+//! | PRIM | primary, peer in sync | the mirror reports the peer in sync | the session ends (ALONE); demotion |
+//! | RESTARTING | primary, application restarting in place | `restart` on a primary; a checker with policy restart | the scripts ran (ALONE/PRIM); they failed (DEMOTING, then STOP) |
+//! | DEMOTING | leaving the primary role: `stop_prim`+`poststop`, barrier (handover only), unmount, release the virtual IP, release the witness | `stop`; `swap`; `second`; failback; a checker's failover; the witness grant lost (after `Fence`); yielding to another primary; a failed promotion | the steps ran (each failure logged, an unmount failure fenced): STOP, SECOND, WAIT, or decided again |
+//! | SECOND | secondary: receiver running; in sync, resyncing (with progress), or waiting for the primary's mirror | the peer is primary and its data is newer or equal; after a handover | the peer is lost (failover if this copy was in sync, else WAIT); the peer stops being primary (decided again); `stop`; `swap` |
+//!
+//! # Decisions
+//!
+//! - **With the peer in view**, nobody primary: both nodes run the same election on the two
+//!   data states (`elect`): newer data leads; on equal data the default primary if failback is
+//!   on, else the node that was primary, else the default primary, else the smaller name; in a
+//!   split brain where one side already yielded (it is `outdated`), the other. Anything else
+//!   (split brain, data that only a stopped or unwilling node holds) leads to WAIT. Statuses
+//!   may be out of date, so the elected node announces its claim (PROMOTING) and commits only
+//!   once a status of the peer that has seen the claim shows the peer not claiming too.
+//! - **The peer is primary**: follow it (SECOND) if its data is newer or equal, else WAIT
+//!   (split brain). A node that waits for, or follows, a peer ahead of it records that durably
+//!   (`outdated`), so that a restart does not make it lead alone on its older copy. The resync
+//!   itself is the mirror's; this machine persists the copy as inconsistent before the first
+//!   resync message is applied and as the source's generation after the last, and refuses a
+//!   resync from older or divergent data.
+//! - **The peer is lost**: a secondary that was in sync with a primary whose last status said
+//!   so (same generation, peer in sync) fails over. Any other node leads alone only on data it
+//!   can trust: consistent, last held as primary, not outdated, its peer *not* in sync then
+//!   (else the peer may have taken over since), and not older than what it last saw of the
+//!   peer. Otherwise WAIT, with the reason, until the peer returns or an operator forces it
+//!   (`prim`, logged with who and when).
+//! - **The mirror's session ends**: the primary starts a new generation before it acknowledges
+//!   anything the peer misses, even if the peer was only resyncing (it may have reached this
+//!   generation unheard). The record keeps its base, so resyncs stay incremental. The held
+//!   writes are released once the witness recorded the new generation or, without a witness
+//!   and with the peer in view, once a status of the peer has seen it (so that the peer never
+//!   fails over believing this node still in the old one); a peer that is lost meanwhile
+//!   cannot hear anything: that is a partition.
+//! - **Both primary** (a cut link healed, or simultaneous claims): a claim that has not yet
+//!   persisted its generation yields; of two that have, the one with older data yields, else
+//!   (split brain) the non-preferred one. It stops its application and keeps its data untouched
+//!   (WAIT): nothing is merged. `prim` on the survivor starts a fresh generation that
+//!   supersedes the other's; the other then resyncs from it in full with its divergent files
+//!   kept aside.
+//! - **Witness** (`Config::witness`): every promotion, and every new generation of a running
+//!   primary, waits for the witness's grant, first for the generation held, then for the new
+//!   one, before anything is acknowledged. A primary whose grant is lost fences itself
+//!   (`Fence`: no more acknowledged writes, no virtual IP) before the witness may grant the
+//!   peer, then demotes to WAIT. Without a witness, a cut link makes both nodes primary (the
+//!   secondary fails over, the primary goes on alone); the split brain is reported when the
+//!   link heals and resolved as above.
+//! - **Failback** (`Config::failback`): a primary that is not the default primary hands over to
+//!   it as soon as it is in sync again, unless this primary term began with a handover (an
+//!   operator's `swap` is not undone).
+//!
+//! # Verbs and the states they end in
+//!
+//! Each verb gets exactly one `Action::VerbDone`: `Ok(state)` or `Err(reason)`.
+//!
+//! | verb | from | ends in |
+//! | --- | --- | --- |
+//! | `start` | STOP | ALONE, PRIM, SECOND or WAIT (with reason); STOP (`Err`) if the promotion failed |
+//! | `stop` | any | STOP. A PRIM hands over to a SECOND in sync (after a barrier): the peer takes over |
+//! | `restart` | primary | ALONE/PRIM (application restarted in place) |
+//! | `restart` | STOP, STARTING, WAIT, SECOND | as `start` |
+//! | `swap` | PRIM with the peer SECOND in sync | SECOND, once the peer is primary (`Err` if it did not take over within `swap_timeout_ms`) |
+//! | `swap` | SECOND in sync with the peer PRIM | ALONE/PRIM |
+//! | `prim` | STOP, STARTING, WAIT, SECOND (or an automatic promotion not yet committed), with the peer not primary | ALONE/PRIM on this node's data, whatever its age (`force_lead`) |
+//! | `prim` | ALONE/PRIM in a split brain | unchanged; this node's data, in a fresh generation, now supersedes the peer's |
+//! | `second` | STOP, STARTING, WAIT | SECOND if the peer is primary, else WAIT until it is |
+//! | `second` | PRIM with the peer in sync / ALONE | SECOND (handover) / WAIT |
+//! | `forcestop` | any | STOP at once, without scripts |
+//!
+//! A verb that cannot apply gets `Err` at once and changes nothing; while a verb is in progress
+//! only `stop` and `forcestop` are accepted (they interrupt it).
+//!
+//! # Contract with the shell
+//!
+//! The actions of one `handle` call are performed in order; those without an `op` are complete
+//! before the next starts (a `Persist` is durable, a `Fence` in force, `StopReceiver` done);
+//! those with an `op` answer with `Event::Done` (a late or repeated answer is ignored, and every
+//! wait has its own deadline here). The mirror reports in order, acknowledges nothing the peer
+//! lacks between `PeerOutOfSync` and `AllowAlone`, reads the persisted data state when it opens
+//! a session, and after `Unmount` reports nothing more. The witness client renews a granted
+//! claim by itself and reports its loss no later than the lease it was granted.
+
+mod elect;
+mod events;
+#[cfg(test)]
+mod tests;
+mod types;
+mod verbs;
+
+pub use types::*;
+
+use crate::generation::{compare, DataState, GenId, Relation, Role};
+use elect::{AloneBlock, Blocked, Candidate, Elected};
+
+/// One asynchronous step the machine waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// The peer, in view, acknowledges this node's claim (a status that has seen it).
+    Consent,
+    Claim,
+    Confirm,
+    Mount,
+    Vip,
+    StartScripts,
+    StopScripts,
+    Barrier,
+    Unmount,
+    ReleaseVip,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Awaiting {
+    step: Step,
+    op: OpId,
+}
+
+#[derive(Clone, Debug)]
+struct Promotion {
+    why: String,
+    forced: bool,
+    /// The sequence number of the status that announced the claim.
+    consent_seq: u64,
+    supersede: Option<GenId>,
+    /// The primary generation is persisted: this node may have acknowledged writes.
+    committed: bool,
+    awaiting: Option<Awaiting>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Barrier {
+    NotWanted,
+    Wanted,
+    Passed,
+    Failed,
+}
+
+/// Where a demotion leads.
+#[derive(Clone, Debug)]
+enum Goal {
+    Stop(String),
+    /// SECOND, with the peer taking over (needs the barrier).
+    Handover,
+    Wait(String),
+    /// Decide again (after yielding to another primary).
+    Decide,
+    /// A promotion or restart failed: STOP with this reason.
+    Failed(String),
+}
+
+#[derive(Clone, Debug)]
+struct Demotion {
+    goal: Goal,
+    barrier: Barrier,
+    awaiting: Option<Awaiting>,
+}
+
+#[derive(Clone, Debug)]
+enum Phase {
+    Stop,
+    Starting { deadline_ms: u64 },
+    Wait,
+    Promoting(Promotion),
+    Alone,
+    Prim,
+    Restarting(Awaiting),
+    Demoting(Demotion),
+    Second,
+}
+
+/// What this node may hold as primary (set when asked for, cleared once released).
+#[derive(Clone, Copy, Debug, Default)]
+struct Held {
+    app: bool,
+    mount: bool,
+    vip: bool,
+}
+
+impl Held {
+    fn any(self) -> bool {
+        self.app || self.mount || self.vip
+    }
+}
+
+/// Whether the mirror may acknowledge writes the peer misses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gate {
+    Open,
+    /// With a witness: checking the grant before a new generation is persisted.
+    Check(OpId),
+    /// With a witness: the new generation is persisted; waiting for the witness to record it.
+    Confirm(OpId),
+    /// Without a witness, the peer in view: the new generation is persisted and announced in
+    /// the status numbered `seq`; waiting for a status of the peer that has seen it, so that
+    /// the peer never fails over believing this node still in its old generation.
+    Tell {
+        op: OpId,
+        seq: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SwapSide {
+    Giving,
+    Taking,
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    verb: Verb,
+    who: String,
+    swap: Option<SwapSide>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct PeerView {
+    /// The heartbeat layer hears the peer.
+    seen: bool,
+    /// `status` arrived since the peer was last lost.
+    fresh: bool,
+    status: Option<PeerStatus>,
+}
+
+impl PeerView {
+    fn reachable(&self) -> Option<&PeerStatus> {
+        if self.seen && self.fresh {
+            self.status.as_ref()
+        } else {
+            None
+        }
+    }
+}
+
+/// The state machine of one module on one node. See the module documentation.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    cfg: Config,
+    /// As persisted: every change goes out as `Action::Persist` before anything relies on it.
+    data: DataState,
+    boot: u64,
+    rng: u64,
+    next_op: OpId,
+    phase: Phase,
+    reason: String,
+    since_ms: u64,
+    progress: Option<Progress>,
+    split_brain: bool,
+    peer: PeerView,
+    pending: Option<Pending>,
+    /// Started with `second`: never leads until it has followed a primary.
+    second_only: bool,
+    /// A checker failed and no peer could take over: may not lead until restarted.
+    checker_block: Option<String>,
+    /// The peer was lost while this secondary held every write it acknowledged.
+    failover_eligible: bool,
+    /// A failed claim: no new promotion attempt before this time (with its reason).
+    hold_off: Option<(u64, String)>,
+    held: Held,
+    /// A `Fence` is in force on the mount.
+    fenced: bool,
+    receiver: bool,
+    /// Primary: the mirror reports the peer in sync. Secondary: the session is in sync.
+    in_sync: bool,
+    /// Secondary: this copy reached the primary's data and no resync has begun since (the
+    /// basis of failover; survives the end of the session).
+    synced: bool,
+    gate: Gate,
+    witness_held: bool,
+    witness_op: Option<OpId>,
+    handover: bool,
+    /// This primary term may fail back (it did not begin with a handover).
+    failback_ok: bool,
+    swap_deadline_ms: Option<u64>,
+    retry_at_ms: Option<u64>,
+    sent: Option<PeerStatus>,
+    seq: u64,
+}
+
+fn gen_text(g: Option<GenId>) -> String {
+    g.map_or_else(|| "none".to_owned(), |g| g.to_string())
+}
+
+fn describe(d: &DataState) -> String {
+    let role = match d.role {
+        Role::None => "never primary nor secondary",
+        Role::Primary => "last held as primary",
+        Role::Secondary => "last held as secondary",
+    };
+    format!(
+        "generation {}, {}, {}",
+        gen_text(d.current),
+        if d.consistent {
+            "consistent"
+        } else {
+            "incomplete (interrupted resync)"
+        },
+        role
+    )
+}
+
+fn secs(ms: u64) -> String {
+    format!("{} s", ms.div_ceil(1000))
+}
+
+impl Machine {
+    /// A machine for `cfg.module` on `cfg.node`, with the data state persisted on this node
+    /// (`DataState::default()` on a new node) and a random `seed` (generation ids, boot id).
+    /// The machine starts in STOP; send `Event::Booted` first.
+    pub fn new(cfg: Config, data: DataState, seed: u64) -> Machine {
+        let mut m = Machine {
+            cfg,
+            data,
+            boot: 0,
+            rng: seed,
+            next_op: 1,
+            phase: Phase::Stop,
+            reason: "node started; module stopped".to_owned(),
+            since_ms: 0,
+            progress: None,
+            split_brain: false,
+            peer: PeerView::default(),
+            pending: None,
+            second_only: false,
+            checker_block: None,
+            failover_eligible: false,
+            hold_off: None,
+            held: Held::default(),
+            fenced: false,
+            receiver: false,
+            in_sync: false,
+            synced: false,
+            gate: Gate::Open,
+            witness_held: false,
+            witness_op: None,
+            handover: false,
+            failback_ok: true,
+            swap_deadline_ms: None,
+            retry_at_ms: None,
+            sent: None,
+            seq: 0,
+        };
+        m.boot = m.random();
+        m
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The data state as last persisted.
+    pub fn data(&self) -> &DataState {
+        &self.data
+    }
+
+    pub fn state(&self) -> StateKind {
+        match self.phase {
+            Phase::Stop => StateKind::Stop,
+            Phase::Starting { .. } => StateKind::Starting,
+            Phase::Wait => StateKind::Wait,
+            Phase::Promoting(_) => StateKind::Promoting,
+            Phase::Alone => StateKind::Alone,
+            Phase::Prim => StateKind::Prim,
+            Phase::Restarting(_) => StateKind::Restarting,
+            Phase::Demoting(_) => StateKind::Demoting,
+            Phase::Second => StateKind::Second,
+        }
+    }
+
+    /// What the console and the CLI show.
+    pub fn status(&self) -> Status {
+        Status {
+            state: self.state(),
+            reason: self.reason.clone(),
+            since_ms: self.since_ms,
+            progress: self.progress,
+            split_brain: self.split_brain,
+        }
+    }
+
+    /// Feed one event that happened at `now_ms`; returns the actions to perform, in order.
+    pub fn handle(&mut self, now_ms: u64, ev: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        let now = now_ms;
+        match ev {
+            Event::Booted => {
+                let text = format!("STOP: node started; data: {}", describe(&self.data));
+                self.log(&mut out, Level::Info, text);
+                self.arm(&mut out, Timer::Status, now + self.cfg.status_resend_ms);
+                self.send_status(&mut out, true);
+            }
+            Event::Verb { verb, who } => self.on_verb(now, verb, who, &mut out),
+            Event::Peer(PeerMsg::Status(s)) => self.on_peer_status(now, s, &mut out),
+            Event::Peer(PeerMsg::SwapRequest { who }) => self.on_swap_request(now, who, &mut out),
+            Event::Peer(PeerMsg::SwapRefused { reason }) => {
+                if self.swap_side() == Some(SwapSide::Taking) {
+                    self.swap_deadline_ms = None;
+                    let msg = format!("{} refused the swap: {reason}", self.cfg.peer);
+                    self.finish_verb(&mut out, Err(msg));
+                }
+            }
+            Event::PeerSeen => self.on_peer_seen(now, &mut out),
+            Event::PeerLost => self.on_peer_lost(now, &mut out),
+            Event::Done { op, result } => self.on_done(now, op, result, &mut out),
+            Event::Mirror(m) => self.on_mirror(now, m, &mut out),
+            Event::CheckerFailed { checker, policy } => {
+                self.on_checker_failed(now, checker, policy, &mut out)
+            }
+            Event::Witness(w) => self.on_witness(now, w, &mut out),
+            Event::Timer(t) => self.on_timer(now, t, &mut out),
+        }
+        self.send_status(&mut out, false);
+        out
+    }
+
+    // ---- small helpers ----
+
+    fn random(&mut self) -> u64 {
+        // splitmix64: the caller's seed makes every run reproducible.
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn fresh_gen(&mut self) -> GenId {
+        loop {
+            let g = GenId(self.random());
+            if Some(g) != self.data.current && !self.data.history.contains(&g) {
+                return g;
+            }
+        }
+    }
+
+    fn op(&mut self) -> OpId {
+        let op = self.next_op;
+        self.next_op += 1;
+        op
+    }
+
+    fn log(&self, out: &mut Vec<Action>, level: Level, text: String) {
+        out.push(Action::Log {
+            level,
+            text: format!("{} on {}: {text}", self.cfg.module, self.cfg.node),
+        });
+    }
+
+    fn arm(&self, out: &mut Vec<Action>, timer: Timer, at_ms: u64) {
+        out.push(Action::ArmTimer { timer, at_ms });
+    }
+
+    fn persist(&mut self, out: &mut Vec<Action>, d: DataState) {
+        if d != self.data {
+            self.data = d.clone();
+            out.push(Action::Persist(d));
+        }
+    }
+
+    fn eligible(&self) -> bool {
+        !matches!(self.phase, Phase::Stop | Phase::Demoting(_))
+            && !self.second_only
+            && self.checker_block.is_none()
+            && !self.handover
+    }
+
+    fn committed(&self) -> bool {
+        match &self.phase {
+            Phase::Promoting(p) => p.committed,
+            Phase::Alone | Phase::Prim | Phase::Restarting(_) | Phase::Demoting(_) => true,
+            _ => false,
+        }
+    }
+
+    fn peer_status(&self) -> PeerStatus {
+        PeerStatus {
+            node: self.cfg.node.clone(),
+            boot: self.boot,
+            seq: 0,
+            state: self.state(),
+            data: self.data.clone(),
+            eligible: self.eligible(),
+            committed: self.committed(),
+            forced: matches!(&self.phase, Phase::Promoting(p) if p.forced),
+            in_sync: match self.phase {
+                Phase::Prim => true,
+                Phase::Second => self.in_sync,
+                _ => false,
+            },
+            handover: self.handover,
+            seen_boot: self.peer.status.as_ref().map_or(0, |p| p.boot),
+            seen_seq: self.peer.status.as_ref().map_or(0, |p| p.seq),
+            reason: self.reason.clone(),
+        }
+    }
+
+    fn send_status(&mut self, out: &mut Vec<Action>, force: bool) {
+        let mut s = self.peer_status();
+        // What the peer's statuses were (`seen_*`) is no change of this node's own: sending
+        // on it alone would echo statuses back and forth.
+        let changed = match &self.sent {
+            Some(prev) => {
+                let mut p = prev.clone();
+                p.seq = 0;
+                p.seen_boot = s.seen_boot;
+                p.seen_seq = s.seen_seq;
+                p != s
+            }
+            None => true,
+        };
+        if changed || force {
+            self.seq += 1;
+            s.seq = self.seq;
+            self.sent = Some(s.clone());
+            out.push(Action::Send(PeerMsg::Status(s)));
+        }
+    }
+
+    /// Change state (or only the reason), log it, and settle a verb that ends there.
+    fn enter(&mut self, now: u64, phase: Phase, reason: String, out: &mut Vec<Action>) {
+        let before = self.state();
+        self.phase = phase;
+        let after = self.state();
+        if before != after {
+            self.since_ms = now;
+        }
+        if before != after || reason != self.reason {
+            let level = if after == StateKind::Wait {
+                Level::Warn
+            } else {
+                Level::Info
+            };
+            let text = if before != after {
+                format!("{after} (was {before}): {reason}")
+            } else {
+                format!("{after}: {reason}")
+            };
+            self.log(out, level, text);
+            self.reason = reason;
+        }
+        if after == StateKind::Wait && self.retry_at_ms.is_none() {
+            let at = match &self.hold_off {
+                Some((t, _)) if *t > now => *t,
+                _ => now + self.cfg.retry_ms,
+            };
+            self.retry_at_ms = Some(at);
+            self.arm(out, Timer::Retry, at);
+        }
+        self.check_pending(out);
+    }
+
+    fn set_reason(&mut self, now: u64, reason: String, out: &mut Vec<Action>) {
+        let phase = self.phase.clone();
+        self.enter(now, phase, reason, out);
+    }
+
+    fn awaiting(&self) -> Option<Awaiting> {
+        match &self.phase {
+            Phase::Promoting(p) => p.awaiting,
+            Phase::Restarting(a) => Some(*a),
+            Phase::Demoting(d) => d.awaiting,
+            _ => None,
+        }
+    }
+
+    fn set_awaiting(&mut self, step: Step, op: OpId) {
+        let a = Some(Awaiting { step, op });
+        match &mut self.phase {
+            Phase::Promoting(p) => p.awaiting = a,
+            Phase::Demoting(d) => d.awaiting = a,
+            Phase::Restarting(r) => *r = Awaiting { step, op },
+            _ => {}
+        }
+    }
+
+    /// Ask for an asynchronous action (`op` is its id) and wait for it, with a deadline.
+    fn start_step(
+        &mut self,
+        now: u64,
+        step: Step,
+        op: OpId,
+        action: Action,
+        out: &mut Vec<Action>,
+    ) {
+        let timeout = if matches!(step, Step::StartScripts | Step::StopScripts) {
+            self.cfg.script_timeout_ms
+        } else {
+            self.cfg.step_timeout_ms
+        };
+        out.push(action);
+        self.arm(out, Timer::Step(op), now + timeout);
+        self.set_awaiting(step, op);
+    }
+
+    /// Claim (or confirm) the primary role at the witness for the data as persisted now.
+    fn claim(&mut self, now: u64, force: bool, out: &mut Vec<Action>) -> OpId {
+        let op = self.op();
+        self.witness_op = Some(op);
+        out.push(Action::WitnessClaim {
+            op,
+            current: self.data.current,
+            history: self.data.history.clone(),
+            force,
+        });
+        self.arm(out, Timer::Step(op), now + self.cfg.step_timeout_ms);
+        op
+    }
+
+    fn release_witness(&mut self, out: &mut Vec<Action>) {
+        if self.cfg.witness && (self.witness_held || self.witness_op.is_some()) {
+            out.push(Action::WitnessRelease);
+        }
+        self.witness_held = false;
+        self.witness_op = None;
+    }
+
+    fn stop_receiver(&mut self, out: &mut Vec<Action>) {
+        if self.receiver {
+            out.push(Action::StopReceiver);
+            self.receiver = false;
+        }
+        self.in_sync = false;
+        self.synced = false;
+        self.progress = None;
+    }
+
+    fn swap_side(&self) -> Option<SwapSide> {
+        self.pending.as_ref().and_then(|p| p.swap)
+    }
+
+    /// The peer is SECOND, in sync, and willing: it can take the application over.
+    fn peer_can_take_over(&self) -> bool {
+        self.peer
+            .reachable()
+            .is_some_and(|p| p.state == StateKind::Second && p.in_sync && p.eligible && !p.handover)
+    }
+
+    // ---- decisions ----
+
+    fn second_only_reason(&self) -> String {
+        format!(
+            "started as secondary (`second`): waits for {} to become primary; `start` after `stop`, or `prim`, lets it lead",
+            self.cfg.peer
+        )
+    }
+
+    fn not_eligible_reason(&self) -> Option<String> {
+        if self.second_only {
+            return Some(self.second_only_reason());
+        }
+        self.checker_block.as_ref().map(|c| {
+            format!(
+                "checker {c} failed and {} could not take over: the application is stopped here. Fix the cause, then `restart` the module on this node.",
+                self.cfg.peer
+            )
+        })
+    }
+
+    fn alone_block_reason(&self, b: AloneBlock) -> String {
+        let peer = &self.cfg.peer;
+        match b {
+            AloneBlock::Stale(s) => match s {
+                crate::generation::Stale::Inconsistent => format!(
+                    "{s}. It waits for {peer} to finish the resync. `prim` here forces it primary on this mixed copy (last resort)."
+                ),
+                crate::generation::Stale::WasSecondary => format!(
+                    "{s}. It waits for {peer}; `prim` here forces it primary and sets aside what {peer} wrote since."
+                ),
+                crate::generation::Stale::NoHistory => format!(
+                    "{s}: it waits for {peer}. `prim` here makes it primary with what its directories hold."
+                ),
+                crate::generation::Stale::Outdated => format!(
+                    "{s}: it waits for {peer}. `prim` here forces it primary and sets aside what {peer} wrote."
+                ),
+            },
+            AloneBlock::PeerMayHaveTakenOver => format!(
+                "this node was primary with {peer} in sync when it stopped: {peer} may have taken over since and hold newer data. It waits for {peer}; `prim` here forces it primary and sets aside what {peer} wrote since."
+            ),
+            AloneBlock::PeerSeenNewer => format!(
+                "{peer} was last seen with newer data than this node's ({}): it waits for {peer}; `prim` here forces it primary and sets aside {peer}'s changes.",
+                describe(&self.data)
+            ),
+        }
+    }
+
+    fn split_brain_reason(&self, peer_gen: Option<GenId>) -> String {
+        let peer = &self.cfg.peer;
+        format!(
+            "split brain: this node (generation {}) and {peer} (generation {}) both wrote as primary since they last shared data. Nothing was merged. To keep {peer}'s data: `prim` on {peer}; this node then resyncs from it, its divergent files kept aside. To keep this node's: stop the module on {peer}, then `prim` here.",
+            gen_text(self.data.current),
+            gen_text(peer_gen)
+        )
+    }
+
+    fn blocked_reason(&self, b: Blocked, p: &PeerStatus) -> String {
+        let peer = &self.cfg.peer;
+        match b {
+            Blocked::SplitBrain => self.split_brain_reason(p.data.current),
+            Blocked::NeitherConsistent => format!(
+                "neither this node's copy nor {peer}'s is complete (both were targets of interrupted resyncs): `prim` on the node whose data to keep"
+            ),
+            Blocked::PeerNewerIneligible => format!(
+                "{peer} holds newer data but will not become primary ({}: {}). Start it there, or `prim` here to set aside {peer}'s changes.",
+                p.state, p.reason
+            ),
+            Blocked::LocalNewerIneligible => format!(
+                "this node holds newer data than {peer} but may not lead: {}",
+                self.not_eligible_reason().unwrap_or_else(|| "it is handing over".to_owned())
+            ),
+            Blocked::BothIneligible => format!(
+                "neither this node nor {peer} may lead now ({peer}: {}: {}); {}",
+                p.state,
+                p.reason,
+                self.not_eligible_reason().unwrap_or_default()
+            ),
+        }
+    }
+
+    /// Choose a role. Called in STARTING, WAIT and SECOND (and after a demotion or an
+    /// aborted promotion, with the phase set to WAIT).
+    fn decide(&mut self, now: u64, out: &mut Vec<Action>) {
+        if let Some(p) = self.peer.reachable().cloned() {
+            return self.decide_with_peer(now, &p, out);
+        }
+        if let Phase::Starting { deadline_ms } = self.phase {
+            if now < deadline_ms {
+                return;
+            }
+        }
+        let peer = self.cfg.peer.clone();
+        if let Some(reason) = self.not_eligible_reason() {
+            return self.wait(now, reason, out);
+        }
+        if self.failover_eligible {
+            let why =
+                format!("{peer} is lost and this node holds every write it acknowledged: failover");
+            return self.try_promote(now, why, out);
+        }
+        let last = self.peer.status.as_ref().map(|s| &s.data);
+        match elect::lead_alone(&self.data, last) {
+            Ok(()) => {
+                let why = format!(
+                    "{peer} is unreachable, and this node was primary, with {peer} not in sync, when it last ran"
+                );
+                self.try_promote(now, why, out)
+            }
+            Err(b) => {
+                let reason = self.alone_block_reason(b);
+                self.wait(now, reason, out)
+            }
+        }
+    }
+
+    /// This node does not lead, and the peer's data is ahead of its own or diverged from it:
+    /// remember it durably, so that it does not lead alone on that copy after a restart.
+    fn note_peer_ahead(&mut self, r: Relation, out: &mut Vec<Action>) {
+        if !r.local_may_lead() && self.data.consistent && !self.data.outdated {
+            let mut d = self.data.clone();
+            d.outdated = true;
+            self.persist(out, d);
+        }
+    }
+
+    fn decide_with_peer(&mut self, now: u64, p: &PeerStatus, out: &mut Vec<Action>) {
+        let peer = self.cfg.peer.clone();
+        let r = compare(&self.data, &p.data);
+        self.split_brain = r == Relation::SplitBrain;
+        if p.state.is_primary() {
+            self.note_peer_ahead(r, out);
+            if elect::may_follow(r) {
+                return self.follow(now, out);
+            }
+            self.split_brain = true;
+            let reason = if r == Relation::SplitBrain {
+                self.split_brain_reason(p.data.current)
+            } else {
+                format!(
+                    "{peer} is primary on data older than this node's ({r:?}): a split brain. Nothing was merged. To keep this node's data, stop the module on {peer}, then `prim` here; to keep {peer}'s, `prim` on {peer}."
+                )
+            };
+            return self.wait(now, reason, out);
+        }
+        if p.state == StateKind::Demoting {
+            let reason = format!("{peer} is leaving the primary role; waiting for it to finish");
+            return self.wait(now, reason, out);
+        }
+        let me = Candidate {
+            node: &self.cfg.node,
+            data: &self.data,
+            eligible: self.eligible(),
+        };
+        let them = Candidate {
+            node: &self.cfg.peer,
+            data: &p.data,
+            eligible: p.eligible,
+        };
+        match elect::elect(&self.cfg, &me, &them) {
+            Elected::Local => {
+                let why = match r {
+                    Relation::LocalNewer { .. } => {
+                        format!("this node holds newer data than {peer}")
+                    }
+                    Relation::SplitBrain => format!(
+                        "split brain with {peer}, which yielded and keeps its data aside until an operator chooses"
+                    ),
+                    _ if !p.eligible => format!("{peer} will not lead ({}: {})", p.state, p.reason),
+                    _ => format!(
+                        "this node and {peer} hold the same data and this node is preferred"
+                    ),
+                };
+                self.try_promote(now, why, out)
+            }
+            Elected::Peer => {
+                self.note_peer_ahead(r, out);
+                let reason = format!(
+                    "{peer} holds the newest data (or is the preferred node) and becomes primary; this node then follows it"
+                );
+                if matches!(self.phase, Phase::Second) {
+                    self.set_reason(now, reason, out);
+                } else {
+                    self.wait(now, reason, out);
+                }
+            }
+            Elected::Neither(b) => {
+                self.note_peer_ahead(r, out);
+                let reason = self.blocked_reason(b, p);
+                self.wait(now, reason, out)
+            }
+        }
+    }
+
+    fn follow(&mut self, now: u64, out: &mut Vec<Action>) {
+        self.second_only = false;
+        self.checker_block = None;
+        self.hold_off = None;
+        self.split_brain = false;
+        if matches!(self.phase, Phase::Second) {
+            return;
+        }
+        if !self.receiver {
+            out.push(Action::StartReceiver);
+            self.receiver = true;
+        }
+        self.in_sync = false;
+        self.synced = false;
+        self.progress = None;
+        let reason = format!(
+            "secondary of {}: waiting for its mirror to connect",
+            self.cfg.peer
+        );
+        self.enter(now, Phase::Second, reason, out);
+    }
+
+    fn wait(&mut self, now: u64, reason: String, out: &mut Vec<Action>) {
+        self.stop_receiver(out);
+        self.enter(now, Phase::Wait, reason, out);
+    }
+
+    /// Promote unless a recent failed claim asks to hold off.
+    fn try_promote(&mut self, now: u64, why: String, out: &mut Vec<Action>) {
+        if let Some((until, reason)) = self.hold_off.clone() {
+            if now < until {
+                return self.wait(now, reason, out);
+            }
+            self.hold_off = None;
+        }
+        self.start_promotion(now, why, false, None, out);
+    }
+
+    // ---- promotion ----
+
+    fn start_promotion(
+        &mut self,
+        now: u64,
+        why: String,
+        forced: bool,
+        supersede: Option<GenId>,
+        out: &mut Vec<Action>,
+    ) {
+        self.stop_receiver(out);
+        self.handover = false;
+        let in_view = self.peer.reachable().map(|p| p.handover);
+        // After a handover the application is where an operator (or failback) put it.
+        self.failback_ok = in_view != Some(true);
+        let promo = Promotion {
+            why: why.clone(),
+            forced,
+            consent_seq: 0,
+            supersede,
+            committed: false,
+            awaiting: None,
+        };
+        self.enter(
+            now,
+            Phase::Promoting(promo),
+            format!("becoming primary ({why})"),
+            out,
+        );
+        if in_view.is_some() {
+            // Both nodes may have decided from statuses already out of date: announce the
+            // claim and commit only once the peer, having seen it, is not claiming too.
+            self.send_status(out, true);
+            let seq = self.seq;
+            if let Phase::Promoting(p) = &mut self.phase {
+                p.consent_seq = seq;
+            }
+            let op = self.op();
+            self.arm(out, Timer::Step(op), now + self.cfg.step_timeout_ms);
+            self.set_awaiting(Step::Consent, op);
+        } else {
+            self.after_consent(now, out);
+        }
+    }
+
+    fn after_consent(&mut self, now: u64, out: &mut Vec<Action>) {
+        if self.cfg.witness {
+            let reason = format!(
+                "becoming primary ({}): asking the witness",
+                self.promotion_why()
+            );
+            self.set_reason(now, reason, out);
+            let forced = matches!(&self.phase, Phase::Promoting(p) if p.forced);
+            let op = self.claim(now, forced, out);
+            self.set_awaiting(Step::Claim, op);
+        } else {
+            self.commit(now, out);
+        }
+    }
+
+    /// Persist the new primary generation: from here on this node may acknowledge writes.
+    fn commit(&mut self, now: u64, out: &mut Vec<Action>) {
+        let Phase::Promoting(p) = &self.phase else {
+            return;
+        };
+        let (forced, supersede) = (p.forced, p.supersede);
+        let fresh = self.fresh_gen();
+        let mut d = self.data.clone();
+        if forced {
+            d.force_lead(fresh);
+        } else {
+            d.begin_alone(fresh);
+        }
+        if let Some(g) = supersede {
+            d.supersede(g);
+        }
+        self.persist(out, d);
+        self.failover_eligible = false;
+        self.synced = false;
+        if let Phase::Promoting(p) = &mut self.phase {
+            p.committed = true;
+        }
+        if self.cfg.witness {
+            let op = self.claim(now, forced, out);
+            self.set_awaiting(Step::Confirm, op);
+            let reason = format!(
+                "becoming primary ({}): waiting for the witness to record generation {fresh}",
+                self.promotion_why()
+            );
+            self.set_reason(now, reason, out);
+        } else {
+            self.mount(now, out);
+        }
+    }
+
+    fn promotion_why(&self) -> String {
+        match &self.phase {
+            Phase::Promoting(p) => p.why.clone(),
+            _ => String::new(),
+        }
+    }
+
+    fn mount(&mut self, now: u64, out: &mut Vec<Action>) {
+        // The rule the whole product rests on (PRODUCT.md, contract 3): the data state that
+        // makes this node the reference is durable before the mirror can acknowledge a write.
+        assert!(
+            self.data.role == Role::Primary && self.data.consistent && !self.data.peer_in_sync,
+            "mount as primary without a persisted primary generation: {:?}",
+            self.data
+        );
+        let forced = matches!(&self.phase, Phase::Promoting(p) if p.forced);
+        self.held.mount = true;
+        self.fenced = false;
+        self.gate = Gate::Open;
+        self.in_sync = false;
+        let op = self.op();
+        self.start_step(
+            now,
+            Step::Mount,
+            op,
+            Action::MountPrimary { op, forced },
+            out,
+        );
+        let reason = format!(
+            "becoming primary ({}): mounting the mirror",
+            self.promotion_why()
+        );
+        self.set_reason(now, reason, out);
+    }
+
+    fn promotion_step_done(
+        &mut self,
+        now: u64,
+        step: Step,
+        result: Result<(), Failure>,
+        out: &mut Vec<Action>,
+    ) {
+        if let Err(f) = result {
+            let what = match step {
+                Step::Mount => "mounting the mirror",
+                Step::Vip => "taking the virtual IP",
+                _ => "the start scripts",
+            };
+            let reason = format!(
+                "could not become primary: {what} failed: {f}. Fix the cause, then `start`; {} takes over if it can.",
+                self.cfg.peer
+            );
+            return self.start_demotion(now, Goal::Failed(reason.clone()), false, reason, out);
+        }
+        match step {
+            Step::Mount => {
+                self.held.vip = true;
+                let op = self.op();
+                self.start_step(now, Step::Vip, op, Action::TakeVip { op }, out);
+                let reason = format!(
+                    "becoming primary ({}): taking the virtual IP",
+                    self.promotion_why()
+                );
+                self.set_reason(now, reason, out);
+            }
+            Step::Vip => {
+                self.held.app = true;
+                let op = self.op();
+                let scripts = vec![Script::Prestart, Script::StartPrim];
+                self.start_step(
+                    now,
+                    Step::StartScripts,
+                    op,
+                    Action::RunScripts { op, scripts },
+                    out,
+                );
+                let reason = format!(
+                    "becoming primary ({}): running the start scripts",
+                    self.promotion_why()
+                );
+                self.set_reason(now, reason, out);
+            }
+            _ => self.enter_primary(now, out),
+        }
+    }
+
+    /// The reason shown in PRIM (`prim`) or ALONE.
+    fn primary_reason(&self, prim: bool) -> String {
+        let peer = &self.cfg.peer;
+        if prim {
+            return format!("primary; {peer} is in sync: every write is on both nodes");
+        }
+        let mut r = format!(
+            "primary without {peer} in sync: the application runs here, changes are recorded, and {peer} is brought up to date when it returns as secondary"
+        );
+        if let Some(p) = self.progress {
+            r.push_str(&format!(" (resync of {peer}: {}%)", p.percent()));
+        }
+        if self.split_brain {
+            r.push_str(&format!(
+                ". SPLIT BRAIN: {peer} also wrote as primary and keeps its data, waiting. `prim` here keeps this node's data; to keep {peer}'s, stop the module here, then `prim` on {peer}."
+            ));
+        }
+        r
+    }
+
+    fn enter_primary(&mut self, now: u64, out: &mut Vec<Action>) {
+        let phase = if self.in_sync {
+            Phase::Prim
+        } else {
+            Phase::Alone
+        };
+        let reason = self.primary_reason(self.in_sync);
+        self.enter(now, phase, reason, out);
+        self.maybe_failback(now, out);
+    }
+
+    /// Give up a promotion that holds nothing yet (its generation may be persisted).
+    fn abort_promotion(&mut self, now: u64, reason: String, out: &mut Vec<Action>) {
+        debug_assert!(!self.held.any());
+        self.release_witness(out);
+        self.hold_off = Some((now + self.cfg.retry_ms, reason));
+        self.retry_at_ms = None;
+        self.phase = Phase::Wait;
+        self.decide(now, out);
+    }
+
+    // ---- primary: restart in place, demotion ----
+
+    fn restart_in_place(&mut self, now: u64, why: String, out: &mut Vec<Action>) {
+        let op = self.op();
+        let scripts = vec![Script::StopPrim, Script::Poststop];
+        let phase = Phase::Restarting(Awaiting {
+            step: Step::StopScripts,
+            op,
+        });
+        self.enter(
+            now,
+            phase,
+            format!("restarting the application: {why}"),
+            out,
+        );
+        self.start_step(
+            now,
+            Step::StopScripts,
+            op,
+            Action::RunScripts { op, scripts },
+            out,
+        );
+    }
+
+    fn restart_step_done(
+        &mut self,
+        now: u64,
+        step: Step,
+        result: Result<(), Failure>,
+        out: &mut Vec<Action>,
+    ) {
+        match (step, result) {
+            (Step::StopScripts, result) => {
+                self.held.app = false;
+                if let Err(f) = result {
+                    let text =
+                        format!("stop scripts failed while restarting: {f}; starting again anyway");
+                    self.log(out, Level::Warn, text);
+                }
+                self.held.app = true;
+                let op = self.op();
+                let scripts = vec![Script::Prestart, Script::StartPrim];
+                self.start_step(
+                    now,
+                    Step::StartScripts,
+                    op,
+                    Action::RunScripts { op, scripts },
+                    out,
+                );
+            }
+            (_, Ok(())) => self.enter_primary(now, out),
+            (_, Err(f)) => {
+                let reason = format!(
+                    "the application did not restart: the start scripts failed: {f}. Fix the cause, then `start`; {} takes over if it can.",
+                    self.cfg.peer
+                );
+                self.start_demotion(now, Goal::Failed(reason.clone()), false, reason, out);
+            }
+        }
+    }
+
+    fn start_demotion(
+        &mut self,
+        now: u64,
+        goal: Goal,
+        barrier: bool,
+        why: String,
+        out: &mut Vec<Action>,
+    ) {
+        self.handover = false;
+        let d = Demotion {
+            goal,
+            barrier: if barrier {
+                Barrier::Wanted
+            } else {
+                Barrier::NotWanted
+            },
+            awaiting: None,
+        };
+        self.enter(
+            now,
+            Phase::Demoting(d),
+            format!("leaving the primary role: {why}"),
+            out,
+        );
+        self.next_demote_step(now, out);
+    }
+
+    fn next_demote_step(&mut self, now: u64, out: &mut Vec<Action>) {
+        let Phase::Demoting(d) = &self.phase else {
+            return;
+        };
+        let barrier = d.barrier;
+        if self.held.app {
+            let op = self.op();
+            let scripts = vec![Script::StopPrim, Script::Poststop];
+            self.start_step(
+                now,
+                Step::StopScripts,
+                op,
+                Action::RunScripts { op, scripts },
+                out,
+            );
+        } else if barrier == Barrier::Wanted && self.held.mount && self.in_sync {
+            let op = self.op();
+            self.start_step(now, Step::Barrier, op, Action::Barrier { op }, out);
+        } else if self.held.mount {
+            let op = self.op();
+            self.start_step(now, Step::Unmount, op, Action::Unmount { op }, out);
+        } else if self.held.vip {
+            let op = self.op();
+            self.start_step(now, Step::ReleaseVip, op, Action::ReleaseVip { op }, out);
+        } else {
+            self.finish_demotion(now, out);
+        }
+    }
+
+    fn demote_step_done(
+        &mut self,
+        now: u64,
+        step: Step,
+        result: Result<(), Failure>,
+        out: &mut Vec<Action>,
+    ) {
+        if let Phase::Demoting(d) = &mut self.phase {
+            d.awaiting = None;
+        }
+        match step {
+            Step::StopScripts => {
+                self.held.app = false;
+                if let Err(f) = result {
+                    let text = format!(
+                        "stop scripts failed: {f}; going on (the unmount, or the fence if it fails, stops what still writes)"
+                    );
+                    self.log(out, Level::Warn, text);
+                }
+            }
+            Step::Barrier => {
+                let passed = result.is_ok();
+                if let Err(f) = result {
+                    let text = format!(
+                        "{} could not confirm it holds every write: {f}; no handover",
+                        self.cfg.peer
+                    );
+                    self.log(out, Level::Warn, text);
+                }
+                if let Phase::Demoting(d) = &mut self.phase {
+                    d.barrier = if passed {
+                        Barrier::Passed
+                    } else {
+                        Barrier::Failed
+                    };
+                }
+            }
+            Step::Unmount => {
+                self.held.mount = false;
+                if let Err(f) = result {
+                    out.push(Action::Fence);
+                    self.fenced = true;
+                    self.held.vip = false;
+                    let text = format!(
+                        "unmount failed: {f}; fenced the mount (writes fail, virtual IP dropped) so that {} can take over safely",
+                        self.cfg.peer
+                    );
+                    self.log(out, Level::Error, text);
+                }
+            }
+            _ => {
+                self.held.vip = false;
+                if let Err(f) = result {
+                    let text = format!("releasing the virtual IP failed: {f}; check the interface");
+                    self.log(out, Level::Error, text);
+                }
+            }
+        }
+        self.next_demote_step(now, out);
+    }
+
+    fn finish_demotion(&mut self, now: u64, out: &mut Vec<Action>) {
+        let Phase::Demoting(d) = self.phase.clone() else {
+            return;
+        };
+        self.release_witness(out);
+        self.gate = Gate::Open;
+        let handed = d.barrier == Barrier::Passed && self.data.peer_in_sync;
+        if handed {
+            let mut nd = self.data.clone();
+            nd.handed_over();
+            self.persist(out, nd);
+        }
+        self.in_sync = false;
+        self.progress = None;
+        let peer = self.cfg.peer.clone();
+        match d.goal {
+            Goal::Stop(reason) => {
+                let reason = if handed {
+                    format!("{reason}; {peer} holds every write and takes over")
+                } else {
+                    reason
+                };
+                self.enter(now, Phase::Stop, reason, out);
+            }
+            Goal::Handover if handed => {
+                out.push(Action::StartReceiver);
+                self.receiver = true;
+                self.synced = false;
+                self.handover = true;
+                let at = now + self.cfg.swap_timeout_ms;
+                self.swap_deadline_ms = Some(at);
+                self.arm(out, Timer::Swap, at);
+                let reason = format!(
+                    "handed the application over to {peer} (it holds every write); waiting for it to become primary"
+                );
+                self.enter(now, Phase::Second, reason, out);
+            }
+            Goal::Handover => {
+                let msg = format!(
+                    "the handover failed: {peer} did not confirm that it holds every write (barrier failed, or the link dropped); this node keeps its data and decides again"
+                );
+                self.log(out, Level::Warn, msg.clone());
+                if self.swap_side() == Some(SwapSide::Giving)
+                    || self
+                        .pending
+                        .as_ref()
+                        .is_some_and(|p| p.verb == Verb::Second)
+                {
+                    self.finish_verb(out, Err(msg));
+                }
+                self.phase = Phase::Wait;
+                self.decide(now, out);
+            }
+            Goal::Wait(reason) => self.enter(now, Phase::Wait, reason, out),
+            Goal::Decide => {
+                self.phase = Phase::Wait;
+                self.decide(now, out);
+            }
+            Goal::Failed(reason) => self.enter(now, Phase::Stop, reason, out),
+        }
+    }
+
+    fn maybe_failback(&mut self, now: u64, out: &mut Vec<Action>) {
+        if !matches!(self.phase, Phase::Prim)
+            || !self.cfg.failback
+            || !self.failback_ok
+            || self.pending.is_some()
+        {
+            return;
+        }
+        if self.cfg.default_primary.as_deref() != Some(self.cfg.peer.as_str())
+            || !self.peer_can_take_over()
+        {
+            return;
+        }
+        let why = format!(
+            "failback: {} is the default primary and is in sync again",
+            self.cfg.peer
+        );
+        self.log(out, Level::Info, why.clone());
+        self.start_demotion(now, Goal::Handover, true, why, out);
+    }
+}
