@@ -371,6 +371,7 @@ fn run(cli: Cli) -> Result<()> {
     eprintln!("starting the mirror (two mirrorkit processes)");
     let mirror = Mirror::start(MirrorOpts {
         peer_timeout_ms: cfg.peer_timeout_ms,
+        resync_bandwidth: None,
         log_filter: "warn".into(),
     });
     let mut bench = Bench::new(&cfg, &mirror)?;

@@ -144,6 +144,8 @@ impl Drop for NodeProc {
 #[derive(Clone, Debug)]
 pub struct MirrorOpts {
     pub peer_timeout_ms: u64,
+    /// The primary's `--resync-bandwidth` (bytes per second), if any.
+    pub resync_bandwidth: Option<u64>,
     /// Extra `RUST_LOG` for the nodes.
     pub log_filter: String,
 }
@@ -152,6 +154,7 @@ impl Default for MirrorOpts {
     fn default() -> Self {
         MirrorOpts {
             peer_timeout_ms: 3000,
+            resync_bandwidth: None,
             log_filter: "info".into(),
         }
     }
@@ -274,6 +277,9 @@ impl Mirror {
             "--peer-timeout-ms".into(),
             self.opts.peer_timeout_ms.to_string(),
         ]);
+        if let Some(rate) = self.opts.resync_bandwidth {
+            args.extend(["--resync-bandwidth".into(), rate.to_string()]);
+        }
         let child = self.spawn(&self.a.dirs, &args);
         self.a.child = Some(child);
         wait_for(Duration::from_secs(20), || self.a.status())

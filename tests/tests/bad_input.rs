@@ -154,7 +154,14 @@ fn hello(node: &str, mirror: &str, role: Role, version: u16) -> Message {
         node: node.into(),
         mirror: mirror.into(),
         role,
-        consistent: true,
+        // An operator-forced primary: a secondary accepts its data whatever its own.
+        data: wire::DataState {
+            current: Some(wire::GenId(0xfeed)),
+            consistent: true,
+            role: wire::DataRole::Primary,
+            forced: true,
+            ..wire::DataState::default()
+        },
     })
 }
 

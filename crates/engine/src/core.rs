@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use mirrorkit_store::sys::{self, TimeSet};
 use mirrorkit_wire::{Meta, RelPath, Target, TimeFix};
 
-pub use crate::link::Dirty;
+pub use crate::link::Mark;
 use crate::link::{Link, Ticket};
 
 /// FUSE's inode number of the root.
@@ -58,7 +58,20 @@ pub struct Core {
     root_st_ino: u64,
 }
 
-pub type OrderGuard<'a> = MutexGuard<'a, ()>;
+/// The ordering lock, held while an operation is made here and submitted. Dropping it hands
+/// the operation's marks to a running synchronisation pass if `submit` did not (an operation
+/// that made a change but sent nothing, e.g. on a file without a name): the change is done by
+/// then, so a pass that takes the marks reads the new bytes.
+pub struct OrderGuard<'a> {
+    link: &'a Link,
+    _lock: MutexGuard<'a, ()>,
+}
+
+impl Drop for OrderGuard<'_> {
+    fn drop(&mut self) {
+        self.link.release_slot();
+    }
+}
 
 impl Core {
     /// Open the backing directory. Call before mounting over it.
@@ -98,7 +111,41 @@ impl Core {
     }
 
     pub fn order(&self) -> OrderGuard<'_> {
-        self.order.lock().unwrap_or_else(|p| p.into_inner())
+        OrderGuard {
+            link: &self.link,
+            _lock: self.order.lock().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// Take the ordering lock for a change, and record what it changes first (durably while
+    /// the peer is not confirmed in sync). Fails with EIO if that cannot be recorded: then the
+    /// change must not be made, since a later resync would miss it.
+    pub fn order_marked(&self, marks: impl FnOnce() -> Vec<Mark>) -> io::Result<OrderGuard<'_>> {
+        let g = self.order();
+        if let Err(e) = self.link.premark(marks()) {
+            tracing::error!(mirror = %self.mirror, "{e}: change refused, it could not be recorded for the peer");
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(g)
+    }
+
+    /// Mark of a change to bytes `[start, end)` of the file of FUSE inode `ino`.
+    pub fn data_mark(&self, ino: u64, start: u64, end: u64) -> Mark {
+        Mark::Data {
+            ino: self.backing_ino(ino),
+            start,
+            end,
+        }
+    }
+
+    /// Backing inode number of a FUSE inode number (the inverse of `fuse_ino`, but for the
+    /// root).
+    pub fn backing_ino(&self, ino: u64) -> u64 {
+        if ino == ROOT_INO {
+            self.root_st_ino
+        } else {
+            ino.wrapping_sub(1)
+        }
     }
 
     fn nodes(&self) -> MutexGuard<'_, HashMap<u64, Node>> {
@@ -241,6 +288,16 @@ impl Core {
     }
 
     /// Open writable handles (for the switch to in-sync after a synchronisation).
+    /// Whether the file of FUSE inode `ino` is open here and has no name left (unlinked while
+    /// open): its content no longer concerns the peer's tree.
+    pub fn open_without_name(&self, ino: u64) -> bool {
+        let handles = self.handles.read().unwrap_or_else(|p| p.into_inner());
+        handles
+            .values()
+            .filter(|h| h.ino == ino)
+            .any(|h| sys::fstat(h.fd.as_fd()).is_ok_and(|st| st.st_nlink == 0))
+    }
+
     pub fn writable_handles(&self) -> Vec<(u64, Arc<Handle>)> {
         self.handles
             .read()
@@ -298,7 +355,7 @@ impl Core {
                 return None;
             }
         }
-        self.link.submit(op, data, fixes, || self.dirty_node(h.ino))
+        self.link.submit(op, data, fixes)
     }
 
     /// Submit a path operation. Call with `order` held.
@@ -307,17 +364,21 @@ impl Core {
         op: mirrorkit_wire::Op,
         data: &[u8],
         fixes: Vec<TimeFix>,
-        dirty: impl FnOnce() -> Vec<Dirty>,
     ) -> Option<Ticket> {
-        self.link.submit(op, data, fixes, dirty)
+        self.link.submit(op, data, fixes)
     }
 
-    /// Dirty marks for a change to an inode's content or attributes: all its known names.
-    pub fn dirty_node(&self, ino: u64) -> Vec<Dirty> {
+    /// Marks for a change to an inode that a resync must redo whole: all its known names.
+    pub fn dirty_node(&self, ino: u64) -> Vec<Mark> {
         self.all_paths_of(ino)
             .into_iter()
-            .map(Dirty::Entry)
+            .map(Mark::Entry)
             .collect()
+    }
+
+    /// Marks for a change of an inode's attributes: all its known names.
+    pub fn meta_node(&self, ino: u64) -> Vec<Mark> {
+        self.all_paths_of(ino).into_iter().map(Mark::Meta).collect()
     }
 
     /// Wait for the peer, if the operation was sent.

@@ -22,7 +22,7 @@ use fuser::{
 use mirrorkit_store::sys::{self, TimeSet};
 use mirrorkit_wire::{Op, SpecialKind, Target, TimeFix};
 
-use crate::core::{meta_of, time_set, Core, Dirty, Handle, ROOT_INO};
+use crate::core::{meta_of, time_set, Core, Handle, Mark, ROOT_INO};
 
 /// How long the kernel may cache attributes and names. Nothing changes the backing tree
 /// behind the mount, so the kernel's cache stays true; one second bounds any surprise.
@@ -167,13 +167,13 @@ impl MirrorFs {
         Ok((attr, st))
     }
 
-    fn dirty_entry(&self, parent: INodeNo, name: &OsStr) -> Vec<Dirty> {
+    fn dirty_entry(&self, parent: INodeNo, name: &OsStr) -> Vec<Mark> {
         let mut v = Vec::new();
         if let Some(p) = self.core.child_path(parent.0, sys::os_bytes(name)) {
-            v.push(Dirty::Entry(p));
+            v.push(Mark::Entry(p));
         }
         if let Some(p) = self.core.path_of(parent.0) {
-            v.push(Dirty::Meta(p));
+            v.push(Mark::Meta(p));
         }
         v
     }
@@ -204,7 +204,10 @@ impl MirrorFs {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
-        let order = self.core.order();
+        let order = match self.core.order_marked(|| self.dirty_entry(parent, name)) {
+            Ok(g) => g,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
         if let Err(e) = make(&pfd, &c).and_then(|()| self.chown_new(req, &pfd, &c)) {
             return reply.error(errno_of(&e));
         }
@@ -215,8 +218,7 @@ impl MirrorFs {
         let t = match self.core.child_path(parent.0, sys::os_bytes(name)) {
             Some(path) => {
                 let fixes = self.fixes(&[parent]);
-                self.core
-                    .submit(op(path, &st), &[], fixes, || self.dirty_entry(parent, name))
+                self.core.submit(op(path, &st), &[], fixes)
             }
             None => None,
         };
@@ -348,7 +350,16 @@ impl fuser::Filesystem for MirrorFs {
         };
         let kind = self.core.node_kind(ino.0).unwrap_or(libc::S_IFREG);
         let handle = fh.and_then(|f| self.core.handle(f.0).map(|h| (f.0, h)));
-        let order = self.core.order();
+        let order = match self.core.order_marked(|| {
+            let mut v = self.core.meta_node(ino.0);
+            if let Some(size) = size {
+                v.push(self.core.data_mark(ino.0, size, u64::MAX));
+            }
+            v
+        }) {
+            Ok(g) => g,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
         // The peer's target: the handle it holds if this one is open for writing there,
         // else the path (or another handle of the inode).
         let remote_handle = handle.as_ref().filter(|(_, h)| {
@@ -391,7 +402,6 @@ impl fuser::Filesystem for MirrorFs {
                         },
                         &[],
                         vec![fix],
-                        || self.core.dirty_node(ino.0),
                     ));
                 }
             }
@@ -452,7 +462,6 @@ impl fuser::Filesystem for MirrorFs {
                         },
                         &[],
                         Vec::new(),
-                        || self.core.dirty_node(ino.0),
                     ));
                 }
             }
@@ -618,7 +627,14 @@ impl fuser::Filesystem for MirrorFs {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return reply.error(errno_of(&e)),
         };
-        let order = self.core.order();
+        let order = match self.core.order_marked(|| {
+            let mut v = self.dirty_entry(parent, name);
+            v.extend(self.dirty_entry(newparent, newname));
+            v
+        }) {
+            Ok(g) => g,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
         let src = sys::fstatat(pfd.as_fd(), &c, libc::AT_SYMLINK_NOFOLLOW).ok();
         let dst = sys::fstatat(npfd.as_fd(), &nc, libc::AT_SYMLINK_NOFOLLOW).ok();
         let from = self.core.child_path(parent.0, sys::os_bytes(name));
@@ -644,12 +660,6 @@ impl fuser::Filesystem for MirrorFs {
         let t = match (from, to) {
             (Some(from), Some(to)) => {
                 let fixes = self.fixes(&[parent, newparent]);
-                let dirty = || {
-                    let mut v = self.dirty_entry(parent, name);
-                    v.extend(self.dirty_entry(newparent, newname));
-                    v.push(Dirty::Entry(from.clone()));
-                    v
-                };
                 self.core.submit(
                     Op::Rename {
                         from: from.clone(),
@@ -658,7 +668,6 @@ impl fuser::Filesystem for MirrorFs {
                     },
                     &[],
                     fixes,
-                    dirty,
                 )
             }
             _ => {
@@ -688,7 +697,14 @@ impl fuser::Filesystem for MirrorFs {
             Ok(c) => c,
             Err(e) => return reply.error(errno_of(&e)),
         };
-        let order = self.core.order();
+        let order = match self.core.order_marked(|| {
+            let mut v = self.core.dirty_node(ino.0);
+            v.extend(self.dirty_entry(newparent, newname));
+            v
+        }) {
+            Ok(g) => g,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
         let existing = self.core.path_of(ino.0);
         if let Err(e) = sys::linkat(fd.as_fd(), c"", npfd.as_fd(), &nc, libc::AT_EMPTY_PATH) {
             return reply.error(errno_of(&e));
@@ -701,12 +717,7 @@ impl fuser::Filesystem for MirrorFs {
         let t = match (existing, new) {
             (Some(existing), Some(new)) => {
                 let fixes = self.fixes(&[newparent]);
-                self.core
-                    .submit(Op::Link { existing, new }, &[], fixes, || {
-                        let mut v = self.core.dirty_node(ino.0);
-                        v.extend(self.dirty_entry(newparent, newname));
-                        v
-                    })
+                self.core.submit(Op::Link { existing, new }, &[], fixes)
             }
             _ => {
                 self.core
@@ -729,7 +740,16 @@ impl fuser::Filesystem for MirrorFs {
                 Err(e) => reply.error(e),
             };
         }
-        let order = self.core.order();
+        let order = match self.core.order_marked(|| {
+            if flags & libc::O_TRUNC != 0 {
+                vec![self.core.data_mark(ino.0, 0, u64::MAX)]
+            } else {
+                Vec::new()
+            }
+        }) {
+            Ok(g) => g,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
         if !writable {
             // O_RDONLY|O_TRUNC truncates on Linux: replicate the truncation, not a handle.
             let (fh, h) = match self.open_handle(ino, flags, None) {
@@ -747,7 +767,6 @@ impl fuser::Filesystem for MirrorFs {
                         target: Target::Path(path),
                         mtime: sys::timespec(st.st_mtime, st.st_mtime_nsec),
                     }],
-                    || self.core.dirty_node(ino.0),
                 ),
                 _ => None,
             };
@@ -782,7 +801,6 @@ impl fuser::Filesystem for MirrorFs {
                     },
                     &[],
                     fixes,
-                    || self.core.dirty_node(ino.0),
                 );
                 if let Some(s) = self.core.link.in_sync_session() {
                     if t.is_some() {
@@ -843,7 +861,14 @@ impl fuser::Filesystem for MirrorFs {
         // The kernel's offset, also for O_APPEND: it computed the end of the file under the
         // inode lock and put the data there in its page cache. Writes from the page cache
         // (mmap writeback) come through any writable handle, O_APPEND ones included.
-        let order = self.core.order();
+        let order = match self.core.order_marked(|| {
+            vec![self
+                .core
+                .data_mark(h.ino, offset, offset + data.len() as u64)]
+        }) {
+            Ok(g) => g,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
         let n = match sys::pwrite(h.fd.as_fd(), data, offset) {
             Ok(n) => n,
             Err(e) => return reply.error(errno_of(&e)),
@@ -918,7 +943,7 @@ impl fuser::Filesystem for MirrorFs {
                 if let Some(s) = self.core.link.in_sync_session() {
                     if h.remote_session.load(Ordering::Relaxed) == s {
                         self.core
-                            .submit(Op::Close { handle: fh.0 }, &[], Vec::new(), Vec::new);
+                            .submit(Op::Close { handle: fh.0 }, &[], Vec::new());
                     }
                 }
             }
@@ -951,10 +976,8 @@ impl fuser::Filesystem for MirrorFs {
             )
         } else {
             match self.core.path_of(ino.0) {
-                Some(path) => self
-                    .core
-                    .submit(Op::FsyncPath { path }, &[], Vec::new(), Vec::new),
-                None => self.core.submit(Op::Barrier, &[], Vec::new(), Vec::new),
+                Some(path) => self.core.submit(Op::FsyncPath { path }, &[], Vec::new()),
+                None => self.core.submit(Op::Barrier, &[], Vec::new()),
             }
         };
         drop(order);
@@ -1055,9 +1078,7 @@ impl fuser::Filesystem for MirrorFs {
         };
         let order = self.core.order();
         let t = match self.core.path_of(ino.0) {
-            Some(path) => self
-                .core
-                .submit(Op::FsyncPath { path }, &[], Vec::new(), Vec::new),
+            Some(path) => self.core.submit(Op::FsyncPath { path }, &[], Vec::new()),
             None => None,
         };
         drop(order);
@@ -1107,7 +1128,10 @@ impl fuser::Filesystem for MirrorFs {
             Ok(c) => c,
             Err(e) => return reply.error(errno_of(&e)),
         };
-        let order = self.core.order();
+        let order = match self.core.order_marked(|| self.core.dirty_node(ino.0)) {
+            Ok(g) => g,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
         if let Err(e) = self.with_xattr_path(ino.0, |p, follow| {
             sys::setxattr(p, follow, &c, value, flags)
         }) {
@@ -1122,7 +1146,6 @@ impl fuser::Filesystem for MirrorFs {
                 },
                 value,
                 Vec::new(),
-                || self.core.dirty_node(ino.0),
             ),
             None => None,
         };
@@ -1158,7 +1181,10 @@ impl fuser::Filesystem for MirrorFs {
             Ok(c) => c,
             Err(e) => return reply.error(errno_of(&e)),
         };
-        let order = self.core.order();
+        let order = match self.core.order_marked(|| self.core.dirty_node(ino.0)) {
+            Ok(g) => g,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
         if let Err(e) = self.with_xattr_path(ino.0, |p, follow| sys::removexattr(p, follow, &c)) {
             return reply.error(errno_of(&e));
         }
@@ -1170,7 +1196,6 @@ impl fuser::Filesystem for MirrorFs {
                 },
                 &[],
                 Vec::new(),
-                || self.core.dirty_node(ino.0),
             ),
             None => None,
         };
@@ -1198,7 +1223,10 @@ impl fuser::Filesystem for MirrorFs {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
-        let order = self.core.order();
+        let order = match self.core.order_marked(|| self.dirty_entry(parent, name)) {
+            Ok(g) => g,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
         let oflags = libc::O_CREAT
             | (flags & (libc::O_ACCMODE | libc::O_EXCL | libc::O_TRUNC | libc::O_NOATIME))
             | libc::O_NOFOLLOW;
@@ -1236,7 +1264,6 @@ impl fuser::Filesystem for MirrorFs {
                     },
                     &[],
                     fixes,
-                    || self.dirty_entry(parent, name),
                 );
                 if let (Some(s), true) = (self.core.link.in_sync_session(), t.is_some()) {
                     h.remote_session.store(s, Ordering::Relaxed);
@@ -1269,7 +1296,14 @@ impl fuser::Filesystem for MirrorFs {
         let Some(h) = self.core.handle(fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        let order = self.core.order();
+        let order = match self.core.order_marked(|| {
+            vec![self
+                .core
+                .data_mark(h.ino, offset, offset.saturating_add(length))]
+        }) {
+            Ok(g) => g,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
         if let Err(e) = sys::fallocate(h.fd.as_fd(), mode, offset, length) {
             return reply.error(errno_of(&e));
         }
@@ -1324,7 +1358,16 @@ impl MirrorFs {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
-        let order = self.core.order();
+        let order = match self.core.order_marked(|| {
+            let mut v = self.dirty_entry(parent, name);
+            if let Ok(st) = sys::fstatat(pfd.as_fd(), &c, libc::AT_SYMLINK_NOFOLLOW) {
+                v.extend(self.core.dirty_node(self.core.fuse_ino(st.st_ino)));
+            }
+            v
+        }) {
+            Ok(g) => g,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
         let st = sys::fstatat(pfd.as_fd(), &c, libc::AT_SYMLINK_NOFOLLOW).ok();
         let path = self.core.child_path(parent.0, sys::os_bytes(name));
         if let Err(e) = sys::unlinkat(pfd.as_fd(), &c, flags) {
@@ -1342,14 +1385,7 @@ impl MirrorFs {
                 } else {
                     Op::Unlink { path }
                 };
-                let ino = st.map(|s| self.core.fuse_ino(s.st_ino));
-                self.core.submit(op, &[], fixes, || {
-                    let mut v = self.dirty_entry(parent, name);
-                    if let Some(ino) = ino {
-                        v.extend(self.core.dirty_node(ino));
-                    }
-                    v
-                })
+                self.core.submit(op, &[], fixes)
             }
             None => None,
         };

@@ -14,6 +14,7 @@ pub mod fs;
 pub mod link;
 pub mod mount;
 pub mod primary;
+pub mod record;
 pub mod secondary;
 pub mod status;
 pub mod sync;

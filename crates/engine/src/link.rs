@@ -8,28 +8,27 @@
 //!
 //! Modes:
 //! - `Alone`: no peer. Operations are not sent. The state file says the peer is not in sync.
-//! - `Syncing`: connected; a full synchronisation is running. Application operations are not
-//!   sent; the paths they touch are recorded (`dirty`) and synchronised again before the switch.
+//! - `Syncing`: connected; a synchronisation is running. Application operations are not
+//!   sent; what they touch is recorded and synchronised again before the switch.
 //! - `InSync`: every operation is sent, in the order the primary completed them.
+//!
+//! The dirty record (`record`): until the peer confirmed a synchronisation, every change is
+//! recorded durably before it is made (`premark`). Once it confirmed, changes are only kept in
+//! memory while the peer may not have them durably (sent and not acknowledged, or
+//! acknowledged after its last flush); when the peer is lost they go to the record first.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mirrorkit_store::{MirrorState, StateFile};
-use mirrorkit_wire::{self as wire, Message, Op, RelPath, TimeFix};
-
-/// What an application operation touched, for a synchronisation in progress.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Dirty {
-    /// Whatever is at this path must be synchronised again, recursively.
-    Entry(RelPath),
-    /// Only the attributes of this path changed (a directory's time when an entry changed).
-    Meta(RelPath),
-}
+use mirrorkit_store::StateFile;
+use mirrorkit_wire::{self as wire, DataState, GenId, Message, Op, ProbeFile, TimeFix};
 use tracing::{error, info, warn};
+
+pub use crate::record::{Mark, MarkSet};
+use crate::record::{Record, RecordError};
 
 /// Limits and timeouts of the link.
 #[derive(Clone, Debug)]
@@ -41,6 +40,9 @@ pub struct LinkConfig {
     pub max_inflight_ops: usize,
     /// Most data bytes sent and not yet acknowledged. Default 64 MiB.
     pub max_inflight_bytes: usize,
+    /// Most bytes of file data per second a synchronisation sends (`None`: as fast as the
+    /// disks and the network go). The application's own writes are never limited.
+    pub resync_bytes_per_sec: Option<u64>,
 }
 
 impl Default for LinkConfig {
@@ -49,6 +51,7 @@ impl Default for LinkConfig {
             peer_timeout_ms: 3000,
             max_inflight_ops: 4096,
             max_inflight_bytes: 64 << 20,
+            resync_bytes_per_sec: None,
         }
     }
 }
@@ -85,6 +88,20 @@ pub struct Counters {
     pub sync_data_bytes_sent: AtomicU64,
     pub sessions: AtomicU64,
     pub times_alone: AtomicU64,
+    /// Bytes of file data the last synchronisations had to compare or send (chunks probed).
+    pub sync_probe_bytes: AtomicU64,
+    /// Bytes of file data the dirty record listed when the last synchronisation started.
+    pub sync_recorded_bytes: AtomicU64,
+}
+
+/// One operation sent and not yet acknowledged.
+struct Inflight {
+    seq: u64,
+    bytes: usize,
+    /// What it changes, recorded if the peer is lost before it has it durably.
+    marks: Vec<Mark>,
+    /// The peer flushes everything before acknowledging it (barrier, end of a sync).
+    flushes: bool,
 }
 
 /// The session's replication stream, written by submitting threads (never from async code:
@@ -101,14 +118,25 @@ struct St {
     session: u64,
     next_seq: u64,
     acked: u64,
-    inflight: VecDeque<(u64, usize)>,
+    inflight: VecDeque<Inflight>,
     inflight_bytes: usize,
     tx: Option<StreamWriter>,
-    dirty: BTreeSet<Dirty>,
+    /// Changes since the current synchronisation pass started (for its catch-up).
+    pass: MarkSet,
     reason: String,
     /// What the state file currently says about the peer.
     stored_in_sync: bool,
     encode_buf: Vec<u8>,
+    /// The persisted state of this node's data (generations).
+    data: DataState,
+    /// The durable record of changes the peer may lack; written while `!stored_in_sync`.
+    record: Record,
+    /// Marks of the operation under way (between `premark` and `submit`).
+    slot: Vec<Mark>,
+    /// Marks of operations the peer acknowledged after its last flush.
+    since_flush: Vec<Mark>,
+    /// Answers to probes, by sequence number.
+    replies: HashMap<u64, (ProbeFile, Vec<u8>)>,
 }
 
 struct Inner {
@@ -132,15 +160,30 @@ pub struct Link {
 pub struct SessionLost(pub String);
 
 impl Link {
-    /// A link that starts alone. The state file is set to "peer not in sync" first: until a
-    /// synchronisation completes, nothing says the peer has this node's data.
-    pub fn new(mirror: &str, cfg: LinkConfig, state_file: StateFile) -> Result<Self, String> {
-        let mut state = state_file.load().map_err(|e| e.to_string())?;
-        state.consistent = true;
-        if state.peer_in_sync {
-            state.peer_in_sync = false;
+    /// A link that starts alone: this node becomes primary without its peer, so a new
+    /// generation of its data starts, and the record keeps every change until a
+    /// synchronisation completes.
+    pub fn new(
+        mirror: &str,
+        cfg: LinkConfig,
+        state_file: StateFile,
+        state_dir: &std::path::Path,
+    ) -> Result<Self, String> {
+        let mut data = state_file.load().map_err(|e| e.to_string())?;
+        let was = data.clone();
+        data.begin_alone(fresh_gen());
+        let (record, valid) = Record::open(state_dir, data.bitmap).map_err(|e| e.to_string())?;
+        if data.bitmap.is_some() && !valid {
+            warn!(mirror, "dirty record missing or for another generation: the next synchronisation compares all data");
+            data.bitmap = None;
         }
-        state_file.store(&state).map_err(|e| e.to_string())?;
+        if was.unclean {
+            warn!(mirror, "this node stopped while primary with its peer in sync, without recording what the peer may lack: the next synchronisation compares all data");
+        }
+        state_file.store(&data).map_err(|e| e.to_string())?;
+        info!(mirror, generation = %data.current.map(|g| g.to_string()).unwrap_or_default(),
+            base = %data.bitmap.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
+            "primary starts alone: new data generation");
         Ok(Link {
             inner: Arc::new(Inner {
                 st: Mutex::new(St {
@@ -151,10 +194,15 @@ impl Link {
                     inflight: VecDeque::new(),
                     inflight_bytes: 0,
                     tx: None,
-                    dirty: BTreeSet::new(),
+                    pass: MarkSet::default(),
                     reason: "starting: peer not connected yet".into(),
                     stored_in_sync: false,
                     encode_buf: Vec::new(),
+                    data,
+                    record,
+                    slot: Vec::new(),
+                    since_flush: Vec::new(),
+                    replies: HashMap::new(),
                 }),
                 cv: Condvar::new(),
                 cfg,
@@ -163,6 +211,43 @@ impl Link {
                 mirror: mirror.to_string(),
             }),
         })
+    }
+
+    /// What this node knows of its data, for the greeting.
+    pub fn data_state(&self) -> DataState {
+        self.lock().data.clone()
+    }
+
+    /// The record's marks (a copy), for a synchronisation that uses it.
+    pub fn recorded(&self) -> MarkSet {
+        self.lock().record.marks().clone()
+    }
+
+    /// Record what the operation about to be made changes. Call with the ordering lock held,
+    /// before the local system call. While the peer is not confirmed in sync the marks are
+    /// durable when this returns; an error means they are not, and the operation must not be
+    /// made.
+    pub fn premark(&self, marks: Vec<Mark>) -> Result<(), RecordError> {
+        let mut st = self.lock();
+        if !st.stored_in_sync {
+            st.record.add(&marks)?;
+        }
+        // The synchronisation pass learns of the change only in `submit`, once it is done
+        // here: a pass that took the marks earlier could read the old bytes and never again.
+        st.slot = marks;
+        Ok(())
+    }
+
+    /// The operation under way is over (with the ordering lock still held): marks `submit`
+    /// did not take go to the running synchronisation pass.
+    pub fn release_slot(&self) {
+        let mut st = self.lock();
+        let marks = std::mem::take(&mut st.slot);
+        if st.mode == Mode::Syncing {
+            for m in &marks {
+                st.pass.add(m);
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, St> {
@@ -197,25 +282,22 @@ impl Link {
     }
 
     /// Submit an application operation that has just completed locally. Call with the
-    /// file system's ordering lock held, so that submission order is completion order.
-    /// `dirty` names the paths it touched; it is called only during a synchronisation.
-    pub fn submit(
-        &self,
-        op: Op,
-        data: &[u8],
-        fixes: Vec<TimeFix>,
-        dirty: impl FnOnce() -> Vec<Dirty>,
-    ) -> Option<Ticket> {
+    /// file system's ordering lock held, so that submission order is completion order, after
+    /// `premark`.
+    pub fn submit(&self, op: Op, data: &[u8], fixes: Vec<TimeFix>) -> Option<Ticket> {
         let mut st = self.lock();
+        let marks = std::mem::take(&mut st.slot);
         match st.mode {
             Mode::Alone => None,
             Mode::Syncing => {
-                st.dirty.extend(dirty());
+                for m in &marks {
+                    st.pass.add(m);
+                }
                 None
             }
             Mode::InSync => {
                 let session = st.session;
-                let seq = self.send_locked(st, &op, data, fixes).ok()?;
+                let seq = self.send_locked(st, &op, data, fixes, marks).ok()?;
                 Some(Ticket { session, seq })
             }
         }
@@ -227,7 +309,7 @@ impl Link {
         if st.session != session || st.mode == Mode::Alone {
             return Err(SessionLost(st.reason.clone()));
         }
-        let seq = self.send_locked(st, op, data, Vec::new())?;
+        let seq = self.send_locked(st, op, data, Vec::new(), Vec::new())?;
         if matches!(op, Op::SyncData { .. }) {
             self.inner
                 .counters
@@ -244,6 +326,7 @@ impl Link {
         op: &Op,
         data: &[u8],
         fixes: Vec<TimeFix>,
+        marks: Vec<Mark>,
     ) -> Result<u64, SessionLost> {
         let session = st.session;
         let deadline = Instant::now() + Duration::from_millis(self.inner.cfg.peer_timeout_ms);
@@ -305,7 +388,12 @@ impl Link {
             return Err(SessionLost(st.reason.clone()));
         }
         st.next_seq += 1;
-        st.inflight.push_back((seq, data.len()));
+        st.inflight.push_back(Inflight {
+            seq,
+            bytes: data.len(),
+            marks,
+            flushes: matches!(op, Op::Barrier | Op::SyncDone),
+        });
         st.inflight_bytes += data.len();
         let c = &self.inner.counters;
         c.ops_sent.fetch_add(1, Ordering::Relaxed);
@@ -369,24 +457,54 @@ impl Link {
         st.inflight.clear();
         st.inflight_bytes = 0;
         st.tx = Some(StreamWriter { stream, rt });
-        st.dirty.clear();
+        st.pass = MarkSet::default();
+        st.replies.clear();
         self.inner.counters.sessions.fetch_add(1, Ordering::Relaxed);
         info!(mirror = %self.inner.mirror, session = st.session, "link state: syncing (peer connected, full synchronisation starts)");
         self.inner.cv.notify_all();
         st.session
     }
 
-    /// Paths touched by the application since the last call, during a synchronisation.
-    pub fn take_dirty(&self, session: u64) -> Result<BTreeSet<Dirty>, SessionLost> {
+    /// What the application changed since the last call, during a synchronisation.
+    pub fn take_dirty(&self, session: u64) -> Result<MarkSet, SessionLost> {
         let mut st = self.lock();
         if st.session != session || st.mode != Mode::Syncing {
             return Err(SessionLost(st.reason.clone()));
         }
-        Ok(std::mem::take(&mut st.dirty))
+        Ok(std::mem::take(&mut st.pass))
     }
 
+    /// How much the application changed since the pass started (paths and files).
     pub fn dirty_len(&self) -> usize {
-        self.lock().dirty.len()
+        let st = self.lock();
+        st.pass.entries.len() + st.pass.metas.len() + st.pass.chunks.len() + st.pass.tails.len()
+    }
+
+    /// Wait for the answer to probe `t`: what the peer made of its file, and its digests.
+    pub fn wait_reply(&self, t: Ticket) -> Result<(ProbeFile, Vec<u8>), SessionLost> {
+        if !self.wait_acked_within(t, crate::sync::SYNC_DRAIN_TIMEOUT_MS) {
+            return Err(SessionLost(self.lock().reason.clone()));
+        }
+        let mut st = self.lock();
+        match st.replies.remove(&t.seq) {
+            Some(r) => Ok(r),
+            None => Err(SessionLost(format!(
+                "peer acknowledged probe {} without answering it",
+                t.seq
+            ))),
+        }
+    }
+
+    /// The peer answered probe `seq` (and so acknowledged it).
+    pub fn on_probed(&self, session: u64, seq: u64, file: ProbeFile, digests: Vec<u8>) {
+        {
+            let mut st = self.lock();
+            if st.session != session {
+                return;
+            }
+            st.replies.insert(seq, (file, digests));
+        }
+        self.on_ack(session, seq);
     }
 
     /// The synchronisation of `session` has sent everything, ending with `SyncDone`; call with
@@ -398,28 +516,66 @@ impl Link {
         }
         st.mode = Mode::InSync;
         st.reason = "peer in sync: every write is mirrored before it is acknowledged".into();
-        st.dirty.clear();
+        st.pass = MarkSet::default();
         Ok(())
     }
 
-    /// The peer acknowledged `SyncDone`: record durably that it is in sync.
+    /// The peer acknowledged `SyncDone`: record durably that it is in sync, then start the
+    /// record over (from now on changes are sent, not recorded).
     pub fn record_in_sync(&self, session: u64) -> Result<(), SessionLost> {
         let mut st = self.lock();
         if st.session != session || st.mode != Mode::InSync {
             return Err(SessionLost(st.reason.clone()));
         }
-        let state = MirrorState {
-            consistent: true,
-            peer_in_sync: true,
-        };
-        if let Err(e) = self.inner.state_file.store(&state) {
+        let mut data = st.data.clone();
+        data.resync_done_as_source();
+        // Until a clean stop: a crash now may leave writes the peer never acknowledged.
+        data.unclean = true;
+        if let Err(e) = self.inner.state_file.store(&data) {
             let reason = format!("cannot record that the peer is in sync: {e}");
             self.go_alone_locked(&mut st, session, reason);
             return Err(SessionLost(st.reason.clone()));
         }
+        st.data = data;
         st.stored_in_sync = true;
-        info!(mirror = %self.inner.mirror, session, "link state: in-sync (full synchronisation complete)");
+        if let Err(e) = st.record.reset(None) {
+            // Harmless: the record is only read relative to the generation it names.
+            warn!(mirror = %self.inner.mirror, "cannot empty the dirty record: {e}");
+        }
+        st.since_flush.clear();
+        info!(mirror = %self.inner.mirror, session, "link state: in-sync (synchronisation complete)");
         Ok(())
+    }
+
+    /// A clean stop: once everything sent is flushed by the peer, record that no write of
+    /// this node can be missing from the peer. Returns whether it could.
+    pub fn clean_stop(&self) -> bool {
+        let Some(session) = self.in_sync_session() else {
+            return false;
+        };
+        let Ok(t) = self.submit_sync(session, &Op::Barrier, &[]) else {
+            return false;
+        };
+        if !self.wait_acked(t) {
+            return false;
+        }
+        let mut st = self.lock();
+        if st.session != session || !st.stored_in_sync {
+            return false;
+        }
+        let mut data = st.data.clone();
+        data.unclean = false;
+        match self.inner.state_file.store(&data) {
+            Ok(()) => {
+                st.data = data;
+                info!(mirror = %self.inner.mirror, "clean stop: the peer holds every write of this node");
+                true
+            }
+            Err(e) => {
+                warn!(mirror = %self.inner.mirror, "cannot record the clean stop: {e}");
+                false
+            }
+        }
     }
 
     /// The peer acknowledged everything up to `seq`.
@@ -429,12 +585,16 @@ impl Link {
             return;
         }
         st.acked = seq.min(st.next_seq - 1);
-        while let Some(&(s, bytes)) = st.inflight.front() {
-            if s > st.acked {
+        while st.inflight.front().is_some_and(|f| f.seq <= st.acked) {
+            let Some(f) = st.inflight.pop_front() else {
                 break;
+            };
+            st.inflight_bytes -= f.bytes;
+            if f.flushes {
+                st.since_flush.clear();
+            } else if st.stored_in_sync && !f.marks.is_empty() {
+                st.since_flush.extend(f.marks);
             }
-            st.inflight.pop_front();
-            st.inflight_bytes -= bytes;
         }
         self.inner.cv.notify_all();
     }
@@ -459,14 +619,28 @@ impl Link {
             return;
         }
         // Durably first: no waiter is released, and no later operation completes, before the
-        // state file says the peer is out of sync.
+        // record holds what the peer may lack and the state file says the peer is out of sync.
         if st.stored_in_sync {
-            let state = MirrorState {
-                consistent: true,
-                peer_in_sync: false,
-            };
+            let mut marks: Vec<Mark> = std::mem::take(&mut st.since_flush);
+            for f in std::mem::take(&mut st.inflight) {
+                marks.extend(f.marks);
+            }
+            marks.extend(st.slot.iter().cloned());
+            let mut data = st.data.clone();
+            data.peer_lost(fresh_gen());
             loop {
-                match self.inner.state_file.store(&state) {
+                let stored = st
+                    .record
+                    .reset(data.bitmap)
+                    .and_then(|()| st.record.add(&marks))
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| {
+                        self.inner
+                            .state_file
+                            .store(&data)
+                            .map_err(|e| e.to_string())
+                    });
+                match stored {
                     Ok(()) => break,
                     Err(e) => {
                         // Releasing writes without this record could let a stale peer be
@@ -476,6 +650,9 @@ impl Link {
                     }
                 }
             }
+            info!(mirror = %self.inner.mirror, generation = %data.current.map(|g| g.to_string()).unwrap_or_default(),
+                recorded = marks.len(), "peer lost while in sync: new data generation, changes recorded from now on");
+            st.data = data;
             st.stored_in_sync = false;
         }
         warn!(mirror = %self.inner.mirror, session, from = st.mode.as_str(), "link state: alone ({reason})");
@@ -485,7 +662,8 @@ impl Link {
         st.tx = None;
         st.inflight.clear();
         st.inflight_bytes = 0;
-        st.dirty.clear();
+        st.pass = MarkSet::default();
+        st.replies.clear();
         self.inner
             .counters
             .times_alone
@@ -503,4 +681,23 @@ impl Link {
     pub fn session(&self) -> u64 {
         self.lock().session
     }
+}
+
+/// A new random generation identifier.
+pub fn fresh_gen() -> GenId {
+    let mut b = [0u8; 8];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| {
+        use std::io::Read;
+        f.read_exact(&mut b)
+    });
+    if read.is_err() {
+        // No randomness device: time and process make a value unique enough here.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let h = blake3::hash(format!("{t}/{}", std::process::id()).as_bytes());
+        b.copy_from_slice(&h.as_bytes()[..8]);
+    }
+    GenId(u64::from_le_bytes(b).max(1))
 }

@@ -22,12 +22,18 @@ pub struct Mounted {
 }
 
 impl Mounted {
-    /// Unmount and wait for the FUSE threads to stop.
+    /// Unmount and wait for the FUSE threads to stop; then, if the peer is in sync, have it
+    /// flush and record the clean stop (the next start need not compare all data). Call
+    /// outside async code, with the runtime still running.
     pub fn unmount(mut self) -> std::io::Result<()> {
-        match self.session.take() {
+        let r = match self.session.take() {
             Some(s) => s.umount_and_join(),
             None => Ok(()),
+        };
+        if r.is_ok() {
+            self.core.link.clean_stop();
         }
+        r
     }
 }
 
@@ -91,7 +97,7 @@ pub fn mount(
         .map_err(|e| format!("replicated directory {}: {e}", dir.display()))?;
     detach_stale_mount(&dir)
         .map_err(|e| format!("cannot detach stale mount {}: {e}", dir.display()))?;
-    let link = Link::new(mirror, cfg, StateFile::new(state_dir))
+    let link = Link::new(mirror, cfg, StateFile::new(state_dir), state_dir)
         .map_err(|e| format!("mirror {mirror}: {e}"))?;
     let core = Arc::new(
         Core::open(mirror, &dir, link)

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mirrorkit_wire::{self as wire, Hello, Message, Role, PROTOCOL_VERSION};
+use mirrorkit_cluster::generation::{compare, Relation};
+use mirrorkit_wire::{self as wire, DataState, Hello, Message, Role, SyncMode, PROTOCOL_VERSION};
 use tracing::{error, info, warn};
 
 use crate::core::Core;
@@ -56,12 +57,13 @@ async fn session(
         .open_bi()
         .await
         .map_err(|e| format!("cannot open the replication stream: {e}"))?;
+    let mine = core.link.data_state();
     let hello = Message::Hello(Hello {
         version: PROTOCOL_VERSION,
         node: node.to_string(),
         mirror: core.mirror.clone(),
         role: Role::Primary,
-        consistent: true,
+        data: mine.clone(),
     });
     write_message(&mut send, &hello)
         .await
@@ -78,9 +80,9 @@ async fn session(
         return Err("the peer closed the stream during the greeting".into());
     }
     let reply = wire::decode_frame(&buf).map_err(|e| format!("peer's greeting: {e}"))?;
-    match reply.0 {
+    let theirs = match reply.0 {
         Message::Hello(h)
-            if h.version == PROTOCOL_VERSION && h.mirror == core.mirror && h.role == Role::Secondary => {}
+            if h.version == PROTOCOL_VERSION && h.mirror == core.mirror && h.role == Role::Secondary => h.data,
         Message::Hello(h) => {
             return Err(format!(
                 "peer {} answered as {:?} for mirror {:?} with protocol version {} (expected secondary, {:?}, {})",
@@ -89,16 +91,47 @@ async fn session(
         }
         Message::Bye { reason } => return Err(format!("peer refused the session: {reason}")),
         other => return Err(format!("peer answered the greeting with {other:?}")),
-    }
-    info!(mirror = %core.mirror, peer = %peer.node, addr = %peer.addr, "replication link up");
+    };
+    let (mode, preserve) = match plan(&mine, &theirs) {
+        Ok(p) => p,
+        Err(reason) => {
+            error!(mirror = %core.mirror, peer = %peer.node, "{reason}");
+            let _ = write_message(
+                &mut send,
+                &Message::Bye {
+                    reason: reason.clone(),
+                },
+            )
+            .await;
+            let _ = send.finish();
+            return Err(reason);
+        }
+    };
+    info!(mirror = %core.mirror, peer = %peer.node, addr = %peer.addr, ?mode, preserve, "replication link up");
 
     let link = core.link.clone();
     let session = link.begin_session(send, tokio::runtime::Handle::current());
     let reader = tokio::spawn(read_loop(recv, link.clone(), session));
     let sync_core = core.clone();
-    let sync = tokio::task::spawn_blocking(move || crate::sync::full_sync(&sync_core, session));
+    let sync = tokio::task::spawn_blocking(move || {
+        crate::sync::full_sync(&sync_core, session, mode, preserve)
+    });
 
-    let sync_result = sync.await;
+    // The reader may end first (the peer died mid-synchronisation): the session ends then,
+    // which stops the synchroniser, instead of leaving it waiting for answers.
+    let mut reader = reader;
+    let mut sync = sync;
+    let mut reader_end: Option<String> = None;
+    let sync_result = loop {
+        tokio::select! {
+            r = &mut sync => break r,
+            r = &mut reader, if reader_end.is_none() => {
+                let why = r.unwrap_or_else(|e| format!("reader task failed: {e}"));
+                link.lost(session, why.clone());
+                reader_end = Some(why);
+            }
+        }
+    };
     match sync_result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -110,14 +143,17 @@ async fn session(
         }
     }
     // Runs until the stream ends or the link ends the session (peer timeout).
-    let mut reader = reader;
-    let end = loop {
-        tokio::select! {
-            r = &mut reader => break r.unwrap_or_else(|e| format!("reader task failed: {e}")),
-            _ = tokio::time::sleep(Duration::from_millis(SESSION_CHECK_MS)) => {
-                if link.session() != session {
-                    reader.abort();
-                    break link.status().1;
+    let end = if let Some(end) = reader_end {
+        end
+    } else {
+        loop {
+            tokio::select! {
+                r = &mut reader => break r.unwrap_or_else(|e| format!("reader task failed: {e}")),
+                _ = tokio::time::sleep(Duration::from_millis(SESSION_CHECK_MS)) => {
+                    if link.session() != session {
+                        reader.abort();
+                        break link.status().1;
+                    }
                 }
             }
         }
@@ -125,6 +161,41 @@ async fn session(
     link.lost(session, end.clone());
     conn.close(0u32.into(), b"session ended");
     Err(end)
+}
+
+/// How to bring the peer to this node's data, or why this node must not (its data is older
+/// than the peer's, or both changed apart, and no operator forced this node).
+pub fn plan(mine: &DataState, theirs: &DataState) -> Result<(SyncMode, bool), String> {
+    let gen = |d: &DataState| {
+        d.current
+            .map(|g| g.to_string())
+            .unwrap_or_else(|| "none".into())
+    };
+    match compare(mine, theirs) {
+        Relation::BothNew => Ok((SyncMode::Compare, false)),
+        r @ (Relation::Same { .. } | Relation::LocalNewer { .. }) => Ok((
+            if r.incremental() {
+                SyncMode::Incremental
+            } else {
+                SyncMode::Compare
+            },
+            false,
+        )),
+        _ if mine.forced => Ok((SyncMode::Compare, true)),
+        Relation::PeerNewer { .. } => Err(format!(
+            "the peer holds newer data (generation {}) than this node (generation {}): this node must not be primary; make the peer primary, or force this node with `prim` (the peer's divergent data is then kept aside)",
+            gen(theirs),
+            gen(mine)
+        )),
+        Relation::SplitBrain => Err(format!(
+            "split brain: this node (generation {}) and the peer (generation {}) both changed the data since they last shared it; nothing is overwritten: choose the survivor with `prim` (the other side's data is kept aside)",
+            gen(mine),
+            gen(theirs)
+        )),
+        Relation::NeitherConsistent => Err(
+            "neither copy is consistent (both were targets of an interrupted resync): choose the survivor with `prim`".into(),
+        ),
+    }
 }
 
 /// Read acknowledgements until the stream ends; returns why it ended.
@@ -138,6 +209,9 @@ async fn read_loop(mut recv: quinn::RecvStream, link: Link, session: u64) -> Str
         }
         match wire::decode_frame(&buf) {
             Ok((Message::Ack { seq }, _)) => link.on_ack(session, seq),
+            Ok((Message::Probed { seq, file }, digests)) => {
+                link.on_probed(session, seq, file, digests.to_vec())
+            }
             Ok((Message::Failed { seq, errno, reason }, _)) => {
                 let r = format!(
                     "peer could not apply operation {seq}: {reason} (errno {errno}); the peer is out of sync"

@@ -12,8 +12,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Mutex as AsyncMutex;
 
-use mirrorkit_store::{MirrorState, StateFile, Store};
-use mirrorkit_wire::{self as wire, Hello, Message, Op, Role, PROTOCOL_VERSION};
+use mirrorkit_cluster::generation::{compare, Relation};
+use mirrorkit_store::{StateFile, Store};
+use mirrorkit_wire::{
+    self as wire, DataState, Hello, Message, Op, Role, SyncMode, PROTOCOL_VERSION,
+};
 use tracing::{error, info, warn};
 
 use crate::frames::{read_frame, write_message, FrameError};
@@ -155,18 +158,22 @@ async fn serve(
         Ok(s) => s,
         Err(e) => return refuse(conn, &mut send, cfg, e.to_string()).await,
     };
+    let relation = compare(&mstate, &hello.data);
+    if let Err(r) = acceptable(relation, &mstate, &hello.data) {
+        return refuse(conn, &mut send, cfg, r).await;
+    }
     let me = Message::Hello(Hello {
         version: PROTOCOL_VERSION,
         node: cfg.node.clone(),
         mirror: cfg.mirror.clone(),
         role: Role::Secondary,
-        consistent: mstate.consistent,
+        data: mstate.clone(),
     });
     if let Err(e) = write_message(&mut send, &me).await {
         return format!("greeting: {e}");
     }
     counters.sessions.fetch_add(1, Ordering::Relaxed);
-    info!(mirror = %cfg.mirror, primary = %hello.node, consistent = mstate.consistent, "replication session started");
+    info!(mirror = %cfg.mirror, primary = %hello.node, consistent = mstate.consistent, ?relation, "replication session started");
     let mut expected = 1u64;
     let mut ack = Vec::new();
     loop {
@@ -200,6 +207,35 @@ async fn serve(
             return fail(&mut send, seq, libc::EPROTO, r).await;
         }
         expected += 1;
+        if let Op::SyncBegin { mode, preserve } = &op {
+            if *mode == SyncMode::Incremental && !relation.incremental() {
+                let r = format!("the primary asked for an incremental resync, but the data generations ({relation:?}) require comparing all data");
+                error!(mirror = %cfg.mirror, "rejected message from the primary: {r}");
+                return fail(&mut send, seq, libc::EPROTO, r).await;
+            }
+            if *preserve {
+                if !hello.data.forced {
+                    let r = "the primary asked to resolve a split brain but was not forced by an operator".to_string();
+                    error!(mirror = %cfg.mirror, "rejected message from the primary: {r}");
+                    return fail(&mut send, seq, libc::EPROTO, r).await;
+                }
+                let kept = tokio::task::block_in_place(|| preserve_copy(cfg));
+                match kept {
+                    Ok(dir) => warn!(mirror = %cfg.mirror, kept = %dir.display(),
+                        "an operator made the peer the survivor of a split brain: this node's data was copied aside before the resync"),
+                    Err(e) => {
+                        let r = format!("cannot keep this node's divergent data aside: {e}");
+                        error!(mirror = %cfg.mirror, "{r}");
+                        return fail(&mut send, seq, libc::EIO, r).await;
+                    }
+                }
+            }
+            mstate.begin_resync_as_target();
+            if let Err(e) = state.store(&mstate) {
+                return fail(&mut send, seq, libc::EIO, e.to_string()).await;
+            }
+            warn!(mirror = %cfg.mirror, ?mode, "copy marked inconsistent: resync in progress");
+        }
         let sync_op = matches!(
             op,
             Op::SyncDir { .. }
@@ -208,6 +244,8 @@ async fn serve(
                 | Op::SyncLink { .. }
                 | Op::SyncRemove { .. }
                 | Op::SyncClearXattrs { .. }
+                | Op::SyncProbe { .. }
+                | Op::SyncHole { .. }
         );
         if sync_op && mstate.consistent {
             // From now until SyncDone this copy is a mix of old and new: never a state the
@@ -220,7 +258,11 @@ async fn serve(
         }
         let durable = matches!(
             op,
-            Op::Fsync { .. } | Op::FsyncPath { .. } | Op::Barrier | Op::SyncDone
+            Op::Fsync { .. }
+                | Op::FsyncPath { .. }
+                | Op::Barrier
+                | Op::SyncDone
+                | Op::SyncProbe { .. }
         );
         // Operations that wait for the disk run off the async workers (the runtime is
         // multi-threaded); the others are a page-cache copy, cheaper than a hand-off.
@@ -240,23 +282,80 @@ async fn serve(
             return fail(&mut send, seq, e.errno(), e.to_string()).await;
         }
         if matches!(op, Op::SyncDone) {
-            mstate = MirrorState {
-                consistent: true,
-                peer_in_sync: false,
-            };
+            mstate.resync_done_as_target(&hello.data);
             if let Err(e) = state.store(&mstate) {
                 return fail(&mut send, seq, libc::EIO, e.to_string()).await;
             }
             info!(mirror = %cfg.mirror, "copy consistent: full synchronisation complete");
         }
         counters.ops_applied.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = wire::encode_frame(&Message::Ack { seq }, &[], &mut ack) {
+        let encoded = if matches!(op, Op::SyncProbe { .. }) {
+            let (file, digests) = store.last_probe();
+            wire::encode_frame(&Message::Probed { seq, file }, digests, &mut ack)
+        } else {
+            wire::encode_frame(&Message::Ack { seq }, &[], &mut ack)
+        };
+        if let Err(e) = encoded {
             return format!("cannot encode acknowledgement: {e}");
         }
         if let Err(e) = send.write_all(&ack).await {
             return format!("cannot acknowledge: {e}");
         }
     }
+}
+
+/// Whether this node may take the primary's data, given how their generations relate: never
+/// when its own data is newer or diverged, unless an operator forced the primary.
+fn acceptable(relation: Relation, mine: &DataState, primary: &DataState) -> Result<(), String> {
+    let gen = |d: &DataState| {
+        d.current
+            .map(|g| g.to_string())
+            .unwrap_or_else(|| "none".into())
+    };
+    match relation {
+        Relation::BothNew | Relation::Same { .. } | Relation::PeerNewer { .. } => Ok(()),
+        _ if primary.forced => Ok(()),
+        Relation::LocalNewer { .. } => Err(format!(
+            "this node holds newer data (generation {}) than the primary (generation {}): refusing to be overwritten; make this node primary, or force the other with `prim`",
+            gen(mine),
+            gen(primary)
+        )),
+        Relation::SplitBrain => Err(format!(
+            "split brain: this node (generation {}) and the primary (generation {}) both changed the data since they last shared it; nothing is overwritten until an operator chooses the survivor with `prim`",
+            gen(mine),
+            gen(primary)
+        )),
+        Relation::NeitherConsistent => Err(
+            "neither copy is consistent: an operator must choose the survivor with `prim`".into(),
+        ),
+    }
+}
+
+/// Copy this node's replicated tree aside, outside the root, before a resync overwrites it:
+/// into `<state dir>/split-brain/<UTC time>/`. Never deleted by mirrorkit.
+fn preserve_copy(cfg: &SecondaryConfig) -> Result<PathBuf, String> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let dir = cfg.state_dir.join("split-brain").join(format!("{secs}"));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg("--sparse=always")
+        .arg(format!("{}/.", cfg.root.display()))
+        .arg(&dir)
+        .output()
+        .map_err(|e| format!("cannot run cp: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cp -a {} {} failed: {}",
+            cfg.root.display(),
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(dir)
 }
 
 /// How long a refusal waits for the primary to receive it before the connection closes.

@@ -15,6 +15,7 @@ pub const STATUS_FILE: &str = "status.json";
 pub const STATUS_INTERVAL_MS: u64 = 100;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Status {
     pub mirror: String,
     /// "primary" or "secondary".
@@ -25,6 +26,10 @@ pub struct Status {
     pub ops_sent: u64,
     pub data_bytes_sent: u64,
     pub sync_data_bytes_sent: u64,
+    /// Bytes of file data the dirty record listed when the last synchronisation started.
+    pub sync_recorded_bytes: u64,
+    /// Bytes of file data compared by digest in synchronisations.
+    pub sync_compared_bytes: u64,
     pub sessions: u64,
     pub times_alone: u64,
     pub ops_applied: u64,
@@ -44,6 +49,8 @@ impl Status {
             ops_sent: c.ops_sent.load(Ordering::Relaxed),
             data_bytes_sent: c.data_bytes_sent.load(Ordering::Relaxed),
             sync_data_bytes_sent: c.sync_data_bytes_sent.load(Ordering::Relaxed),
+            sync_recorded_bytes: c.sync_recorded_bytes.load(Ordering::Relaxed),
+            sync_compared_bytes: c.sync_probe_bytes.load(Ordering::Relaxed),
             sessions: c.sessions.load(Ordering::Relaxed),
             times_alone: c.times_alone.load(Ordering::Relaxed),
             pid: std::process::id(),

@@ -1,9 +1,14 @@
-//! Full synchronisation of a connected peer while the application keeps writing.
+//! Synchronisation (resync) of a connected peer while the application keeps writing.
 //!
 //! 1. Bulk pass: walk the backing tree and send every directory (with its complete listing,
-//!    so that the peer removes what the primary does not have), file (data extents only: holes
-//!    stay holes), symlink, special file and extended attribute. Application operations are
-//!    not sent meanwhile; the link records the paths they touch.
+//!    so that the peer removes what the primary does not have), symlink, special file and
+//!    extended attribute, and probe every regular file (`SyncProbe`: the peer keeps its file,
+//!    sets size and attributes, and answers with the digests of the chunks asked). Which
+//!    chunks: in `Compare` mode all of them; in `Incremental` mode those the dirty record
+//!    lists, or all of them for a path whose identity changed (created, renamed, linked,
+//!    removed: `Mark::Entry`). Chunks whose digests differ are sent (holes as holes). Probes
+//!    are pipelined; a file the peer did not have is sent whole without comparing.
+//!    Application operations are not sent meanwhile; the link records what they change.
 //! 2. Catch-up passes: synchronise the recorded paths again, until few remain. After the bulk
 //!    pass and each catch-up pass, wait (the application does not) until the peer has applied
 //!    and flushed what was sent, so that the switch does not wait behind a deep backlog.
@@ -17,15 +22,20 @@
 //! seen so far, so that names written, renamed or linked by the application while a
 //! synchronisation runs stay links of one inode on the peer.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
 
+use mirrorkit_store::digest::{self, Digester};
 use mirrorkit_store::sys;
-use mirrorkit_wire::{Meta, Op, RelPath, SpecialKind, Target, MAX_DIR_ENTRIES};
-use tracing::info;
+use mirrorkit_wire::{
+    Meta, Op, ProbeFile, RelPath, SpecialKind, SyncMode, Target, CHUNK_BYTES, DIGEST_BYTES,
+    MAX_DIR_ENTRIES, MAX_PROBE_CHUNKS, MAX_PROBE_RANGES,
+};
+use tracing::{info, trace};
 
-use crate::core::{meta_of, Core, Dirty};
-use crate::link::SessionLost;
+use crate::core::{meta_of, Core};
+use crate::link::{MarkSet, SessionLost, Ticket};
 
 /// Size of one `SyncData` chunk.
 pub const SYNC_CHUNK_BYTES: usize = 1 << 20;
@@ -36,6 +46,8 @@ pub const MAX_CATCH_UP_PASSES: usize = 8;
 /// Longest the synchroniser waits for the peer to apply and flush what a pass sent (the
 /// application does not wait on it; a dead peer ends the connection sooner). Default 60 s.
 pub const SYNC_DRAIN_TIMEOUT_MS: u64 = 60_000;
+/// Most probes sent and not yet answered.
+pub const MAX_OUTSTANDING_PROBES: usize = 32;
 
 /// Why a synchronisation stopped.
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +61,27 @@ pub enum SyncError {
     },
 }
 
+/// A probe sent, waiting for its answer.
+struct Probe {
+    ticket: Ticket,
+    path: RelPath,
+    fd: OwnedFd,
+    ranges: Vec<(u64, u64)>,
+}
+
 struct Pass<'a> {
     core: &'a Core,
     session: u64,
+    /// What this pass must bring over besides the namespace and attributes.
+    marks: MarkSet,
+    /// Compare every chunk of every file.
+    compare_all: bool,
+    /// The last pass, made with the application held: nothing it sends may be left for later.
+    last: bool,
+    outstanding: VecDeque<Probe>,
+    /// Files the peer did not have and that were sent whole in this pass.
+    sent_whole: HashSet<RelPath>,
+    digester: Digester,
     /// (device, inode) of inodes with several links → the path sent first in this pass.
     linked: HashMap<(u64, u64), RelPath>,
     /// (device, inode) of inodes with several links → every name seen so far, in any pass of
@@ -59,7 +89,50 @@ struct Pass<'a> {
     names: HashMap<(u64, u64), BTreeSet<RelPath>>,
     /// Names of inodes with several links sent in this pass.
     visited: HashSet<RelPath>,
+    /// Files of this pass the peer did not make (gone here, or parent missing there): no
+    /// other name may be linked to them.
+    absent: HashSet<RelPath>,
+    pacer: Pacer,
     buf: Vec<u8>,
+}
+
+/// Paces a synchronisation's file data to a configured rate (`LinkConfig::resync_bytes_per_sec`)
+/// over the whole synchronisation, so that a short pause is made up for and a burst is not.
+pub struct Pacer {
+    bytes_per_sec: Option<u64>,
+    started: std::time::Instant,
+    sent: u64,
+}
+
+impl Pacer {
+    pub fn new(bytes_per_sec: Option<u64>) -> Self {
+        Pacer {
+            bytes_per_sec: bytes_per_sec.filter(|&r| r > 0),
+            started: std::time::Instant::now(),
+            sent: 0,
+        }
+    }
+
+    /// How long to wait, `elapsed` into the synchronisation, after `n` more bytes.
+    pub fn delay(&mut self, n: u64, elapsed: std::time::Duration) -> std::time::Duration {
+        self.sent += n;
+        match self.bytes_per_sec {
+            Some(rate) => {
+                let due = std::time::Duration::from_secs_f64(self.sent as f64 / rate as f64);
+                due.saturating_sub(elapsed)
+            }
+            None => std::time::Duration::ZERO,
+        }
+    }
+
+    fn pace(&mut self, n: u64) {
+        if self.bytes_per_sec.is_some() {
+            let d = self.delay(n, self.started.elapsed());
+            if !d.is_zero() {
+                std::thread::sleep(d);
+            }
+        }
+    }
 }
 
 fn read_err(path: &RelPath) -> impl FnOnce(std::io::Error) -> SyncError + '_ {
@@ -69,28 +142,55 @@ fn read_err(path: &RelPath) -> impl FnOnce(std::io::Error) -> SyncError + '_ {
     }
 }
 
-/// Run a full synchronisation for link session `session`. Returns when the peer confirmed it.
-pub fn full_sync(core: &Core, session: u64) -> Result<(), SyncError> {
+/// Run a synchronisation for link session `session` in `mode`. Returns when the peer
+/// confirmed it.
+pub fn full_sync(
+    core: &Core,
+    session: u64,
+    mode: SyncMode,
+    preserve: bool,
+) -> Result<(), SyncError> {
     let started = std::time::Instant::now();
-    let mut pass = Pass::new(core, session, HashMap::new());
+    let recorded = match mode {
+        SyncMode::Incremental => core.link.recorded(),
+        SyncMode::Compare => MarkSet::default(),
+    };
+    core.link
+        .counters()
+        .sync_recorded_bytes
+        .store(recorded.chunk_bytes(), Ordering::Relaxed);
+    info!(mirror = %core.mirror, ?mode, preserve, recorded_names = recorded.entries.len(),
+        recorded_files = recorded.chunks.len() + recorded.tails.len(), "synchronisation starts");
+    core.link
+        .submit_sync(session, &Op::SyncBegin { mode, preserve }, &[])?;
+    let mut pass = Pass::new(core, session, HashMap::new(), recorded);
+    pass.pacer = Pacer::new(core.link.config().resync_bytes_per_sec);
+    pass.compare_all = mode == SyncMode::Compare;
     pass.entry(&RelPath::root())?;
+    pass.settle_all()?;
     let mut names = pass.names;
+    let mut pacer = pass.pacer;
     drain(core, session)?;
     for round in 0..MAX_CATCH_UP_PASSES {
         if core.link.dirty_len() <= SWITCH_DIRTY_PATHS {
             break;
         }
         let dirty = core.link.take_dirty(session)?;
-        info!(mirror = %core.mirror, round, paths = dirty.len(), "synchronisation: catching up");
-        let mut catch_up = Pass::new(core, session, names);
+        info!(mirror = %core.mirror, round, paths = dirty.entries.len() + dirty.metas.len(),
+            files = dirty.chunks.len() + dirty.tails.len(), "synchronisation: catching up");
+        let mut catch_up = Pass::new(core, session, names, MarkSet::default());
+        catch_up.pacer = pacer;
         catch_up.dirty(dirty)?;
         names = catch_up.names;
+        pacer = catch_up.pacer;
         drain(core, session)?;
     }
     let ticket = {
         let _order = core.order();
         let dirty = core.link.take_dirty(session)?;
-        let mut last = Pass::new(core, session, names);
+        let mut last = Pass::new(core, session, names, MarkSet::default());
+        // Not paced: the application waits for this pass.
+        last.last = true;
         last.dirty(dirty)?;
         for (fh, h) in core.writable_handles() {
             if let Some(path) = last.handle_path(h.ino, &h.fd)? {
@@ -117,10 +217,12 @@ pub fn full_sync(core: &Core, session: u64) -> Result<(), SyncError> {
         );
     }
     core.link.record_in_sync(session)?;
+    let c = core.link.counters();
     info!(
         mirror = %core.mirror,
         seconds = started.elapsed().as_secs_f64(),
-        data_bytes = core.link.counters().sync_data_bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
+        data_bytes = c.sync_data_bytes_sent.load(Ordering::Relaxed),
+        compared_bytes = c.sync_probe_bytes.load(Ordering::Relaxed),
         "synchronisation complete: peer in sync"
     );
     Ok(())
@@ -163,13 +265,26 @@ fn drain(core: &Core, session: u64) -> Result<(), SyncError> {
 }
 
 impl<'a> Pass<'a> {
-    fn new(core: &'a Core, session: u64, names: HashMap<(u64, u64), BTreeSet<RelPath>>) -> Self {
+    fn new(
+        core: &'a Core,
+        session: u64,
+        names: HashMap<(u64, u64), BTreeSet<RelPath>>,
+        marks: MarkSet,
+    ) -> Self {
         Pass {
             core,
             session,
+            marks,
+            compare_all: false,
+            last: false,
+            outstanding: VecDeque::new(),
+            sent_whole: HashSet::new(),
+            digester: Digester::default(),
             linked: HashMap::new(),
             names,
             visited: HashSet::new(),
+            absent: HashSet::new(),
+            pacer: Pacer::new(None),
             buf: vec![0u8; SYNC_CHUNK_BYTES],
         }
     }
@@ -179,25 +294,18 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
-    /// Synchronise the recorded paths: entries recursively (skipping those beneath another
-    /// recorded entry), then attributes of the others.
-    fn dirty(&mut self, dirty: BTreeSet<Dirty>) -> Result<(), SyncError> {
-        let mut entries: Vec<RelPath> = Vec::new();
-        let mut metas = BTreeSet::new();
-        for d in dirty {
-            match d {
-                Dirty::Entry(p) => entries.push(p),
-                Dirty::Meta(p) => {
-                    metas.insert(p);
-                }
-            }
-        }
-        entries.sort();
+    /// Synchronise what the application changed: entries recursively (skipping those
+    /// beneath another recorded entry), the changed chunks of files, then attributes.
+    fn dirty(&mut self, dirty: MarkSet) -> Result<(), SyncError> {
+        let entries: Vec<RelPath> = dirty.entries.iter().cloned().collect();
+        let mut metas = dirty.metas.clone();
+        self.marks = dirty;
         let mut done: Vec<RelPath> = Vec::new();
         for p in entries {
             if done.iter().any(|d| p.starts_with(d)) {
                 continue;
             }
+            trace!(path = %p, "sync: changed entry");
             self.entry(&p)?;
             // Synchronising an entry replaces it on the peer, which changes its parent's time
             // there (a file's content change did not change it here): set it back.
@@ -206,6 +314,52 @@ impl<'a> Pass<'a> {
             }
             done.push(p);
         }
+        // Files whose data changed: by one of their names (the others are links to it).
+        let inos: BTreeSet<u64> = self
+            .marks
+            .chunks
+            .keys()
+            .chain(self.marks.tails.keys())
+            .copied()
+            .collect();
+        let mut unresolved = false;
+        for ino in inos {
+            let names = self.core.all_paths_of(self.core.fuse_ino(ino));
+            trace!(ino, ?names, "sync: changed data");
+            if names.is_empty() && self.core.open_without_name(self.core.fuse_ino(ino)) {
+                // Written after its last name went: the peer's tree has nothing of it.
+                continue;
+            }
+            let mut found = false;
+            for p in names {
+                if done.iter().any(|d| p.starts_with(d)) {
+                    found = true;
+                    break;
+                }
+                if let Some((st, _)) = self.lstat(&p)? {
+                    if st.st_ino == ino && st.st_mode & libc::S_IFMT == libc::S_IFREG {
+                        if st.st_nlink > 1 {
+                            // The peer replaces a file with several names (its probe keeps
+                            // only single-name files): through `entry`, so that the other
+                            // names are linked to the new one below.
+                            self.entry(&p)?;
+                        } else {
+                            self.file(&p, &st, meta_of(&st))?;
+                        }
+                        found = true;
+                        break;
+                    }
+                }
+            }
+            unresolved |= !found;
+        }
+        if unresolved {
+            // A changed file this node no longer knows by name (closed and forgotten by the
+            // kernel, then renamed?): walk everything, probing what the marks list.
+            info!(mirror = %self.core.mirror, "synchronisation: a changed file has no known name, walking the whole tree");
+            self.entry(&RelPath::root())?;
+        }
+        self.settle_all()?;
         // Every name of an inode with several links that this pass sent again (itself, or
         // inside a directory it sent again) goes with it: the peer makes one fresh inode and
         // links the other names to it, else the names not sent would keep the old inode (and
@@ -223,6 +377,7 @@ impl<'a> Pass<'a> {
             if pending.is_empty() {
                 break;
             }
+            trace!(?pending, "sync: other names of linked inodes");
             for p in pending {
                 // Marked first: a name the application changes meanwhile is not retried.
                 if !self.visited.insert(p.clone()) {
@@ -234,6 +389,7 @@ impl<'a> Pass<'a> {
                 }
             }
         }
+        self.settle_all()?;
         for p in metas {
             if done.iter().any(|d| p.starts_with(d)) {
                 continue;
@@ -345,15 +501,26 @@ impl<'a> Pass<'a> {
             let key = (st.st_dev, st.st_ino);
             self.names.entry(key).or_default().insert(path.clone());
             self.visited.insert(path.clone());
-            if let Some(existing) = self.linked.get(&key) {
-                let existing = existing.clone();
-                return self.send(
-                    &Op::SyncLink {
-                        existing,
-                        path: path.clone(),
-                    },
-                    &[],
-                );
+            if let Some(existing) = self.linked.get(&key).cloned() {
+                if existing == *path {
+                    // Sent already in this pass (a walk after the changed entries): sending
+                    // it again would make the peer replace it and lose the links made to it.
+                    return Ok(());
+                }
+                // Linked only once the peer made the first name (its probe answered).
+                while self.outstanding.iter().any(|p| p.path == existing) {
+                    self.settle_one()?;
+                }
+                if !self.absent.contains(&existing) {
+                    trace!(%path, %existing, "sync: link");
+                    return self.send(
+                        &Op::SyncLink {
+                            existing,
+                            path: path.clone(),
+                        },
+                        &[],
+                    );
+                }
             }
             self.linked.insert(key, path.clone());
         }
@@ -490,6 +657,24 @@ impl<'a> Pass<'a> {
         )
     }
 
+    /// Whether `path` or a directory above it changed identity (compare it whole).
+    fn under_entry(&self, path: &RelPath) -> bool {
+        if self.marks.entries.is_empty() {
+            return false;
+        }
+        let mut p = path.clone();
+        loop {
+            if self.marks.entries.contains(&p) {
+                return true;
+            }
+            match p.split_last() {
+                Some((parent, _)) => p = parent,
+                None => return false,
+            }
+        }
+    }
+
+    /// Probe a regular file: the chunks to compare depend on the mode and the marks.
     fn file(&mut self, path: &RelPath, st: &libc::stat, meta: Meta) -> Result<(), SyncError> {
         let fd = match sys::open_beneath(
             self.core.root.as_fd(),
@@ -499,45 +684,151 @@ impl<'a> Pass<'a> {
         ) {
             Ok(fd) => fd,
             Err(e) if sys::errno(&e) == libc::ENOENT => {
+                self.absent.insert(path.clone());
                 return self.send(&Op::SyncRemove { path: path.clone() }, &[]);
             }
             Err(e) => return Err(read_err(path)(e)),
         };
         let size = st.st_size as u64;
-        self.send(
-            &Op::SyncFile {
+        let end = size.div_ceil(CHUNK_BYTES) * CHUNK_BYTES;
+        let ranges = if self.compare_all || self.under_entry(path) {
+            if end == 0 {
+                Vec::new()
+            } else {
+                vec![(0, end)]
+            }
+        } else {
+            self.marks.ranges(st.st_ino, size)
+        };
+        trace!(%path, ino = st.st_ino, nlink = st.st_nlink, ranges = ranges.len(), "sync: probe");
+        let groups = probe_groups(&ranges);
+        for (i, group) in groups.into_iter().enumerate() {
+            // Each probe of a file sets its size and attributes again: harmless, and the
+            // first one makes the file exist.
+            let _ = i;
+            let fd = fd.try_clone().map_err(read_err(path))?;
+            let ticket = self.core.link.submit_sync(
+                self.session,
+                &Op::SyncProbe {
+                    path: path.clone(),
+                    meta,
+                    size,
+                    ranges: group.clone(),
+                },
+                &[],
+            )?;
+            self.outstanding.push_back(Probe {
+                ticket,
                 path: path.clone(),
-                meta,
-                size,
-            },
-            &[],
-        )?;
-        self.data(path, fd.as_fd(), size)
+                fd,
+                ranges: group,
+            });
+            while self.outstanding.len() > MAX_OUTSTANDING_PROBES {
+                self.settle_one()?;
+            }
+        }
+        Ok(())
     }
 
-    /// Send the data extents of a file; holes are skipped and stay holes on the peer.
-    fn data(&mut self, path: &RelPath, fd: BorrowedFd<'_>, size: u64) -> Result<(), SyncError> {
-        // Preallocated (unwritten) extents are holes too: they read as zeros, and sending them
-        // would allocate zeros on the peer where this node has none.
-        let unwritten = sys::unwritten_ranges(fd, size).map_err(read_err(path))?;
-        let mut pos = 0u64;
-        while pos < size {
-            let Some(start) =
-                sys::seek_data_hole(fd, pos, libc::SEEK_DATA).map_err(read_err(path))?
-            else {
-                break;
-            };
-            let end = sys::seek_data_hole(fd, start, libc::SEEK_HOLE)
-                .map_err(read_err(path))?
-                .unwrap_or(size)
-                .min(size);
-            for (from, to) in without(start, end, &unwritten) {
-                if !self.range(path, fd, from, to)? {
-                    // The file shrank meanwhile: the application's change is recorded.
-                    return Ok(());
+    /// Settle every probe sent.
+    fn settle_all(&mut self) -> Result<(), SyncError> {
+        while !self.outstanding.is_empty() {
+            self.settle_one()?;
+        }
+        Ok(())
+    }
+
+    /// Wait for the oldest probe's answer and send what differs.
+    fn settle_one(&mut self) -> Result<(), SyncError> {
+        let Some(probe) = self.outstanding.pop_front() else {
+            return Ok(());
+        };
+        let (file, remote) = self.core.link.wait_reply(probe.ticket)?;
+        let path = &probe.path;
+        trace!(%path, ?file, "sync: probed");
+        if self.sent_whole.contains(path) {
+            return Ok(());
+        }
+        if file == ProbeFile::NoParent {
+            if self.last {
+                // Nothing can change now: the namespace sent must be complete.
+                return Err(SessionLost(format!(
+                    "the peer lacks the parent directory of {path} at the end of the synchronisation"
+                ))
+                .into());
+            }
+            // The application moved or made its directory after this pass took its marks: the
+            // next pass sends that directory again, with this file.
+            self.absent.insert(path.clone());
+            return Ok(());
+        }
+        let kept = file == ProbeFile::Kept;
+        let fd = probe.fd.as_fd();
+        // The size now: the application may have changed it since (then it is marked).
+        let size = sys::fstat(fd).map_err(read_err(path))?.st_size as u64;
+        let data = digest::data_ranges(fd, size).map_err(read_err(path))?;
+        if !kept {
+            // A new file on the peer (all holes): send every data range, nothing to compare.
+            self.sent_whole.insert(path.clone());
+            for &(s, e) in &data {
+                if !self.range(path, fd, s, e)? {
+                    break;
                 }
             }
-            pos = end;
+            return Ok(());
+        }
+        let probed: u64 = probe.ranges.iter().map(|(s, e)| e - s).sum();
+        self.core
+            .link
+            .counters()
+            .sync_probe_bytes
+            .fetch_add(probed, Ordering::Relaxed);
+        let mut i = 0usize;
+        for &(start, end) in &probe.ranges {
+            let mut c = start;
+            while c < end {
+                let theirs = remote.get(i * DIGEST_BYTES..(i + 1) * DIGEST_BYTES);
+                i += 1;
+                let chunk_end = (c + CHUNK_BYTES).min(size);
+                let ours = self
+                    .digester
+                    .chunk(fd, c, chunk_end, &data)
+                    .map_err(read_err(path))?;
+                if theirs != Some(&ours[..]) && c < chunk_end {
+                    self.send_chunk(path, fd, c, chunk_end, &data)?;
+                }
+                c += CHUNK_BYTES;
+            }
+        }
+        Ok(())
+    }
+
+    /// Make `[start, end)` of the peer's file identical to this node's: its data ranges are
+    /// sent, the rest becomes a hole.
+    fn send_chunk(
+        &mut self,
+        path: &RelPath,
+        fd: BorrowedFd<'_>,
+        start: u64,
+        end: u64,
+        data: &[(u64, u64)],
+    ) -> Result<(), SyncError> {
+        let parts = digest::within(data, start, end);
+        let full = parts.len() == 1 && parts[0] == (start, end);
+        if !full {
+            self.send(
+                &Op::SyncHole {
+                    path: path.clone(),
+                    offset: start,
+                    len: end - start,
+                },
+                &[],
+            )?;
+        }
+        for (s, e) in parts {
+            if !self.range(path, fd, s, e)? {
+                break;
+            }
         }
         Ok(())
     }
@@ -568,28 +859,35 @@ impl<'a> Pass<'a> {
             self.buf = chunk;
             r?;
             off += n as u64;
+            self.pacer.pace(n as u64);
         }
         Ok(true)
     }
 }
 
-/// The parts of `[start, end)` outside `skip` (sorted, non-overlapping ranges).
-fn without(start: u64, end: u64, skip: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    let mut pos = start;
-    for &(s, e) in skip {
-        if e <= pos || s >= end {
-            continue;
+/// Split chunk-aligned ranges into groups that one probe may carry.
+fn probe_groups(ranges: &[(u64, u64)]) -> Vec<Vec<(u64, u64)>> {
+    let mut groups: Vec<Vec<(u64, u64)>> = vec![Vec::new()];
+    let mut chunks = 0u64;
+    for &(s, e) in ranges {
+        let mut s = s;
+        while s < e {
+            let room = MAX_PROBE_CHUNKS - chunks;
+            let take = ((e - s) / CHUNK_BYTES).min(room);
+            let last = groups.last_mut().map(|g| g.len()).unwrap_or(0);
+            if take == 0 || last >= MAX_PROBE_RANGES {
+                groups.push(Vec::new());
+                chunks = 0;
+                continue;
+            }
+            if let Some(g) = groups.last_mut() {
+                g.push((s, s + take * CHUNK_BYTES));
+            }
+            chunks += take;
+            s += take * CHUNK_BYTES;
         }
-        if s > pos {
-            out.push((pos, s));
-        }
-        pos = pos.max(e);
     }
-    if pos < end {
-        out.push((pos, end));
-    }
-    out
+    groups
 }
 
 #[cfg(test)]
@@ -639,14 +937,46 @@ mod tests {
     }
 
     #[test]
-    fn unwritten_ranges_are_cut_out_of_data_ranges() {
-        assert_eq!(without(0, 100, &[]), [(0, 100)]);
+    fn the_pacer_keeps_the_average_rate() {
+        use std::time::Duration;
+        let mut p = Pacer::new(Some(1 << 20));
+        // 1 MiB at once, no time passed: wait a second.
+        assert_eq!(p.delay(1 << 20, Duration::ZERO), Duration::from_secs(1));
+        // Half a MiB more, 2 s in (a pause): nothing to wait, the pause is made up for.
+        assert_eq!(p.delay(512 << 10, Duration::from_secs(2)), Duration::ZERO);
+        // Then 1.5 MiB at once, still 2 s in: due at 3 s.
         assert_eq!(
-            without(0, 100, &[(20, 30), (50, 60)]),
-            [(0, 20), (30, 50), (60, 100)]
+            p.delay(3 << 19, Duration::from_secs(2)),
+            Duration::from_secs(1)
         );
-        assert_eq!(without(10, 100, &[(0, 20), (90, 200)]), [(20, 90)]);
-        assert_eq!(without(10, 20, &[(0, 30)]), []);
-        assert_eq!(without(10, 20, &[(0, 5), (25, 30)]), [(10, 20)]);
+        let mut free = Pacer::new(None);
+        assert_eq!(free.delay(u64::MAX / 2, Duration::ZERO), Duration::ZERO);
+        let mut zero = Pacer::new(Some(0));
+        assert_eq!(zero.delay(1 << 30, Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn probe_groups_respect_the_limits() {
+        let c = CHUNK_BYTES;
+        assert_eq!(probe_groups(&[]), vec![Vec::<(u64, u64)>::new()]);
+        assert_eq!(
+            probe_groups(&[(0, c), (2 * c, 3 * c)]),
+            vec![vec![(0, c), (2 * c, 3 * c)]]
+        );
+        let big = probe_groups(&[(0, (MAX_PROBE_CHUNKS + 5) * c)]);
+        assert_eq!(
+            big,
+            vec![
+                vec![(0, MAX_PROBE_CHUNKS * c)],
+                vec![(MAX_PROBE_CHUNKS * c, (MAX_PROBE_CHUNKS + 5) * c)]
+            ]
+        );
+        let many: Vec<(u64, u64)> = (0..MAX_PROBE_RANGES as u64 + 3)
+            .map(|i| (2 * i * c, (2 * i + 1) * c))
+            .collect();
+        let g = probe_groups(&many);
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[0].len(), MAX_PROBE_RANGES);
+        assert_eq!(g[1].len(), 3);
     }
 }

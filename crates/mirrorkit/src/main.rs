@@ -3,6 +3,7 @@
 //! Wires the crates together; holds no replication logic of its own.
 
 mod demo;
+mod module_cmd;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -59,6 +60,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Work with module folders (module.toml and its scripts).
+    Module {
+        #[command(subcommand)]
+        cmd: module_cmd::ModuleCmd,
+    },
     /// Run a two-node demo mirror on this machine.
     Demo {
         /// Where the demo keeps its directories.
@@ -79,6 +85,11 @@ enum RoleCmd {
         /// Longest a write waits for the peer before this node continues alone (ms).
         #[arg(long, default_value_t = 3000)]
         peer_timeout_ms: u64,
+        /// Most file data a resynchronisation sends per second, in bytes, with an optional
+        /// K, M or G suffix (powers of 1024): e.g. 50M. Default: no limit. The application's
+        /// own writes are never limited.
+        #[arg(long, value_parser = parse_rate)]
+        resync_bandwidth: Option<u64>,
     },
     /// Receive the primary's changes into DIR.
     Secondary {
@@ -163,6 +174,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Module { cmd } => module_cmd::run(cmd),
         Cmd::Demo { base } => demo::run(&base),
     }
 }
@@ -212,12 +224,14 @@ fn run_mirror(role: RoleCmd) -> Result<()> {
             common,
             peer,
             peer_timeout_ms,
+            resync_bandwidth,
         } => {
             check_state_dir(&common)?;
             let peer = parse_peer(&peer)?;
             let identity = NodeIdentity::load(&common.certs, &common.node)?;
             let cfg = LinkConfig {
                 peer_timeout_ms,
+                resync_bytes_per_sec: resync_bandwidth,
                 ..LinkConfig::default()
             };
             let mounted =
@@ -331,4 +345,41 @@ pub fn wait_status(
         std::thread::sleep(Duration::from_millis(50));
     }
     None
+}
+
+/// A rate in bytes per second: digits with an optional K, M or G suffix (powers of 1024).
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&t[..i], 10),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&t[..i], 20),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'g') => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| {
+        format!("'{s}' is not a rate in bytes per second (e.g. 50M, 500K, 1048576)")
+    })?;
+    match n.checked_mul(1 << shift) {
+        Some(0) | None => Err(format!(
+            "'{s}': the rate must be above 0 and below 16 EiB per second"
+        )),
+        Some(r) => Ok(r),
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::parse_rate;
+
+    #[test]
+    fn rates_with_and_without_suffix() {
+        assert_eq!(parse_rate("1048576"), Ok(1 << 20));
+        assert_eq!(parse_rate("50M"), Ok(50 << 20));
+        assert_eq!(parse_rate("500k"), Ok(500 << 10));
+        assert_eq!(parse_rate("2G"), Ok(2 << 30));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("M").is_err());
+        assert!(parse_rate("99999999999999G").is_err());
+    }
 }

@@ -7,14 +7,15 @@
 //! can reach outside the root, whatever symlinks the tree holds. Checks that can fail (unknown
 //! handle, bad sequence) run before anything is changed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use mirrorkit_wire::{Meta, Op, RelPath, SpecialKind, Target, TimeFix};
+use mirrorkit_wire::{Meta, Op, ProbeFile, RelPath, SpecialKind, Target, TimeFix};
 
+use crate::digest::{self, Digester};
 use crate::sys::{self, TimeSet};
 
 /// Most files the primary may hold open for writing at once (bounds this side's descriptors).
@@ -44,9 +45,16 @@ pub struct Store {
     handles: HashMap<u64, OwnedFd>,
     /// Entries named so far by a `SyncDir` listing split over several messages.
     sync_listing: Option<(RelPath, HashSet<Vec<u8>>)>,
-    /// The file being filled by `SyncData`, kept open between chunks, with its final mtime.
-    sync_file: Option<(RelPath, OwnedFd, Meta)>,
+    /// Files being filled by `SyncData`/`SyncHole`, most recent last, with their final mtime:
+    /// the primary sends a file's data after the answer to its probe, so several are open.
+    sync_files: VecDeque<(RelPath, OwnedFd, Meta)>,
+    digester: Digester,
+    /// Answer to the last `SyncProbe`: what became of its file, and the digests.
+    probe: (ProbeFile, Vec<u8>),
 }
+
+/// Most files kept open for `SyncData` (the primary has fewer probes outstanding).
+pub const MAX_SYNC_FILES: usize = 128;
 
 fn err(op: &Op, what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> ApplyError {
     let op = op.name();
@@ -66,7 +74,9 @@ impl Store {
             root: fd,
             handles: HashMap::new(),
             sync_listing: None,
-            sync_file: None,
+            sync_files: VecDeque::new(),
+            digester: Digester::default(),
+            probe: (ProbeFile::Created, Vec::new()),
         })
     }
 
@@ -83,7 +93,113 @@ impl Store {
     pub fn reset_session(&mut self) {
         self.handles.clear();
         self.sync_listing = None;
-        self.sync_file = None;
+        self.sync_files.clear();
+    }
+
+    /// The answer to the last `SyncProbe` applied: what became of its file, and its chunk
+    /// digests.
+    pub fn last_probe(&self) -> (ProbeFile, &[u8]) {
+        (self.probe.0, &self.probe.1)
+    }
+
+    fn remember_sync_file(&mut self, path: &RelPath, fd: OwnedFd, meta: Meta) {
+        self.sync_files.retain(|(p, _, _)| p != path);
+        if self.sync_files.len() >= MAX_SYNC_FILES {
+            self.sync_files.pop_front();
+        }
+        self.sync_files.push_back((path.clone(), fd, meta));
+    }
+
+    /// Forget open files at `path` or beneath it (they were removed or replaced).
+    fn forget_sync_files(&mut self, path: &RelPath) {
+        self.sync_files.retain(|(p, _, _)| !p.starts_with(path));
+    }
+
+    fn sync_file(&self, op: &Op, path: &RelPath) -> Result<(BorrowedFd<'_>, &Meta), ApplyError> {
+        match self.sync_files.iter().rev().find(|(p, _, _)| p == path) {
+            Some((_, fd, meta)) => Ok((fd.as_fd(), meta)),
+            None => Err(ApplyError {
+                op: op.name(),
+                what: path.to_string(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "data for a file that is not being synchronised (out of sequence)",
+                ),
+            }),
+        }
+    }
+
+    /// `SyncProbe`: keep the regular file at `path` (or make a new one), give it `size` and
+    /// `meta`, and compute the digests asked.
+    fn sync_probe(
+        &mut self,
+        op: &Op,
+        path: &RelPath,
+        meta: &Meta,
+        size: u64,
+        ranges: &[(u64, u64)],
+    ) -> Result<(), ApplyError> {
+        let e = || err(op, path);
+        let (dir, name) = match sys::open_parent(self.root.as_fd(), path) {
+            Ok(x) => x,
+            // A parent is missing here, or is not a directory: the application changed the
+            // namespace after the primary last synchronised it, and a later pass sends that
+            // part of the tree again. Nothing changes; the primary skips the file for now.
+            Err(x)
+                if matches!(
+                    x.raw_os_error(),
+                    Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+                ) =>
+            {
+                self.probe.0 = ProbeFile::NoParent;
+                self.probe.1.clear();
+                return Ok(());
+            }
+            Err(x) => return Err(e()(x)),
+        };
+        let existing = match sys::fstatat(dir.as_fd(), &name, libc::AT_SYMLINK_NOFOLLOW) {
+            // A file with other names here may hold another file's content for some of
+            // them: only a file with one name is kept.
+            Ok(st) => Some(st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink == 1),
+            Err(x) if x.raw_os_error() == Some(libc::ENOENT) => None,
+            Err(x) => return Err(e()(x)),
+        };
+        let flags = libc::O_RDWR | libc::O_NOFOLLOW;
+        let (fd, kept) = if existing == Some(true) {
+            let fd = sys::openat2(dir.as_fd(), &name, flags, 0, sys::RESOLVE_STRICT).map_err(e())?;
+            (fd, true)
+        } else {
+            let fd = sys::remove_all_at(dir.as_fd(), &name)
+                .and_then(|()| {
+                    sys::openat2(
+                        dir.as_fd(),
+                        &name,
+                        flags | libc::O_CREAT | libc::O_EXCL,
+                        0o600,
+                        sys::RESOLVE_STRICT,
+                    )
+                })
+                .map_err(e())?;
+            (fd, false)
+        };
+        sys::ftruncate(fd.as_fd(), size)
+            .and_then(|()| set_meta_fd(fd.as_fd(), meta))
+            .map_err(e())?;
+        let mut out = std::mem::take(&mut self.probe.1);
+        out.clear();
+        let digests = digest::data_ranges(fd.as_fd(), size).and_then(|data| {
+            self.digester
+                .digests(fd.as_fd(), size, &data, ranges, &mut out)
+        });
+        let file = if kept {
+            ProbeFile::Kept
+        } else {
+            ProbeFile::Created
+        };
+        self.probe = (file, out);
+        digests.map_err(e())?;
+        self.remember_sync_file(path, fd, *meta);
+        Ok(())
     }
 
     /// Apply one operation and its time fixes.
@@ -336,13 +452,14 @@ impl Store {
                 })
                 .map_err(err(op, what))?;
             }
-            Op::Barrier | Op::SyncDone => {
-                self.sync_file = None;
+            Op::Barrier | Op::SyncDone | Op::SyncBegin { .. } => {
+                self.sync_files.clear();
                 sys::syncfs(root).map_err(err(op, "replicated root"))?;
             }
             Op::SyncRemove { path } => {
                 let (dir, name) = sys::open_parent(root, path).map_err(err(op, path))?;
                 sys::remove_all_at(dir.as_fd(), &name).map_err(err(op, path))?;
+                self.forget_sync_files(path);
             }
             Op::SyncDir {
                 path,
@@ -352,7 +469,6 @@ impl Store {
                 last,
             } => self.sync_dir(op, path, meta, entries, *first, *last)?,
             Op::SyncFile { path, meta, size } => {
-                self.sync_file = None;
                 let e = err(op, path);
                 let (dir, name) = sys::open_parent(root, path).map_err(e)?;
                 // Always a fresh inode: an old file here may be a hard link shared with
@@ -370,30 +486,40 @@ impl Store {
                     .and_then(|fd| sys::ftruncate(fd.as_fd(), *size).map(|()| fd))
                     .and_then(|fd| set_meta_fd(fd.as_fd(), meta).map(|()| fd))
                     .map_err(err(op, path))?;
-                self.sync_file = Some((path.clone(), fd, *meta));
+                self.remember_sync_file(path, fd, *meta);
             }
+            Op::SyncProbe {
+                path,
+                meta,
+                size,
+                ranges,
+            } => self.sync_probe(op, path, meta, *size, ranges)?,
             Op::SyncData { path, offset } => {
-                let open = match &self.sync_file {
-                    Some((p, _, _)) => p == path,
-                    None => false,
+                let (fd, meta) = self.sync_file(op, path)?;
+                sys::pwrite_all(fd, data, *offset)
+                    .and_then(|()| sys::futimens(fd, TimeSet::Omit, TimeSet::At(meta.mtime)))
+                    .map_err(err(op, path))?;
+            }
+            Op::SyncHole { path, offset, len } => {
+                let (fd, meta) = self.sync_file(op, path)?;
+                // A hole that reaches the end of the file goes on to the end of its last block:
+                // punching only up to the size would zero the partial block and keep it
+                // allocated, where the primary has none.
+                let end = offset.saturating_add(*len);
+                let len = match sys::fstat(fd) {
+                    Ok(st) if end >= st.st_size as u64 => end
+                        .checked_next_multiple_of(1 << 16)
+                        .map_or(*len, |e| e - offset),
+                    _ => *len,
                 };
-                if !open {
-                    return Err(ApplyError {
-                        op: op.name(),
-                        what: path.to_string(),
-                        source: io::Error::new(
-                            io::ErrorKind::InvalidInput,
-                            "data for a file that is not being synchronised (out of sequence)",
-                        ),
-                    });
-                }
-                if let Some((_, fd, meta)) = &self.sync_file {
-                    sys::pwrite_all(fd.as_fd(), data, *offset)
-                        .and_then(|()| {
-                            sys::futimens(fd.as_fd(), TimeSet::Omit, TimeSet::At(meta.mtime))
-                        })
-                        .map_err(err(op, path))?;
-                }
+                sys::fallocate(
+                    fd,
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    *offset,
+                    len,
+                )
+                .and_then(|()| sys::futimens(fd, TimeSet::Omit, TimeSet::At(meta.mtime)))
+                .map_err(err(op, path))?;
             }
         }
         Ok(())
@@ -410,7 +536,6 @@ impl Store {
     ) -> Result<(), ApplyError> {
         let root = self.root.as_fd();
         if first {
-            self.sync_file = None;
             if !path.is_root() {
                 let (dir, name) = sys::open_parent(root, path).map_err(err(op, path))?;
                 let is_dir = match sys::fstatat(dir.as_fd(), &name, libc::AT_SYMLINK_NOFOLLOW) {
@@ -447,12 +572,18 @@ impl Store {
         };
         let dir = sys::open_beneath(root, path, libc::O_PATH | libc::O_DIRECTORY, 0)
             .map_err(err(op, path))?;
+        let mut removed = Vec::new();
         for e in sys::read_dir(dir.as_fd()).map_err(err(op, path))? {
             if !keep.contains(&e.name) {
                 let name = sys::cstr(&e.name).map_err(err(op, path))?;
                 sys::remove_all_at(dir.as_fd(), &name).map_err(err(op, path))?;
+                removed.extend(path.join(&e.name).ok());
             }
         }
+        for child in &removed {
+            self.forget_sync_files(child);
+        }
+        let root = self.root.as_fd();
         if path.is_root() {
             set_meta_fd(root, meta).map_err(err(op, path))?;
         } else {

@@ -8,6 +8,7 @@
 //! the refusal of symlinks on the way (see `apply` for the rule).
 
 pub mod apply;
+pub mod digest;
 pub mod state;
 pub mod sys;
 

@@ -5,18 +5,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-/// What a node records about one mirror.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MirrorState {
-    /// This node's copy is a state the primary actually passed through (false from the first
-    /// message of a full synchronisation until its end).
-    pub consistent: bool,
-    /// As primary: the peer holds every write this node acknowledged. Cleared, durably, before
-    /// the first write the peer misses is acknowledged.
-    pub peer_in_sync: bool,
-}
+/// What a node records about one mirror: its data generations and flags (see
+/// `mirrorkit_cluster::generation`).
+pub use mirrorkit_cluster::generation::DataState as MirrorState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -103,6 +94,8 @@ mod tests {
         let s = MirrorState {
             consistent: true,
             peer_in_sync: false,
+            current: Some(mirrorkit_cluster::generation::GenId(7)),
+            ..MirrorState::default()
         };
         f.store(&s).unwrap();
         assert_eq!(f.load().unwrap(), s);

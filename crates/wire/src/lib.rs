@@ -21,8 +21,31 @@ mod path;
 pub use path::{RelPath, MAX_NAME_BYTES, MAX_PATH_BYTES};
 use serde::{Deserialize, Serialize};
 
+pub use mirrorkit_cluster::generation::{DataState, GenId, Role as DataRole};
+
 /// Version of the protocol spoken on the replication stream; both ends must speak the same.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+/// Granularity of comparison and of the primary's dirty record: one digest, one bit, per
+/// chunk of this many bytes of a file.
+pub const CHUNK_BYTES: u64 = 64 << 10;
+/// What a `SyncProbe` found at its path on the secondary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProbeFile {
+    /// A regular file with one name was there and was kept: the digests are of its content.
+    Kept,
+    /// Anything else was there (or nothing): it was replaced by a new, empty file.
+    Created,
+    /// The parent directory does not exist there (the application changed the namespace
+    /// since the primary last synchronised it): nothing was changed, no digests follow.
+    NoParent,
+}
+
+/// Size of one chunk digest in a `Probed` answer.
+pub const DIGEST_BYTES: usize = 32;
+/// Most ranges in one `SyncProbe`.
+pub const MAX_PROBE_RANGES: usize = 2048;
+/// Most chunks one `SyncProbe` may ask digests of (their digests fill at most `MAX_DATA_BYTES`).
+pub const MAX_PROBE_CHUNKS: u64 = (MAX_DATA_BYTES / DIGEST_BYTES) as u64;
 /// Largest data payload of one message: one FUSE write (the kernel caps at 1 MiB) or one sync chunk.
 pub const MAX_DATA_BYTES: usize = 4 << 20;
 /// Largest encoded header. Bounded so that a directory listing in `SyncDir` still fits
@@ -220,6 +243,38 @@ pub enum Op {
     /// Full synchronisation is complete: the secondary makes everything durable and records
     /// that its copy is consistent. Acknowledged after that.
     SyncDone,
+    /// First message of a resync: how the primary synchronises, so the secondary can check
+    /// that its data allows it before anything changes.
+    SyncBegin {
+        mode: SyncMode,
+        /// Split brain resolved by an operator in the primary's favour: the secondary keeps a
+        /// copy of its divergent data outside the replicated root before anything changes.
+        preserve: bool,
+    },
+    /// Make `path` a regular file of `size` bytes with `meta`, keeping the file already there
+    /// if it is one, and answer with `Probed`: whether it was kept, and the digest of every
+    /// `CHUNK_BYTES` chunk in `ranges` (chunk-aligned, ascending, clipped to `size`).
+    SyncProbe {
+        path: RelPath,
+        meta: Meta,
+        size: u64,
+        ranges: Vec<(u64, u64)>,
+    },
+    /// Make `[offset, offset + len)` of `path` a hole (data sent after it fills it again).
+    SyncHole {
+        path: RelPath,
+        offset: u64,
+        len: u64,
+    },
+}
+
+/// How a resync decides what to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncMode {
+    /// Only what the primary's dirty record lists (and the whole namespace and attributes).
+    Incremental,
+    /// Every file's chunks are compared by digest; only differing chunks travel.
+    Compare,
 }
 
 impl Op {
@@ -260,6 +315,9 @@ impl Op {
             Op::SyncClearXattrs { .. } => "sync-clear-xattrs",
             Op::SyncRemove { .. } => "sync-remove",
             Op::SyncDone => "sync-done",
+            Op::SyncBegin { .. } => "sync-begin",
+            Op::SyncProbe { .. } => "sync-probe",
+            Op::SyncHole { .. } => "sync-hole",
         }
     }
 }
@@ -280,9 +338,8 @@ pub struct Hello {
     /// Name of the replicated directory set both ends must agree on.
     pub mirror: String,
     pub role: Role,
-    /// Whether the secondary's copy is consistent and identical to the primary's as of the last
-    /// time they were connected (meaningless in the primary's hello).
-    pub consistent: bool,
+    /// What the sender knows of its data: generation, history, consistency.
+    pub data: DataState,
 }
 
 /// Every message on the replication stream.
@@ -298,6 +355,13 @@ pub enum Message {
     /// The secondary applied operation `seq` and every one before it (durably, for durable ones).
     Ack {
         seq: u64,
+    },
+    /// Answer to `SyncProbe` `seq` (which it acknowledges): what became of the file, followed,
+    /// unless its parent is missing, by `DIGEST_BYTES` per chunk asked (all zero for a chunk
+    /// without data).
+    Probed {
+        seq: u64,
+        file: ProbeFile,
     },
     /// The secondary could not apply operation `seq`; its copy is no longer in sync.
     Failed {
@@ -434,6 +498,17 @@ fn check_message(msg: &Message, data_len: usize) -> Result<(), WireError> {
             limit: MAX_DATA_BYTES,
         });
     }
+    if let Message::Probed { .. } = msg {
+        return if data_len % DIGEST_BYTES == 0 {
+            Ok(())
+        } else {
+            Err(WireError::DataMismatch {
+                op: "probed",
+                len: data_len,
+                expected: "a multiple of 32",
+            })
+        };
+    }
     let Message::Op { op, fixes, .. } = msg else {
         return if data_len == 0 {
             Ok(())
@@ -493,12 +568,52 @@ fn check_message(msg: &Message, data_len: usize) -> Result<(), WireError> {
                 name.len()
             )));
         }
+        Op::SyncProbe { ranges, .. } => check_probe_ranges(ranges)?,
+        Op::SyncHole { offset, len, .. } if *len == 0 || offset.checked_add(*len).is_none() => {
+            return Err(WireError::BadHeader(format!(
+                "hole of {len} bytes at {offset} is not a valid range"
+            )));
+        }
         Op::Rename { flags, .. } if *flags > 2 => {
             return Err(WireError::BadHeader(format!(
                 "rename flags {flags:#x} are not supported"
             )));
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// Ranges of a probe: chunk-aligned, non-empty, ascending, bounded in count and chunks.
+fn check_probe_ranges(ranges: &[(u64, u64)]) -> Result<(), WireError> {
+    if ranges.len() > MAX_PROBE_RANGES {
+        return Err(WireError::TooMany {
+            what: "probe ranges",
+            count: ranges.len(),
+            limit: MAX_PROBE_RANGES,
+        });
+    }
+    let mut chunks = 0u64;
+    let mut prev_end = 0u64;
+    for (i, &(start, end)) in ranges.iter().enumerate() {
+        if start % CHUNK_BYTES != 0
+            || end % CHUNK_BYTES != 0
+            || start >= end
+            || (i > 0 && start < prev_end)
+        {
+            return Err(WireError::BadHeader(format!(
+                "probe range {start}..{end} is not chunk-aligned, non-empty and ascending"
+            )));
+        }
+        chunks += (end - start) / CHUNK_BYTES;
+        prev_end = end;
+    }
+    if chunks > MAX_PROBE_CHUNKS {
+        return Err(WireError::TooMany {
+            what: "probed chunks",
+            count: chunks as usize,
+            limit: MAX_PROBE_CHUNKS as usize,
+        });
     }
     Ok(())
 }

@@ -285,11 +285,51 @@ fn op(rng: &mut StdRng, kind: usize) -> (Op, Vec<u8>) {
             },
             vec![],
         ),
+        25 => (
+            Op::SyncBegin {
+                mode: if rng.gen() {
+                    mirrorkit_wire::SyncMode::Incremental
+                } else {
+                    mirrorkit_wire::SyncMode::Compare
+                },
+                preserve: rng.gen(),
+            },
+            vec![],
+        ),
+        26 => {
+            let c = mirrorkit_wire::CHUNK_BYTES;
+            let mut at = 0u64;
+            let ranges = (0..rng.gen_range(0..5))
+                .map(|_| {
+                    let start = at + c * rng.gen_range(0..3);
+                    let end = start + c * rng.gen_range(1..4);
+                    at = end;
+                    (start, end)
+                })
+                .collect();
+            (
+                Op::SyncProbe {
+                    path: nonroot_path(rng),
+                    meta: meta(rng),
+                    size: rng.gen(),
+                    ranges,
+                },
+                vec![],
+            )
+        }
+        27 => (
+            Op::SyncHole {
+                path: nonroot_path(rng),
+                offset: rng.gen_range(0..1 << 40),
+                len: rng.gen_range(1..1 << 30),
+            },
+            vec![],
+        ),
         _ => (Op::SyncDone, vec![]),
     }
 }
 
-const OP_KINDS: usize = 26;
+const OP_KINDS: usize = 29;
 
 fn message(rng: &mut StdRng, i: usize) -> (Message, Vec<u8>) {
     let text = |rng: &mut StdRng| -> String {
@@ -309,9 +349,32 @@ fn message(rng: &mut StdRng, i: usize) -> (Message, Vec<u8>) {
                 } else {
                     Role::Secondary
                 },
-                consistent: rng.gen(),
+                data: mirrorkit_wire::DataState {
+                    current: rng.gen::<bool>().then(|| mirrorkit_wire::GenId(rng.gen())),
+                    bitmap: rng.gen::<bool>().then(|| mirrorkit_wire::GenId(rng.gen())),
+                    history: (0..rng.gen_range(0..4))
+                        .map(|_| mirrorkit_wire::GenId(rng.gen()))
+                        .collect(),
+                    consistent: rng.gen(),
+                    peer_in_sync: rng.gen(),
+                    role: mirrorkit_wire::DataRole::Secondary,
+                    unclean: rng.gen(),
+                    forced: rng.gen(),
+                    outdated: rng.gen(),
+                },
             }),
             vec![],
+        ),
+        1 if rng.gen() => (
+            Message::Probed {
+                seq: rng.gen(),
+                file: [
+                    mirrorkit_wire::ProbeFile::Kept,
+                    mirrorkit_wire::ProbeFile::Created,
+                    mirrorkit_wire::ProbeFile::NoParent,
+                ][rng.gen_range(0..3)],
+            },
+            vec![7u8; 32 * rng.gen_range(0..4)],
         ),
         1 => (Message::Ack { seq: rng.gen() }, vec![]),
         2 if rng.gen() => (
