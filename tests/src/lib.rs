@@ -260,7 +260,7 @@ impl Mirror {
     pub fn start_secondary(&mut self) {
         let _ = std::fs::remove_file(self.b.dirs.state.join("status.json"));
         let mut args = self.common_args("secondary", &self.b.dirs);
-        args.extend(["--peer".into(), "a".into()]);
+        args.extend(["--peer".into(), self.a.dirs.name.clone()]);
         let child = self.spawn(&self.b.dirs, &args);
         self.b.child = Some(child);
         wait_for(Duration::from_secs(20), || self.b.status())
@@ -269,11 +269,26 @@ impl Mirror {
 
     /// Start (or restart) the primary `a`: mounts over `a/data`.
     pub fn start_primary(&mut self) {
+        if let Err(log) = self.start_primary_with(&[]) {
+            panic!("primary did not start:\n{log}");
+        }
+    }
+
+    /// Swap the nodes' roles for the next starts: `a` (the primary) becomes the node that was
+    /// `b`, and the other way round. Stop both first.
+    pub fn swap_roles(&mut self) {
+        std::mem::swap(&mut self.a, &mut self.b);
+    }
+
+    /// Start the primary `a` with extra arguments; `Err(its log)` if it exits instead of
+    /// starting (a refused start).
+    pub fn start_primary_with(&mut self, extra: &[&str]) -> Result<(), String> {
         let _ = std::fs::remove_file(self.a.dirs.state.join("status.json"));
         let mut args = self.common_args("primary", &self.a.dirs);
+        args.extend(extra.iter().map(|s| s.to_string()));
         args.extend([
             "--peer".into(),
-            format!("b@{}", self.b.dirs.addr),
+            format!("{}@{}", self.b.dirs.name, self.b.dirs.addr),
             "--peer-timeout-ms".into(),
             self.opts.peer_timeout_ms.to_string(),
         ]);
@@ -282,8 +297,22 @@ impl Mirror {
         }
         let child = self.spawn(&self.a.dirs, &args);
         self.a.child = Some(child);
-        wait_for(Duration::from_secs(20), || self.a.status())
-            .unwrap_or_else(|| panic!("primary did not start:\n{}", self.a.log()));
+        let started = wait_for(Duration::from_secs(20), || {
+            if self.a.status().is_some() {
+                return Some(true);
+            }
+            match self.a.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(_))) => Some(false),
+                _ => None,
+            }
+        });
+        match started {
+            Some(true) => Ok(()),
+            _ => {
+                self.a.kill9();
+                Err(self.a.log())
+            }
+        }
     }
 
     /// Wait until the primary's link mode is `mode` ("alone", "syncing", "in-sync").

@@ -29,6 +29,7 @@ use tracing::{error, info, warn};
 
 pub use crate::record::{Mark, MarkSet};
 use crate::record::{Record, RecordError};
+use mirrorkit_cluster::generation::Role;
 
 /// Limits and timeouts of the link.
 #[derive(Clone, Debug)]
@@ -43,6 +44,9 @@ pub struct LinkConfig {
     /// Most bytes of file data per second a synchronisation sends (`None`: as fast as the
     /// disks and the network go). The application's own writes are never limited.
     pub resync_bytes_per_sec: Option<u64>,
+    /// The operator who forced this node to become primary (`prim`, `--force`) although its
+    /// data may be older than its peer's, for the log. `None`: such a start is refused.
+    pub forced_by: Option<String>,
 }
 
 impl Default for LinkConfig {
@@ -52,6 +56,7 @@ impl Default for LinkConfig {
             max_inflight_ops: 4096,
             max_inflight_bytes: 64 << 20,
             resync_bytes_per_sec: None,
+            forced_by: None,
         }
     }
 }
@@ -171,7 +176,27 @@ impl Link {
     ) -> Result<Self, String> {
         let mut data = state_file.load().map_err(|e| e.to_string())?;
         let was = data.clone();
-        data.begin_alone(fresh_gen());
+        // A node that never held this mirror's data in any role (new, or wiped): a peer that
+        // has some refuses it as primary, so it may start.
+        let never_held = data.current.is_none() && data.role == Role::None;
+        match (&cfg.forced_by, data.may_lead_alone()) {
+            (Some(who), stale) => {
+                let why = match stale {
+                    Ok(()) => "its data was not stale".to_string(),
+                    Err(s) => s.to_string(),
+                };
+                warn!(mirror, forced_by = %who, previous = %data.current.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
+                    "primary FORCED by an operator ({why}): this node's data becomes the reference; a peer with other data keeps its divergent files aside when it returns");
+                data.force_lead(fresh_gen());
+            }
+            (None, Ok(())) => data.begin_alone(fresh_gen()),
+            (None, Err(_)) if never_held => data.begin_alone(fresh_gen()),
+            (None, Err(stale)) => {
+                return Err(format!(
+                    "refusing to start as primary: {stale}. Start this node as secondary so that it takes its peer's data, or, if the peer's data is lost for good, force it with --force (its peer then keeps its own divergent files aside when it returns)"
+                ));
+            }
+        }
         let (record, valid) = Record::open(state_dir, data.bitmap).map_err(|e| e.to_string())?;
         if data.bitmap.is_some() && !valid {
             warn!(mirror, "dirty record missing or for another generation: the next synchronisation compares all data");

@@ -90,6 +90,12 @@ enum RoleCmd {
         /// own writes are never limited.
         #[arg(long, value_parser = parse_rate)]
         resync_bandwidth: Option<u64>,
+        /// Become primary even if this node's data may be older than its peer's (it was
+        /// secondary, or a resync into it did not finish). Its data becomes the reference:
+        /// when the peer returns it first keeps its own divergent files aside, then takes
+        /// this node's. Logged with the operator's name.
+        #[arg(long)]
+        force: bool,
     },
     /// Receive the primary's changes into DIR.
     Secondary {
@@ -225,6 +231,7 @@ fn run_mirror(role: RoleCmd) -> Result<()> {
             peer,
             peer_timeout_ms,
             resync_bandwidth,
+            force,
         } => {
             check_state_dir(&common)?;
             let peer = parse_peer(&peer)?;
@@ -232,6 +239,7 @@ fn run_mirror(role: RoleCmd) -> Result<()> {
             let cfg = LinkConfig {
                 peer_timeout_ms,
                 resync_bytes_per_sec: resync_bandwidth,
+                forced_by: force.then(operator),
                 ..LinkConfig::default()
             };
             let mounted =
@@ -345,6 +353,24 @@ pub fn wait_status(
         std::thread::sleep(Duration::from_millis(50));
     }
     None
+}
+
+/// Who runs this command, for the log of a forced start: the user behind sudo if any.
+fn operator() -> String {
+    let uid = nix_uid();
+    for var in ["SUDO_USER", "USER", "LOGNAME"] {
+        if let Ok(u) = std::env::var(var) {
+            if !u.is_empty() {
+                return format!("{u} (uid {uid})");
+            }
+        }
+    }
+    format!("uid {uid}")
+}
+
+fn nix_uid() -> u32 {
+    // SAFETY: getuid cannot fail and has no preconditions.
+    unsafe { libc::getuid() }
 }
 
 /// A rate in bytes per second: digits with an optional K, M or G suffix (powers of 1024).
