@@ -191,6 +191,12 @@ fn returning_secondary_gets_only_the_changed_regions() {
         "seed {seed}: resync sent {sent} bytes of file data for {} recorded bytes",
         s.sync_recorded_bytes
     );
+    assert!(
+        s.sync_total_bytes > 0
+            && s.sync_done_bytes == s.sync_total_bytes
+            && s.sync_eta_secs == Some(0),
+        "seed {seed}: a finished resync shows all its planned bytes done; status {s:?}"
+    );
     same_trees(&m, &format!("seed {seed}"));
 }
 
@@ -238,11 +244,14 @@ fn resync_interrupted_by_either_node_resumes_and_ends_identical() {
         m.b.stop();
         m.wait_primary_mode("alone", Duration::from_secs(20));
         change_one_percent(m.primary_dir(), seed, round, SMALL);
+        // The counters add up over the process's synchronisations.
+        let sent_before = m.a.status().map_or(0, |s| s.sync_data_bytes_sent);
         m.start_secondary();
         // Kill once the resync has sent some data.
         let syncing = wait_for(Duration::from_secs(30), || {
-            m.a.status()
-                .filter(|s| s.mode == "syncing" && s.sync_data_bytes_sent > 256 << 10)
+            m.a.status().filter(|s| {
+                s.mode == "syncing" && s.sync_data_bytes_sent > sent_before + (256 << 10)
+            })
         })
         .unwrap_or_else(|| {
             panic!(
@@ -252,8 +261,19 @@ fn resync_interrupted_by_either_node_resumes_and_ends_identical() {
             )
         });
         eprintln!(
-            "seed {seed}: killing the {victim} mid-resync ({} bytes of data sent)",
-            syncing.sync_data_bytes_sent
+            "seed {seed}: killing the {victim} mid-resync ({} bytes of data sent; progress {} of {} bytes, {} B/s, ETA {:?} s)",
+            syncing.sync_data_bytes_sent,
+            syncing.sync_done_bytes,
+            syncing.sync_total_bytes,
+            syncing.sync_rate,
+            syncing.sync_eta_secs
+        );
+        assert!(
+            syncing.sync_done_bytes > 0
+                && syncing.sync_done_bytes < syncing.sync_total_bytes
+                && syncing.sync_rate > 0
+                && syncing.sync_eta_secs.is_some_and(|e| e > 0),
+            "seed {seed}: a running resync shows its progress; status {syncing:?}"
         );
         if victim == "secondary" {
             m.b.kill9();

@@ -2,7 +2,8 @@
 //!
 //! Owns: the FUSE file system mounted over a replicated directory on the primary (`fs`,
 //! `core`), the primary's end of the replication link (`link`) and its connection driver
-//! (`primary`), the full synchronisation of a peer (`sync`), and the secondary's receiver
+//! (`primary`), the synchronisation of a peer (`sync`, `progress`), the dirty record
+//! (`record`), and the secondary's receiver
 //! (`secondary`).
 //!
 //! Never does: decide who is primary (the cluster manager does), or resolve a path from the
@@ -14,6 +15,7 @@ pub mod fs;
 pub mod link;
 pub mod mount;
 pub mod primary;
+pub mod progress;
 pub mod record;
 pub mod secondary;
 pub mod status;

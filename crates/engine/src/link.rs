@@ -97,6 +97,12 @@ pub struct Counters {
     pub sync_probe_bytes: AtomicU64,
     /// Bytes of file data the dirty record listed when the last synchronisation started.
     pub sync_recorded_bytes: AtomicU64,
+    /// Progress of the last synchronisation: bytes of file data compared or sent, bytes
+    /// planned (growing as catch-up passes find more), and when it started (ms since the
+    /// Unix epoch).
+    pub sync_done_bytes: AtomicU64,
+    pub sync_total_bytes: AtomicU64,
+    pub sync_started_ms: AtomicU64,
 }
 
 /// One operation sent and not yet acknowledged.

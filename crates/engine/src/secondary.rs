@@ -338,8 +338,21 @@ fn preserve_copy(cfg: &SecondaryConfig) -> Result<PathBuf, String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let dir = cfg.state_dir.join("split-brain").join(format!("{secs}"));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let parent = cfg.state_dir.join("split-brain");
+    std::fs::create_dir_all(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    // A fresh directory, even for two copies within one second.
+    let mut dir = parent.join(format!("{secs}"));
+    let mut n = 1;
+    loop {
+        match std::fs::create_dir(&dir) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                dir = parent.join(format!("{secs}-{n}"));
+                n += 1;
+            }
+            Err(e) => return Err(format!("{}: {e}", dir.display())),
+        }
+    }
     let out = std::process::Command::new("cp")
         .arg("-a")
         .arg("--sparse=always")
@@ -355,6 +368,11 @@ fn preserve_copy(cfg: &SecondaryConfig) -> Result<PathBuf, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
+    // Durable before the resync overwrites the originals (the state directory may be on
+    // another file system than the replicated one).
+    std::fs::File::open(&dir)
+        .and_then(|f| mirrorkit_store::sys::syncfs(std::os::fd::AsFd::as_fd(&f)))
+        .map_err(|e| format!("cannot flush the copy in {}: {e}", dir.display()))?;
     Ok(dir)
 }
 

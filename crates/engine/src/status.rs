@@ -30,6 +30,12 @@ pub struct Status {
     pub sync_recorded_bytes: u64,
     /// Bytes of file data compared by digest in synchronisations.
     pub sync_compared_bytes: u64,
+    /// The running (or last) synchronisation: bytes of file data compared or sent, bytes
+    /// planned, average rate (bytes/s) and seconds left at that rate (`None`: not known yet).
+    pub sync_done_bytes: u64,
+    pub sync_total_bytes: u64,
+    pub sync_rate: u64,
+    pub sync_eta_secs: Option<u64>,
     pub sessions: u64,
     pub times_alone: u64,
     pub ops_applied: u64,
@@ -41,6 +47,13 @@ impl Status {
     pub fn of_primary(core: &Core) -> Self {
         let (mode, reason) = core.link.status();
         let c = core.link.counters();
+        let started = c.sync_started_ms.load(Ordering::Relaxed);
+        let elapsed = crate::sync::unix_ms().saturating_sub(started);
+        let p = crate::progress::progress(
+            c.sync_done_bytes.load(Ordering::Relaxed),
+            c.sync_total_bytes.load(Ordering::Relaxed),
+            std::time::Duration::from_millis(if started == 0 { 0 } else { elapsed }),
+        );
         Status {
             mirror: core.mirror.clone(),
             role: "primary".into(),
@@ -51,6 +64,10 @@ impl Status {
             sync_data_bytes_sent: c.sync_data_bytes_sent.load(Ordering::Relaxed),
             sync_recorded_bytes: c.sync_recorded_bytes.load(Ordering::Relaxed),
             sync_compared_bytes: c.sync_probe_bytes.load(Ordering::Relaxed),
+            sync_done_bytes: p.done,
+            sync_total_bytes: p.total,
+            sync_rate: p.rate,
+            sync_eta_secs: p.eta_secs,
             sessions: c.sessions.load(Ordering::Relaxed),
             times_alone: c.times_alone.load(Ordering::Relaxed),
             pid: std::process::id(),

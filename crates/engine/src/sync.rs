@@ -46,6 +46,9 @@ pub const MAX_CATCH_UP_PASSES: usize = 8;
 /// Longest the synchroniser waits for the peer to apply and flush what a pass sent (the
 /// application does not wait on it; a dead peer ends the connection sooner). Default 60 s.
 pub const SYNC_DRAIN_TIMEOUT_MS: u64 = 60_000;
+/// Longest the primary waits for a peer to copy its divergent tree aside (`preserve`) before
+/// a resync overwrites it. Default 1 hour.
+pub const PRESERVE_WAIT_MS: u64 = 3_600_000;
 /// Most probes sent and not yet answered.
 pub const MAX_OUTSTANDING_PROBES: usize = 32;
 
@@ -78,6 +81,8 @@ struct Pass<'a> {
     compare_all: bool,
     /// The last pass, made with the application held: nothing it sends may be left for later.
     last: bool,
+    /// What this pass probes was counted in the synchronisation's planned bytes already.
+    planned: bool,
     outstanding: VecDeque<Probe>,
     /// Files the peer did not have and that were sent whole in this pass.
     sent_whole: HashSet<RelPath>,
@@ -159,11 +164,32 @@ pub fn full_sync(
         .counters()
         .sync_recorded_bytes
         .store(recorded.chunk_bytes(), Ordering::Relaxed);
+    let c = core.link.counters();
+    let planned = planned_bytes(core, &recorded, mode == SyncMode::Compare);
+    c.sync_done_bytes.store(0, Ordering::Relaxed);
+    c.sync_total_bytes.store(planned, Ordering::Relaxed);
+    c.sync_started_ms.store(unix_ms(), Ordering::Relaxed);
     info!(mirror = %core.mirror, ?mode, preserve, recorded_names = recorded.entries.len(),
-        recorded_files = recorded.chunks.len() + recorded.tails.len(), "synchronisation starts");
-    core.link
+        recorded_files = recorded.chunks.len() + recorded.tails.len(), planned_bytes = planned,
+        "synchronisation starts");
+    let begin = core
+        .link
         .submit_sync(session, &Op::SyncBegin { mode, preserve }, &[])?;
+    if preserve {
+        // The peer copies its whole tree aside before it acknowledges: wait for that alone,
+        // else the next messages would fill the window and time out, and every new session
+        // would start the copy again.
+        info!(mirror = %core.mirror, "waiting for the peer to keep its divergent data aside");
+        if !core.link.wait_acked_within(begin, PRESERVE_WAIT_MS) {
+            return Err(SessionLost(format!(
+                "the peer did not keep its divergent data aside within {} s",
+                PRESERVE_WAIT_MS / 1000
+            ))
+            .into());
+        }
+    }
     let mut pass = Pass::new(core, session, HashMap::new(), recorded);
+    pass.planned = true;
     pass.pacer = Pacer::new(core.link.config().resync_bytes_per_sec);
     pass.compare_all = mode == SyncMode::Compare;
     pass.entry(&RelPath::root())?;
@@ -228,6 +254,80 @@ pub fn full_sync(
     Ok(())
 }
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Bytes of file data the bulk pass will probe: a walk of the backing tree, metadata only,
+/// with the bulk pass's choice of ranges per file (all chunks in `Compare` mode or under a
+/// changed name, else the record's). An estimate for progress: entries that vanish or
+/// cannot be read count for nothing.
+fn planned_bytes(core: &Core, marks: &MarkSet, compare_all: bool) -> u64 {
+    fn walk(
+        dir: BorrowedFd<'_>,
+        path: &RelPath,
+        marks: &MarkSet,
+        whole: bool,
+        total: &mut u64,
+        linked: &mut HashSet<u64>,
+    ) {
+        let Ok(entries) = sys::read_dir(dir) else {
+            return;
+        };
+        for e in entries {
+            let (Ok(child), Ok(name)) = (path.join(&e.name), sys::cstr(&e.name)) else {
+                continue;
+            };
+            let Ok(st) = sys::fstatat(dir, &name, libc::AT_SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            let whole = whole || marks.entries.contains(&child);
+            match st.st_mode & libc::S_IFMT {
+                // The other names of a hard-linked file are sent as links, not probed.
+                libc::S_IFREG if st.st_nlink > 1 && !linked.insert(st.st_ino) => {}
+                libc::S_IFREG => {
+                    let size = st.st_size as u64;
+                    *total += if whole {
+                        size.div_ceil(CHUNK_BYTES) * CHUNK_BYTES
+                    } else {
+                        marks
+                            .ranges(st.st_ino, size)
+                            .iter()
+                            .map(|(s, e)| e - s)
+                            .sum()
+                    };
+                }
+                libc::S_IFDIR => {
+                    if let Ok(fd) = sys::openat2(
+                        dir,
+                        &name,
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                        0,
+                        sys::RESOLVE_STRICT,
+                    ) {
+                        walk(fd.as_fd(), &child, marks, whole, total, linked);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut total = 0;
+    walk(
+        core.root.as_fd(),
+        &RelPath::root(),
+        marks,
+        compare_all || marks.entries.contains(&RelPath::root()),
+        &mut total,
+        &mut HashSet::new(),
+    );
+    total
+}
+
 /// Bytes of names in one `SyncDir` message: with the path (at most 4 KiB) and the per-name
 /// length prefixes, the header stays under `MAX_HEADER_BYTES`.
 const DIR_CHUNK_NAME_BYTES: usize = 40 << 10;
@@ -277,6 +377,7 @@ impl<'a> Pass<'a> {
             marks,
             compare_all: false,
             last: false,
+            planned: false,
             outstanding: VecDeque::new(),
             sent_whole: HashSet::new(),
             digester: Digester::default(),
@@ -701,6 +802,14 @@ impl<'a> Pass<'a> {
             self.marks.ranges(st.st_ino, size)
         };
         trace!(%path, ino = st.st_ino, nlink = st.st_nlink, ranges = ranges.len(), "sync: probe");
+        if !self.planned {
+            let bytes: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+            self.core
+                .link
+                .counters()
+                .sync_total_bytes
+                .fetch_add(bytes, Ordering::Relaxed);
+        }
         let groups = probe_groups(&ranges);
         for (i, group) in groups.into_iter().enumerate() {
             // Each probe of a file sets its size and attributes again: harmless, and the
@@ -745,6 +854,12 @@ impl<'a> Pass<'a> {
         };
         let (file, remote) = self.core.link.wait_reply(probe.ticket)?;
         let path = &probe.path;
+        let probed: u64 = probe.ranges.iter().map(|(s, e)| e - s).sum();
+        self.core
+            .link
+            .counters()
+            .sync_done_bytes
+            .fetch_add(probed, Ordering::Relaxed);
         trace!(%path, ?file, "sync: probed");
         if self.sent_whole.contains(path) {
             return Ok(());
@@ -777,7 +892,6 @@ impl<'a> Pass<'a> {
             }
             return Ok(());
         }
-        let probed: u64 = probe.ranges.iter().map(|(s, e)| e - s).sum();
         self.core
             .link
             .counters()

@@ -177,6 +177,9 @@ fn run(cli: Cli) -> Result<()> {
                     "mirror {}: {} {} ({})\n  operations sent {}, applied {}, data bytes {}, sync bytes {}, sessions {}",
                     s.mirror, s.role, s.mode, s.reason, s.ops_sent, s.ops_applied, s.data_bytes_sent, s.sync_data_bytes_sent, s.sessions
                 );
+                if s.mode == "syncing" {
+                    println!("  {}", resync_line(&s));
+                }
             }
             Ok(())
         }
@@ -371,6 +374,26 @@ fn operator() -> String {
 fn nix_uid() -> u32 {
     // SAFETY: getuid cannot fail and has no preconditions.
     unsafe { libc::getuid() }
+}
+
+/// One line of resync progress: done of total, percentage, rate, time left.
+fn resync_line(s: &Status) -> String {
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let pct = if s.sync_total_bytes == 0 {
+        100.0
+    } else {
+        100.0 * s.sync_done_bytes as f64 / s.sync_total_bytes as f64
+    };
+    let eta = match s.sync_eta_secs {
+        Some(e) => format!("{}:{:02}:{:02} left", e / 3600, e / 60 % 60, e % 60),
+        None => "time left not known yet".into(),
+    };
+    format!(
+        "resync: {:.1} of {:.1} MiB compared or sent ({pct:.0}%), {:.1} MiB/s, {eta}",
+        mib(s.sync_done_bytes),
+        mib(s.sync_total_bytes),
+        mib(s.sync_rate)
+    )
 }
 
 /// A rate in bytes per second: digits with an optional K, M or G suffix (powers of 1024).
