@@ -155,7 +155,8 @@ impl Default for MirrorOpts {
         MirrorOpts {
             peer_timeout_ms: 3000,
             resync_bandwidth: None,
-            log_filter: "info".into(),
+            // MIRRORKIT_TEST_LOG=info,mirrorkit_engine::sync=trace (say) to see more.
+            log_filter: std::env::var("MIRRORKIT_TEST_LOG").unwrap_or_else(|_| "info".into()),
         }
     }
 }

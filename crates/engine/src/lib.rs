@@ -9,6 +9,7 @@
 //! Never does: decide who is primary (the cluster manager does), or resolve a path from the
 //! network itself (mirrorkit-store does, beneath the root).
 
+pub mod control;
 pub mod core;
 pub mod frames;
 pub mod fs;
@@ -20,3 +21,4 @@ pub mod record;
 pub mod secondary;
 pub mod status;
 pub mod sync;
+pub mod verify;

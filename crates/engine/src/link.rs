@@ -103,6 +103,10 @@ pub struct Counters {
     pub sync_done_bytes: AtomicU64,
     pub sync_total_bytes: AtomicU64,
     pub sync_started_ms: AtomicU64,
+    /// Online verify: 1 while one runs; bytes compared and differences found by the last.
+    pub verify_running: AtomicU64,
+    pub verify_done_bytes: AtomicU64,
+    pub verify_differences: AtomicU64,
 }
 
 /// One operation sent and not yet acknowledged.
@@ -633,6 +637,28 @@ impl Link {
     /// The session ended (connection lost, peer refused an operation, stream error).
     pub fn lost(&self, session: u64, reason: String) {
         let mut st = self.lock();
+        self.go_alone_locked(&mut st, session, reason);
+    }
+
+    /// Something this synchronisation sent did not take on the peer (the application moved
+    /// things meanwhile): the next pass sends it again.
+    pub fn mark_pending(&self, m: Mark) {
+        let mut st = self.lock();
+        if st.mode == Mode::Syncing {
+            st.pass.add(&m);
+        }
+    }
+
+    /// Online verify found the peer's copy different in `marks` while in sync (session
+    /// `session`): continue alone with them recorded, so that the next session's incremental
+    /// resync repairs exactly them.
+    pub fn repair(&self, session: u64, marks: Vec<Mark>, reason: String) {
+        let mut st = self.lock();
+        if st.session != session || st.mode != Mode::InSync {
+            return;
+        }
+        st.since_flush.extend(marks);
+        error!(mirror = %self.inner.mirror, "{reason}: the peer is no longer in sync");
         self.go_alone_locked(&mut st, session, reason);
     }
 

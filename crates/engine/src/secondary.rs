@@ -263,6 +263,7 @@ async fn serve(
                 | Op::Barrier
                 | Op::SyncDone
                 | Op::SyncProbe { .. }
+                | Op::VerifyProbe { .. }
         );
         // Operations that wait for the disk run off the async workers (the runtime is
         // multi-threaded); the others are a page-cache copy, cheaper than a hand-off.
@@ -289,7 +290,10 @@ async fn serve(
             info!(mirror = %cfg.mirror, "copy consistent: full synchronisation complete");
         }
         counters.ops_applied.fetch_add(1, Ordering::Relaxed);
-        let encoded = if matches!(op, Op::SyncProbe { .. }) {
+        let encoded = if matches!(
+            op,
+            Op::SyncProbe { .. } | Op::VerifyProbe { .. } | Op::SyncLink { .. }
+        ) {
             let (file, digests) = store.last_probe();
             wire::encode_frame(&Message::Probed { seq, file }, digests, &mut ack)
         } else {

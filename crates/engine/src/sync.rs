@@ -97,6 +97,8 @@ struct Pass<'a> {
     /// Files of this pass the peer did not make (gone here, or parent missing there): no
     /// other name may be linked to them.
     absent: HashSet<RelPath>,
+    /// Links sent, to check once the pass is settled.
+    links: Vec<(Ticket, RelPath)>,
     pacer: Pacer,
     buf: Vec<u8>,
 }
@@ -262,21 +264,27 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Bytes of file data the bulk pass will probe: a walk of the backing tree, metadata only,
-/// with the bulk pass's choice of ranges per file (all chunks in `Compare` mode or under a
-/// changed name, else the record's). An estimate for progress: entries that vanish or
-/// cannot be read count for nothing.
-fn planned_bytes(core: &Core, marks: &MarkSet, compare_all: bool) -> u64 {
-    fn walk(
+/// Visit every regular file beneath `dir` (named `path`) once: the other names of a
+/// hard-linked file are skipped (a resync links them; a verify need not read them twice).
+/// Entries that vanish or cannot be read meanwhile are skipped: the application's business.
+/// `visit` gets the file's path, its `lstat`, and whether it or a directory above it is in
+/// `whole`; it may stop the walk with an error.
+pub(crate) fn for_each_file<E>(
+    dir: BorrowedFd<'_>,
+    path: &RelPath,
+    whole: &dyn Fn(&RelPath) -> bool,
+    visit: &mut dyn FnMut(&RelPath, &libc::stat, bool) -> Result<(), E>,
+) -> Result<(), E> {
+    fn walk<E>(
         dir: BorrowedFd<'_>,
         path: &RelPath,
-        marks: &MarkSet,
-        whole: bool,
-        total: &mut u64,
+        under: bool,
+        whole: &dyn Fn(&RelPath) -> bool,
+        visit: &mut dyn FnMut(&RelPath, &libc::stat, bool) -> Result<(), E>,
         linked: &mut HashSet<u64>,
-    ) {
+    ) -> Result<(), E> {
         let Ok(entries) = sys::read_dir(dir) else {
-            return;
+            return Ok(());
         };
         for e in entries {
             let (Ok(child), Ok(name)) = (path.join(&e.name), sys::cstr(&e.name)) else {
@@ -285,22 +293,10 @@ fn planned_bytes(core: &Core, marks: &MarkSet, compare_all: bool) -> u64 {
             let Ok(st) = sys::fstatat(dir, &name, libc::AT_SYMLINK_NOFOLLOW) else {
                 continue;
             };
-            let whole = whole || marks.entries.contains(&child);
+            let under = under || whole(&child);
             match st.st_mode & libc::S_IFMT {
-                // The other names of a hard-linked file are sent as links, not probed.
                 libc::S_IFREG if st.st_nlink > 1 && !linked.insert(st.st_ino) => {}
-                libc::S_IFREG => {
-                    let size = st.st_size as u64;
-                    *total += if whole {
-                        size.div_ceil(CHUNK_BYTES) * CHUNK_BYTES
-                    } else {
-                        marks
-                            .ranges(st.st_ino, size)
-                            .iter()
-                            .map(|(s, e)| e - s)
-                            .sum()
-                    };
-                }
+                libc::S_IFREG => visit(&child, &st, under)?,
                 libc::S_IFDIR => {
                     if let Ok(fd) = sys::openat2(
                         dir,
@@ -309,21 +305,40 @@ fn planned_bytes(core: &Core, marks: &MarkSet, compare_all: bool) -> u64 {
                         0,
                         sys::RESOLVE_STRICT,
                     ) {
-                        walk(fd.as_fd(), &child, marks, whole, total, linked);
+                        walk(fd.as_fd(), &child, under, whole, visit, linked)?;
                     }
                 }
                 _ => {}
             }
         }
+        Ok(())
     }
-    let mut total = 0;
-    walk(
+    walk(dir, path, whole(path), whole, visit, &mut HashSet::new())
+}
+
+/// Bytes of file data the bulk pass will probe: a walk of the backing tree, metadata only,
+/// with the bulk pass's choice of ranges per file (all chunks in `Compare` mode or under a
+/// changed name, else the record's). An estimate for progress.
+fn planned_bytes(core: &Core, marks: &MarkSet, compare_all: bool) -> u64 {
+    let mut total = 0u64;
+    let whole = |p: &RelPath| compare_all || marks.entries.contains(p);
+    let _ = for_each_file::<()>(
         core.root.as_fd(),
         &RelPath::root(),
-        marks,
-        compare_all || marks.entries.contains(&RelPath::root()),
-        &mut total,
-        &mut HashSet::new(),
+        &whole,
+        &mut |_, st, whole| {
+            let size = st.st_size as u64;
+            total += if whole {
+                size.div_ceil(CHUNK_BYTES) * CHUNK_BYTES
+            } else {
+                marks
+                    .ranges(st.st_ino, size)
+                    .iter()
+                    .map(|(s, e)| e - s)
+                    .sum()
+            };
+            Ok(())
+        },
     );
     total
 }
@@ -385,6 +400,7 @@ impl<'a> Pass<'a> {
             names,
             visited: HashSet::new(),
             absent: HashSet::new(),
+            links: Vec::new(),
             pacer: Pacer::new(None),
             buf: vec![0u8; SYNC_CHUNK_BYTES],
         }
@@ -614,13 +630,16 @@ impl<'a> Pass<'a> {
                 }
                 if !self.absent.contains(&existing) {
                     trace!(%path, %existing, "sync: link");
-                    return self.send(
+                    let t = self.core.link.submit_sync(
+                        self.session,
                         &Op::SyncLink {
                             existing,
                             path: path.clone(),
                         },
                         &[],
-                    );
+                    )?;
+                    self.links.push((t, path.clone()));
+                    return Ok(());
                 }
             }
             self.linked.insert(key, path.clone());
@@ -839,10 +858,26 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
-    /// Settle every probe sent.
+    /// Settle every probe sent, then check the links sent: a name the peer could not link
+    /// (the application moved its parent or the first name meanwhile) goes to the next pass;
+    /// in the last pass nothing may be left.
     fn settle_all(&mut self) -> Result<(), SyncError> {
         while !self.outstanding.is_empty() {
             self.settle_one()?;
+        }
+        for (t, path) in std::mem::take(&mut self.links) {
+            let (file, _) = self.core.link.wait_reply(t)?;
+            if file == ProbeFile::Kept {
+                continue;
+            }
+            if self.last {
+                return Err(SessionLost(format!(
+                    "the peer could not link {path} at the end of the synchronisation ({file:?})"
+                ))
+                .into());
+            }
+            trace!(%path, ?file, "sync: link did not take, sending the name again next pass");
+            self.core.link.mark_pending(crate::link::Mark::Entry(path));
         }
         Ok(())
     }

@@ -60,6 +60,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Compare both copies of a mirror by chunk digests while it runs (the primary's peer must
+    /// be in sync). Prints every difference with its path and byte range. Exit status: 0
+    /// identical, 1 differences found, 2 could not verify.
+    Verify {
+        /// The primary's state directory.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Repair what differs: the primary records it and resynchronises the peer.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Work with module folders (module.toml and its scripts).
     Module {
         #[command(subcommand)]
@@ -183,6 +194,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Verify { state_dir, repair } => verify_cmd(&state_dir, repair),
         Cmd::Module { cmd } => module_cmd::run(cmd),
         Cmd::Demo { base } => demo::run(&base),
     }
@@ -261,6 +273,9 @@ fn run_mirror(role: RoleCmd) -> Result<()> {
                 ));
                 let status_core = core.clone();
                 status_loop(state_dir.clone(), move || Status::of_primary(&status_core))?;
+                mirrorkit_engine::control::serve(core.clone(), &state_dir).with_context(|| {
+                    format!("cannot open the control socket in {}", state_dir.display())
+                })?;
                 wait_for_signal().await;
                 Ok(())
             });
@@ -374,6 +389,47 @@ fn operator() -> String {
 fn nix_uid() -> u32 {
     // SAFETY: getuid cannot fail and has no preconditions.
     unsafe { libc::getuid() }
+}
+
+/// `mirrorkit verify`: ask the primary's control socket, print what it finds.
+fn verify_cmd(state_dir: &std::path::Path, repair: bool) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let sock = state_dir.join(mirrorkit_engine::control::CONTROL_SOCKET);
+    let mut conn = std::os::unix::net::UnixStream::connect(&sock).with_context(|| {
+        format!(
+            "cannot reach the primary's control socket {} (is a primary running with this state directory?)",
+            sock.display()
+        )
+    })?;
+    writeln!(conn, "{}", if repair { "verify repair" } else { "verify" })?;
+    let mut differences = 0u64;
+    for line in BufReader::new(conn).lines() {
+        let line = line.context("control socket")?;
+        if let Some(rest) = line.strip_prefix("DIFF ") {
+            differences += 1;
+            let mut f = rest.splitn(4, ' ');
+            let (start, end, what, path) = (
+                f.next().unwrap_or(""),
+                f.next().unwrap_or(""),
+                f.next().unwrap_or("").replace('_', " "),
+                f.next().unwrap_or(""),
+            );
+            println!("differs: {path} bytes {start}..{end}: {what}");
+        } else if let Some(rest) = line.strip_prefix("DONE ") {
+            println!("verify complete: {rest}");
+            if differences > 0 {
+                std::process::exit(1);
+            }
+            return Ok(());
+        } else if let Some(rest) = line.strip_prefix("ERROR ") {
+            eprintln!("mirrorkit verify: {rest}");
+            std::process::exit(2);
+        }
+    }
+    eprintln!(
+        "mirrorkit verify: the primary closed the control socket before the end of the verify"
+    );
+    std::process::exit(2);
 }
 
 /// One line of resync progress: done of total, percentage, rate, time left.

@@ -51,6 +51,8 @@ pub struct Store {
     digester: Digester,
     /// Answer to the last `SyncProbe`: what became of its file, and the digests.
     probe: (ProbeFile, Vec<u8>),
+    /// Between `SyncBegin` and `SyncDone`: the primary's synchroniser is the only sender.
+    syncing: bool,
 }
 
 /// Most files kept open for `SyncData` (the primary has fewer probes outstanding).
@@ -77,6 +79,7 @@ impl Store {
             sync_files: VecDeque::new(),
             digester: Digester::default(),
             probe: (ProbeFile::Created, Vec::new()),
+            syncing: false,
         })
     }
 
@@ -94,6 +97,7 @@ impl Store {
         self.handles.clear();
         self.sync_listing = None;
         self.sync_files.clear();
+        self.syncing = false;
     }
 
     /// The answer to the last `SyncProbe` applied: what became of its file, and its chunk
@@ -129,6 +133,18 @@ impl Store {
         }
     }
 
+    /// The parent descriptor and last name of `path`, or `None` when a parent is missing
+    /// here, is not a directory, or is a symlink: during a resync that means the application
+    /// changed the namespace after the primary last synchronised it, and a later pass sends
+    /// that part of the tree again.
+    fn parent_if_present(&self, path: &RelPath) -> io::Result<Option<(OwnedFd, CString)>> {
+        match sys::open_parent(self.root.as_fd(), path) {
+            Ok(x) => Ok(Some(x)),
+            Err(e) if gone(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `SyncProbe`: keep the regular file at `path` (or make a new one), give it `size` and
     /// `meta`, and compute the digests asked.
     fn sync_probe(
@@ -140,22 +156,11 @@ impl Store {
         ranges: &[(u64, u64)],
     ) -> Result<(), ApplyError> {
         let e = || err(op, path);
-        let (dir, name) = match sys::open_parent(self.root.as_fd(), path) {
-            Ok(x) => x,
-            // A parent is missing here, or is not a directory: the application changed the
-            // namespace after the primary last synchronised it, and a later pass sends that
-            // part of the tree again. Nothing changes; the primary skips the file for now.
-            Err(x)
-                if matches!(
-                    x.raw_os_error(),
-                    Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
-                ) =>
-            {
-                self.probe.0 = ProbeFile::NoParent;
-                self.probe.1.clear();
-                return Ok(());
-            }
-            Err(x) => return Err(e()(x)),
+        // No parent: nothing changes; the primary skips the file for now.
+        let Some((dir, name)) = self.parent_if_present(path).map_err(e())? else {
+            self.probe.0 = ProbeFile::NoParent;
+            self.probe.1.clear();
+            return Ok(());
         };
         let existing = match sys::fstatat(dir.as_fd(), &name, libc::AT_SYMLINK_NOFOLLOW) {
             // A file with other names here may hold another file's content for some of
@@ -202,14 +207,122 @@ impl Store {
         Ok(())
     }
 
+    /// `VerifyProbe`: the digests of `ranges` of the regular file at `path`, if it has `size`
+    /// bytes. Reads only.
+    fn verify_probe(
+        &mut self,
+        op: &Op,
+        path: &RelPath,
+        size: u64,
+        ranges: &[(u64, u64)],
+    ) -> Result<(), ApplyError> {
+        let e = || err(op, path);
+        self.probe.1.clear();
+        let Some((dir, name)) = self.parent_if_present(path).map_err(e())? else {
+            self.probe.0 = ProbeFile::NoParent;
+            return Ok(());
+        };
+        let fd = match sys::openat2(
+            dir.as_fd(),
+            &name,
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+            0,
+            sys::RESOLVE_STRICT,
+        ) {
+            Ok(fd) => fd,
+            Err(x) if matches!(x.raw_os_error(), Some(libc::ENOENT | libc::ELOOP)) => {
+                self.probe.0 = ProbeFile::Missing;
+                return Ok(());
+            }
+            Err(x) => return Err(e()(x)),
+        };
+        let st = sys::fstat(fd.as_fd()).map_err(e())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            self.probe.0 = ProbeFile::Missing;
+            return Ok(());
+        }
+        if st.st_size as u64 != size {
+            self.probe.0 = ProbeFile::OtherSize;
+            return Ok(());
+        }
+        let mut out = std::mem::take(&mut self.probe.1);
+        let digests = digest::data_ranges(fd.as_fd(), size).and_then(|data| {
+            self.digester
+                .digests(fd.as_fd(), size, &data, ranges, &mut out)
+        });
+        self.probe = (ProbeFile::Kept, out);
+        digests.map_err(e())
+    }
+
     /// Apply one operation and its time fixes.
     pub fn apply(&mut self, op: &Op, data: &[u8], fixes: &[TimeFix]) -> Result<(), ApplyError> {
-        self.apply_op(op, data)?;
+        match op {
+            Op::SyncBegin { .. } => self.syncing = true,
+            Op::SyncDone => self.syncing = false,
+            _ => {}
+        }
+        match self.apply_op(op, data) {
+            Err(e) if self.syncing && self.vanished(op, &e) => {
+                // During a resync the synchroniser reads names while the application moves
+                // them: a name whose path is gone here is under a name the application changed
+                // after the synchroniser took its marks, and a later pass sends that again.
+                tracing::debug!(
+                    "{}: {} is gone here: skipped, the primary sends it again",
+                    op.name(),
+                    e.what
+                );
+                return Ok(());
+            }
+            r => r?,
+        }
         for fix in fixes {
             self.set_mtime(&fix.target, fix.mtime)
                 .map_err(err(op, format!("time of {}", self.describe(&fix.target))))?;
         }
         Ok(())
+    }
+
+    /// Whether `e`, from a resync's operation on a path, means that the path does not exist
+    /// here (nor, perhaps, its parent).
+    fn vanished(&self, op: &Op, e: &ApplyError) -> bool {
+        if !gone(&e.source) {
+            return false;
+        }
+        let path = match op {
+            Op::SyncDir { path, .. }
+            | Op::SyncRemove { path }
+            | Op::Mknod { path, .. }
+            | Op::Symlink { path, .. } => path,
+            Op::SetAttr {
+                target: Target::Path(path),
+                ..
+            }
+            | Op::SetXattr {
+                target: Target::Path(path),
+                ..
+            }
+            | Op::RemoveXattr {
+                target: Target::Path(path),
+                ..
+            }
+            | Op::SyncClearXattrs {
+                target: Target::Path(path),
+            } => path,
+            _ => return false,
+        };
+        match self.parent_if_present(path) {
+            Ok(None) => true,
+            Err(_) => false,
+            // Creating ops fail with ENOENT only for a missing parent; the others also for a
+            // missing name.
+            Ok(Some((dir, name))) => {
+                !matches!(
+                    op,
+                    Op::SyncDir { .. } | Op::Mknod { .. } | Op::Symlink { .. }
+                ) && sys::fstatat(dir.as_fd(), &name, libc::AT_SYMLINK_NOFOLLOW)
+                    .is_err_and(|x| x.raw_os_error() == Some(libc::ENOENT))
+            }
+        }
     }
 
     fn describe(&self, t: &Target) -> String {
@@ -383,19 +496,35 @@ impl Store {
                     })
                     .map_err(err(op, path))?;
             }
-            Op::Link { existing, new }
-            | Op::SyncLink {
-                existing,
-                path: new,
-            } => {
+            Op::Link { existing, new } => {
                 let what = format!("{existing} -> {new}");
                 let (odir, oname) = sys::open_parent(root, existing).map_err(err(op, &what))?;
                 let (ndir, nname) = sys::open_parent(root, new).map_err(err(op, &what))?;
-                if matches!(op, Op::SyncLink { .. }) {
-                    sys::remove_all_at(ndir.as_fd(), &nname).map_err(err(op, &what))?;
-                }
                 sys::linkat(odir.as_fd(), &oname, ndir.as_fd(), &nname, 0)
                     .map_err(err(op, &what))?;
+            }
+            Op::SyncLink {
+                existing,
+                path: new,
+            } => {
+                // Answered like a probe: Kept when linked; NoParent or Missing when the
+                // application moved things meanwhile (the primary sends the name again later).
+                let what = format!("{existing} -> {new}");
+                self.probe.1.clear();
+                let Some((ndir, nname)) = self.parent_if_present(new).map_err(err(op, &what))?
+                else {
+                    self.probe.0 = ProbeFile::NoParent;
+                    return Ok(());
+                };
+                sys::remove_all_at(ndir.as_fd(), &nname).map_err(err(op, &what))?;
+                let linked = sys::open_parent(root, existing).and_then(|(odir, oname)| {
+                    sys::linkat(odir.as_fd(), &oname, ndir.as_fd(), &nname, 0)
+                });
+                self.probe.0 = match linked {
+                    Ok(()) => ProbeFile::Kept,
+                    Err(e) if gone(&e) => ProbeFile::Missing,
+                    Err(e) => return Err(err(op, &what)(e)),
+                };
             }
             Op::Unlink { path } => {
                 let (dir, name) = sys::open_parent(root, path).map_err(err(op, path))?;
@@ -499,6 +628,9 @@ impl Store {
                 sys::pwrite_all(fd, data, *offset)
                     .and_then(|()| sys::futimens(fd, TimeSet::Omit, TimeSet::At(meta.mtime)))
                     .map_err(err(op, path))?;
+            }
+            Op::VerifyProbe { path, size, ranges } => {
+                self.verify_probe(op, path, *size, ranges)?;
             }
             Op::SyncHole { path, offset, len } => {
                 let (fd, meta) = self.sync_file(op, path)?;
@@ -702,6 +834,15 @@ fn set_meta_fd(fd: BorrowedFd<'_>, meta: &Meta) -> io::Result<()> {
     sys::fchown(fd, meta.uid, meta.gid)?;
     sys::fchmod(fd, meta.mode & 0o7777)?;
     sys::futimens(fd, TimeSet::Omit, TimeSet::At(meta.mtime))
+}
+
+/// Whether an error says that a path, or a directory on it, does not exist (or is not a
+/// directory, or is a symlink, which the strict resolution refuses to follow).
+fn gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+    )
 }
 
 fn set_meta_at(dir: BorrowedFd<'_>, name: &CString, meta: &Meta) -> io::Result<()> {

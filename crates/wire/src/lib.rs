@@ -38,6 +38,10 @@ pub enum ProbeFile {
     /// The parent directory does not exist there (the application changed the namespace
     /// since the primary last synchronised it): nothing was changed, no digests follow.
     NoParent,
+    /// `VerifyProbe`: no regular file there; no digests follow.
+    Missing,
+    /// `VerifyProbe`: a regular file of another size; no digests follow.
+    OtherSize,
 }
 
 /// Size of one chunk digest in a `Probed` answer.
@@ -228,6 +232,8 @@ pub enum Op {
         offset: u64,
     },
     /// Full synchronisation: `path` becomes a hard link to `existing` (already synchronised).
+    /// Answered with `Probed` (no digests): `Kept` when linked, `NoParent` when the parent of
+    /// `path` is missing, `Missing` when `existing` is (the name is then absent).
     SyncLink {
         existing: RelPath,
         path: RelPath,
@@ -265,6 +271,15 @@ pub enum Op {
         path: RelPath,
         offset: u64,
         len: u64,
+    },
+    /// Online verify, while in sync: answer with `Probed` and the digests of the chunks in
+    /// `ranges` of the regular file at `path` if it has `size` bytes (else `Missing` or
+    /// `OtherSize`, without digests). Changes nothing. Applied in order, so the answer is of
+    /// the state the primary had when it sent it.
+    VerifyProbe {
+        path: RelPath,
+        size: u64,
+        ranges: Vec<(u64, u64)>,
     },
 }
 
@@ -318,6 +333,7 @@ impl Op {
             Op::SyncBegin { .. } => "sync-begin",
             Op::SyncProbe { .. } => "sync-probe",
             Op::SyncHole { .. } => "sync-hole",
+            Op::VerifyProbe { .. } => "verify-probe",
         }
     }
 }
@@ -568,7 +584,9 @@ fn check_message(msg: &Message, data_len: usize) -> Result<(), WireError> {
                 name.len()
             )));
         }
-        Op::SyncProbe { ranges, .. } => check_probe_ranges(ranges)?,
+        Op::SyncProbe { ranges, .. } | Op::VerifyProbe { ranges, .. } => {
+            check_probe_ranges(ranges)?
+        }
         Op::SyncHole { offset, len, .. } if *len == 0 || offset.checked_add(*len).is_none() => {
             return Err(WireError::BadHeader(format!(
                 "hole of {len} bytes at {offset} is not a valid range"

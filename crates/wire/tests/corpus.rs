@@ -325,11 +325,19 @@ fn op(rng: &mut StdRng, kind: usize) -> (Op, Vec<u8>) {
             },
             vec![],
         ),
+        28 => (
+            Op::VerifyProbe {
+                path: nonroot_path(rng),
+                size: rng.gen(),
+                ranges: vec![(0, mirrorkit_wire::CHUNK_BYTES * rng.gen_range(1..4))],
+            },
+            vec![],
+        ),
         _ => (Op::SyncDone, vec![]),
     }
 }
 
-const OP_KINDS: usize = 29;
+const OP_KINDS: usize = 30;
 
 fn message(rng: &mut StdRng, i: usize) -> (Message, Vec<u8>) {
     let text = |rng: &mut StdRng| -> String {
@@ -372,7 +380,9 @@ fn message(rng: &mut StdRng, i: usize) -> (Message, Vec<u8>) {
                     mirrorkit_wire::ProbeFile::Kept,
                     mirrorkit_wire::ProbeFile::Created,
                     mirrorkit_wire::ProbeFile::NoParent,
-                ][rng.gen_range(0..3)],
+                    mirrorkit_wire::ProbeFile::Missing,
+                    mirrorkit_wire::ProbeFile::OtherSize,
+                ][rng.gen_range(0..5)],
             },
             vec![7u8; 32 * rng.gen_range(0..4)],
         ),
