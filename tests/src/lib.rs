@@ -108,12 +108,33 @@ impl NodeProc {
         }
     }
 
-    /// SIGSTOP / SIGCONT: a node that stops answering without closing anything.
+    /// SIGSTOP / SIGCONT: a node that stops answering without closing anything. A stop
+    /// returns once every thread of the process is stopped (the signal takes effect
+    /// asynchronously: a thread running on another core could still answer for a moment).
     pub fn pause(&self, stop: bool) {
         if let Some(pid) = self.pid() {
             let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
             // SAFETY: signalling our own child.
             unsafe { libc::kill(pid as i32, sig) };
+            if stop {
+                let all_stopped = || {
+                    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                        return true;
+                    };
+                    tasks.flatten().all(|t| {
+                        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
+                            // The state follows the command name in parentheses.
+                            st.rsplit_once(") ").is_some_and(|(_, rest)| {
+                                rest.starts_with('T') || rest.starts_with('t')
+                            })
+                        })
+                    })
+                };
+                assert!(
+                    wait_until(Duration::from_secs(5), all_stopped),
+                    "process {pid} did not stop within 5 s of SIGSTOP"
+                );
+            }
         }
     }
 

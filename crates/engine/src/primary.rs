@@ -13,8 +13,26 @@ use crate::core::Core;
 use crate::frames::{read_frame, write_message};
 use crate::link::Link;
 
-/// Delay between two attempts to reach the peer. Default 1000 ms.
-pub const RECONNECT_DELAY_MS: u64 = 1000;
+/// Delay between two attempts to reach the peer: short, so that a returning peer is resynced
+/// at once (an attempt to an absent peer costs one packet, and repeated errors are logged once).
+/// Default 200 ms.
+pub const RECONNECT_DELAY_MS: u64 = 200;
+/// Delay after the peer refused the session, or this node refused the peer (split brain,
+/// newer data on the peer): an operator must act; the peer's log gets one refusal per attempt.
+/// Default 5000 ms.
+pub const REFUSED_DELAY_MS: u64 = 5000;
+
+/// Why a session ended: the peer is unreachable or the link broke, or one side refused.
+enum Ended {
+    Lost(String),
+    Refused(String),
+}
+
+impl From<String> for Ended {
+    fn from(s: String) -> Self {
+        Ended::Lost(s)
+    }
+}
 
 /// How often the driver notices that the link ended a session on its own (peer timeout).
 const SESSION_CHECK_MS: u64 = 100;
@@ -30,16 +48,16 @@ pub struct PeerAddr {
 pub async fn run(core: Arc<Core>, endpoint: quinn::Endpoint, node: String, peer: PeerAddr) {
     let mut last_error = String::new();
     loop {
-        match session(&core, &endpoint, &node, &peer).await {
-            Ok(()) => last_error.clear(),
-            Err(e) => {
-                if e != last_error {
-                    warn!(mirror = %core.mirror, peer = %peer.node, addr = %peer.addr, "replication link to the peer: {e}");
-                    last_error = e;
-                }
-            }
+        let (e, delay) = match session(&core, &endpoint, &node, &peer).await {
+            Ok(()) => (String::new(), RECONNECT_DELAY_MS),
+            Err(Ended::Lost(e)) => (e, RECONNECT_DELAY_MS),
+            Err(Ended::Refused(e)) => (e, REFUSED_DELAY_MS),
+        };
+        if e != last_error && !e.is_empty() {
+            warn!(mirror = %core.mirror, peer = %peer.node, addr = %peer.addr, "replication link to the peer: {e}");
         }
-        tokio::time::sleep(Duration::from_millis(RECONNECT_DELAY_MS)).await;
+        last_error = e;
+        tokio::time::sleep(Duration::from_millis(delay)).await;
     }
 }
 
@@ -49,7 +67,7 @@ async fn session(
     endpoint: &quinn::Endpoint,
     node: &str,
     peer: &PeerAddr,
-) -> Result<(), String> {
+) -> Result<(), Ended> {
     let conn = mirrorkit_net::connect(endpoint, peer.addr, &peer.node)
         .await
         .map_err(|e| e.to_string())?;
@@ -77,20 +95,30 @@ async fn session(
     .map_err(|_| "the peer did not answer the greeting in time".to_string())?
     .map_err(|e| format!("cannot read the peer's greeting: {e}"))?;
     if !got {
-        return Err("the peer closed the stream during the greeting".into());
+        return Err(Ended::Lost(
+            "the peer closed the stream during the greeting".into(),
+        ));
     }
     let reply = wire::decode_frame(&buf).map_err(|e| format!("peer's greeting: {e}"))?;
     let theirs = match reply.0 {
         Message::Hello(h)
             if h.version == PROTOCOL_VERSION && h.mirror == core.mirror && h.role == Role::Secondary => h.data,
         Message::Hello(h) => {
-            return Err(format!(
+            return Err(Ended::Refused(format!(
                 "peer {} answered as {:?} for mirror {:?} with protocol version {} (expected secondary, {:?}, {})",
                 h.node, h.role, h.mirror, h.version, core.mirror, PROTOCOL_VERSION
-            ))
+            )))
         }
-        Message::Bye { reason } => return Err(format!("peer refused the session: {reason}")),
-        other => return Err(format!("peer answered the greeting with {other:?}")),
+        Message::Bye { reason } => {
+            return Err(Ended::Refused(format!(
+                "peer refused the session: {reason}"
+            )))
+        }
+        other => {
+            return Err(Ended::Lost(format!(
+                "peer answered the greeting with {other:?}"
+            )))
+        }
     };
     let (mode, preserve) = match plan(&mine, &theirs) {
         Ok(p) => p,
@@ -104,7 +132,7 @@ async fn session(
             )
             .await;
             let _ = send.finish();
-            return Err(reason);
+            return Err(Ended::Refused(reason));
         }
     };
     info!(mirror = %core.mirror, peer = %peer.node, addr = %peer.addr, ?mode, preserve, "replication link up");
@@ -160,7 +188,7 @@ async fn session(
     };
     link.lost(session, end.clone());
     conn.close(0u32.into(), b"session ended");
-    Err(end)
+    Err(Ended::Lost(end))
 }
 
 /// How to bring the peer to this node's data, or why this node must not (its data is older

@@ -829,6 +829,9 @@ impl<'a> Pass<'a> {
                 .sync_total_bytes
                 .fetch_add(bytes, Ordering::Relaxed);
         }
+        if digest::sparse(&ranges, size) {
+            sys::advise_random(fd.as_fd());
+        }
         let groups = probe_groups(&ranges);
         for (i, group) in groups.into_iter().enumerate() {
             // Each probe of a file sets its size and attributes again: harmless, and the

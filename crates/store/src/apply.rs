@@ -190,6 +190,9 @@ impl Store {
         sys::ftruncate(fd.as_fd(), size)
             .and_then(|()| set_meta_fd(fd.as_fd(), meta))
             .map_err(e())?;
+        if kept && digest::sparse(ranges, size) {
+            sys::advise_random(fd.as_fd());
+        }
         let mut out = std::mem::take(&mut self.probe.1);
         out.clear();
         let digests = digest::data_ranges(fd.as_fd(), size).and_then(|data| {

@@ -13,6 +13,13 @@ use mirrorkit_wire::{CHUNK_BYTES, DIGEST_BYTES};
 
 use crate::sys;
 
+/// Whether `ranges` cover little enough of a file of `size` bytes that reading them is
+/// random access (readahead would read more than they hold).
+pub fn sparse(ranges: &[(u64, u64)], size: u64) -> bool {
+    let asked: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+    asked.saturating_mul(2) < size
+}
+
 /// The ranges of a file of `size` bytes that hold data: its data extents without the
 /// preallocated (unwritten) ones, which read as zeros like holes.
 pub fn data_ranges(fd: BorrowedFd<'_>, size: u64) -> io::Result<Vec<(u64, u64)>> {

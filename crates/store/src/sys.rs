@@ -311,6 +311,15 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
     .map(drop)
 }
 
+/// Tell the kernel that `fd` will be read at scattered offsets (no readahead): for the
+/// chunks of a file that a resync compares when they are few. Advice only: errors ignored.
+pub fn advise_random(fd: BorrowedFd<'_>) {
+    // SAFETY: valid descriptor; the call only sets advice on it.
+    unsafe {
+        libc::posix_fadvise(fd.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM);
+    }
+}
+
 pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: valid fd.
     cvt(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
