@@ -556,6 +556,23 @@ fn bad_cases() -> Vec<Bad> {
         v.push(b);
     }
 
+    // A forced primary whose data diverged from the secondary's (the rogue's generation shares
+    // no history with the secondary's) must have the secondary keep its copy aside first.
+    v.push(Bad::new(
+        "a resync over diverged data without keeping it aside",
+        frame(
+            &op(
+                1,
+                Op::SyncBegin {
+                    mode: wire::SyncMode::Compare,
+                    preserve: false,
+                },
+            ),
+            &[],
+        ),
+        &["without keeping it aside first is refused"],
+    ));
+
     // Paths that leave the root, impossible to build as a RelPath: patched into frames.
     let create = |p: RelPath| Op::Create {
         path: p,

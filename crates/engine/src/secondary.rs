@@ -213,6 +213,17 @@ async fn serve(
                 error!(mirror = %cfg.mirror, "rejected message from the primary: {r}");
                 return fail(&mut send, seq, libc::EPROTO, r).await;
             }
+            // Accepted only because an operator forced the primary: this node's data must be
+            // kept aside before anything is overwritten, whatever the primary asks.
+            let must_preserve = !matches!(
+                relation,
+                Relation::BothNew | Relation::Same { .. } | Relation::PeerNewer { .. }
+            );
+            if must_preserve && !*preserve {
+                let r = format!("this node's data diverged from the primary's ({relation:?}): a resync without keeping it aside first is refused");
+                error!(mirror = %cfg.mirror, "rejected message from the primary: {r}");
+                return fail(&mut send, seq, libc::EPROTO, r).await;
+            }
             if *preserve {
                 if !hello.data.forced {
                     let r = "the primary asked to resolve a split brain but was not forced by an operator".to_string();
