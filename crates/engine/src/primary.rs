@@ -17,6 +17,11 @@ use crate::link::Link;
 /// at once (an attempt to an absent peer costs one packet, and repeated errors are logged once).
 /// Default 200 ms.
 pub const RECONNECT_DELAY_MS: u64 = 200;
+/// Longest one connection attempt waits for the peer's handshake. QUIC would otherwise wait
+/// for its idle timeout, retransmitting ever more slowly, and a peer that returns meanwhile
+/// would wait for the next retransmission. A handshake takes two round trips: enough up to
+/// 500 ms of round-trip time. Default 1000 ms.
+pub const CONNECT_ATTEMPT_MS: u64 = 1000;
 /// Delay after the peer refused the session, or this node refused the peer (split brain,
 /// newer data on the peer): an operator must act; the peer's log gets one refusal per attempt.
 /// Default 5000 ms.
@@ -68,9 +73,17 @@ async fn session(
     node: &str,
     peer: &PeerAddr,
 ) -> Result<(), Ended> {
-    let conn = mirrorkit_net::connect(endpoint, peer.addr, &peer.node)
-        .await
-        .map_err(|e| e.to_string())?;
+    let conn = tokio::time::timeout(
+        Duration::from_millis(CONNECT_ATTEMPT_MS),
+        mirrorkit_net::connect(endpoint, peer.addr, &peer.node),
+    )
+    .await
+    .map_err(|_| {
+        Ended::Lost(format!(
+            "the peer did not answer within {CONNECT_ATTEMPT_MS} ms (not running, or unreachable)"
+        ))
+    })?
+    .map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn
         .open_bi()
         .await

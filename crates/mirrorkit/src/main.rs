@@ -301,9 +301,16 @@ fn run_mirror(role: RoleCmd) -> Result<()> {
                 let c = counters.clone();
                 let mirror = common.mirror.clone();
                 status_loop(common.state_dir.clone(), move || Status::of_secondary(&mirror, &c))?;
+                let closing = endpoint.clone();
                 tokio::select! {
                     r = mirrorkit_engine::secondary::run(endpoint, cfg, counters.clone()) => r.map_err(anyhow::Error::msg),
-                    _ = wait_for_signal() => Ok(()),
+                    _ = wait_for_signal() => {
+                        // Tell the primary at once (it would otherwise notice only at its idle
+                        // timeout, and writes meanwhile would wait for the peer timeout).
+                        closing.close(0u32.into(), b"secondary stopping");
+                        let _ = tokio::time::timeout(Duration::from_millis(500), closing.wait_idle()).await;
+                        Ok(())
+                    }
                 }
             });
             rt.shutdown_timeout(Duration::from_millis(500));
