@@ -21,6 +21,10 @@ pub struct Machine {
     /// Whether a DAMON scheme pages out memory it sees as idle (page cache included): then
     /// "cached" data may not stay cached.
     pub damon_pageout: bool,
+    /// Whether a virtio balloon reports free pages to the hypervisor, which takes them back:
+    /// memory the guest frees (dropping the caches frees a lot) costs a fault in the host when
+    /// it is used again, which makes cold figures vary.
+    pub free_page_reporting: bool,
 }
 
 impl Machine {
@@ -66,6 +70,7 @@ impl Machine {
             fs_mount: m.point,
             fs_options: m.options,
             damon_pageout: damon_pageout(),
+            free_page_reporting: free_page_reporting(),
         }
     }
 }
@@ -93,6 +98,18 @@ fn damon_pageout() -> bool {
             })
             .any(|s| read(&s.path().join("action")).is_ok_and(|a| a == "pageout"));
         on && pageout
+    })
+}
+
+/// A virtio balloon device (id 5) offering free page reporting (feature bit 5; sysfs lists
+/// the negotiated features bit 0 first).
+fn free_page_reporting() -> bool {
+    let Ok(devices) = std::fs::read_dir("/sys/bus/virtio/devices") else {
+        return false;
+    };
+    devices.flatten().any(|d| {
+        let read = |f: &str| std::fs::read_to_string(d.path().join(f)).unwrap_or_default();
+        read("device").trim() == "0x0005" && read("features").as_bytes().get(5) == Some(&b'1')
     })
 }
 

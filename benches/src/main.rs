@@ -9,16 +9,19 @@
 
 mod bench;
 mod daemon;
+mod fileset;
 mod machine;
 mod report;
+mod resync;
 mod stats;
+mod tools;
 mod workloads;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use mirrorkit_tests::{tree, Mirror, MirrorOpts};
 use serde::Serialize;
 
@@ -29,9 +32,28 @@ use crate::report::{Row, Skipped, Target, Traffic};
 #[derive(Parser, Debug)]
 #[command(
     name = "mirrorkit-bench",
-    about = "Same workloads on a native directory and on a mirror; medians and ratios mirror/native"
+    about = "Same workloads on a native directory and on a mirror; medians and ratios mirror/native",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    workloads: WorkloadArgs,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Resync benchmark: a returning secondary after a 1% change against rsync, and a full
+    /// resync to an empty peer against cp -a (docs/benchmarks.md, "Resync").
+    Resync(resync::ResyncArgs),
+}
+
+/// The workloads' sizes (the default mode, without a subcommand).
+#[derive(Args, Debug)]
+struct WorkloadArgs {
     /// Small sizes, for a CI smoke run: proves the benchmark works, figures mean nothing.
     #[arg(long)]
     quick: bool,
@@ -59,6 +81,11 @@ struct Cli {
     /// Skip cold reads (they drop the whole machine's page cache).
     #[arg(long)]
     no_cold: bool,
+}
+
+/// Options of every mode.
+#[derive(Args, Debug)]
+pub struct Common {
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -194,7 +221,7 @@ struct Config {
 }
 
 impl Config {
-    fn of(cli: &Cli) -> Result<Config> {
+    fn of(cli: &WorkloadArgs, common: &Common) -> Result<Config> {
         let q = cli.quick;
         let cfg = Config {
             quick: q,
@@ -204,7 +231,7 @@ impl Config {
             files: cli.files.unwrap_or(if q { 200 } else { 5000 }),
             file_dirs: cli.file_dirs.unwrap_or(if q { 4 } else { 50 }),
             read_mib: cli.read_mib.unwrap_or(if q { 16 } else { 1024 }),
-            peer_timeout_ms: cli.peer_timeout_ms,
+            peer_timeout_ms: common.peer_timeout_ms,
             workloads: if cli.only.is_empty() {
                 Workload::ALL.to_vec()
             } else {
@@ -252,7 +279,13 @@ struct JsonReport<'a> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = match cli.command {
+        Some(Command::Resync(args)) => {
+            Setup::new(&args.common).and_then(|setup| resync::run(&args, &setup))
+        }
+        None => run(cli),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mirrorkit-bench: {e:#}");
@@ -266,63 +299,133 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn run(cli: Cli) -> Result<()> {
-    let cfg = Config::of(&cli)?;
-    let command = machine::command_line();
-    let date = machine::utc_now();
-    let daemon = daemon::resolve(cli.mirrorkit_bin.clone(), !cli.no_build)?;
-    if !is_root() || !Path::new("/dev/fuse").exists() {
-        bail!("the mirror needs root and /dev/fuse (it mounts a FUSE file system)");
-    }
-    let base = match &cli.base {
-        Some(b) => {
-            std::fs::create_dir_all(b).with_context(|| format!("--base {}", b.display()))?;
-            // The harness creates the mirror's directories under MIRRORKIT_TEST_DIR. Set while
-            // this process has a single thread.
-            std::env::set_var("MIRRORKIT_TEST_DIR", b);
-            b.clone()
+/// What every mode establishes before it measures, and prints in its header: the binary, the
+/// base directory, the machine, the code and the load.
+pub struct Setup {
+    pub command: String,
+    pub date: String,
+    pub daemon: daemon::Daemon,
+    pub base: PathBuf,
+    pub machine: Machine,
+    pub git: String,
+    pub bench_build: &'static str,
+    pub load_start: String,
+}
+
+impl Setup {
+    /// Choose (and build) the binary, check root and /dev/fuse, set up the base directory.
+    /// Call while this process has a single thread (it sets environment variables).
+    pub fn new(common: &Common) -> Result<Setup> {
+        let command = machine::command_line();
+        let date = machine::utc_now();
+        let daemon = daemon::resolve(common.mirrorkit_bin.clone(), !common.no_build)?;
+        if !is_root() || !Path::new("/dev/fuse").exists() {
+            bail!("the mirror needs root and /dev/fuse (it mounts a FUSE file system)");
         }
-        None => std::env::var_os("MIRRORKIT_TEST_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir),
-    };
-    let machine = Machine::probe(&base);
-    let git = machine::git_revision();
-    let bench_build = if cfg!(debug_assertions) {
-        "debug"
-    } else {
-        "release"
-    };
-    let load_start = format!(
+        let base = match &common.base {
+            Some(b) => {
+                std::fs::create_dir_all(b).with_context(|| format!("--base {}", b.display()))?;
+                // The harness creates the mirror's directories under MIRRORKIT_TEST_DIR. Set
+                // while this process has a single thread.
+                std::env::set_var("MIRRORKIT_TEST_DIR", b);
+                b.clone()
+            }
+            None => std::env::var_os("MIRRORKIT_TEST_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir),
+        };
+        let git = machine::git_revision();
+        Ok(Setup {
+            command,
+            date,
+            daemon,
+            machine: Machine::probe(&base),
+            base,
+            git,
+            bench_build: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+            load_start: load_now(),
+        })
+    }
+
+    /// The header, from the title to the load at the start. `damon_note` ends the line that
+    /// says the machine pages out idle cache (what the mode does about it).
+    pub fn print_header(&self, title: &str, damon_note: &str) {
+        let machine = &self.machine;
+        println!("{title}");
+        println!("command:    {}", self.command);
+        println!("date:       {}", self.date);
+        println!(
+            "machine:    nproc {}, {}, {:.1} GiB RAM, kernel {}",
+            machine.nproc, machine.cpu, machine.memory_gib, machine.kernel
+        );
+        println!(
+            "fs:         {} on {} (mounted at {}, {}), base {}",
+            machine.fs_type,
+            machine.fs_device,
+            machine.fs_mount,
+            machine.fs_options,
+            self.base.display()
+        );
+        if machine.damon_pageout {
+            println!(
+                "memory:     DAMON proactive reclaim is on: page cache it sees as idle is paged out{damon_note}"
+            );
+        }
+        if machine.free_page_reporting {
+            println!(
+                "memory:     virtio free page reporting is on: memory the guest frees (dropped \
+                 caches too) goes back to the hypervisor and is slow to touch again; cold \
+                 figures vary more"
+            );
+        }
+        println!(
+            "code:       git {}, benchmark {} build",
+            self.git, self.bench_build
+        );
+        println!(
+            "mirrorkit:  {} ({})",
+            self.daemon.path.display(),
+            self.daemon.how
+        );
+        println!("load:       {} at start", self.load_start);
+    }
+
+    /// Warnings that make the figures less than reference figures (after the config line).
+    pub fn print_warnings(&self) {
+        if cfg!(debug_assertions) {
+            println!(
+                "WARNING:    debug build: figures are not representative (use cargo run --release)"
+            );
+        }
+        if self.machine.fs_type != "ext4" {
+            println!(
+                "WARNING:    the base directory is on {}, not ext4: the reference figures are for ext4 on a local disk",
+                self.machine.fs_type
+            );
+        }
+    }
+}
+
+/// The load averages and the CPU pressure, as the header and footer print them.
+pub fn load_now() -> String {
+    format!(
         "{} (1, 5, 15 min), CPU pressure {}",
         machine::load_average(),
         machine::cpu_pressure()
-    );
+    )
+}
 
-    println!("mirrorkit-bench: the same workloads on a native directory and on a mirror");
-    println!("command:    {command}");
-    println!("date:       {date}");
-    println!(
-        "machine:    nproc {}, {}, {:.1} GiB RAM, kernel {}",
-        machine.nproc, machine.cpu, machine.memory_gib, machine.kernel
+fn run(cli: Cli) -> Result<()> {
+    let cfg = Config::of(&cli.workloads, &cli.common)?;
+    let setup = Setup::new(&cli.common)?;
+    setup.print_header(
+        "mirrorkit-bench: the same workloads on a native directory and on a mirror",
+        ", so cached reads are checked with mincore",
     );
-    println!(
-        "fs:         {} on {} (mounted at {}, {}), base {}",
-        machine.fs_type,
-        machine.fs_device,
-        machine.fs_mount,
-        machine.fs_options,
-        base.display()
-    );
-    if machine.damon_pageout {
-        println!(
-            "memory:     DAMON proactive reclaim is on: page cache it sees as idle is paged out, \
-             so cached reads are checked with mincore"
-        );
-    }
-    println!("code:       git {git}, benchmark {bench_build} build");
-    println!("mirrorkit:  {} ({})", daemon.path.display(), daemon.how);
-    println!("load:       {load_start} at start");
     println!(
         "config:     {} reps; seq write {} MiB; fsync loop {} x 4 KiB; {} files x 16 KiB in {} dirs; read {} MiB{}",
         cfg.reps,
@@ -333,22 +436,12 @@ fn run(cli: Cli) -> Result<()> {
         cfg.read_mib,
         if cfg.quick { " (--quick: figures not meaningful)" } else { "" }
     );
-    if cfg!(debug_assertions) {
-        println!(
-            "WARNING:    debug build: figures are not representative (use cargo run --release)"
-        );
-    }
-    if machine.fs_type != "ext4" {
-        println!(
-            "WARNING:    the base directory is on {}, not ext4: the reference figures are for ext4 on a local disk",
-            machine.fs_type
-        );
-    }
+    setup.print_warnings();
 
     let mut skipped = Vec::new();
     let mut workloads = cfg.workloads.clone();
     if workloads.contains(&Workload::ReadCold) {
-        let why = if cli.no_cold {
+        let why = if cli.workloads.no_cold {
             Some("--no-cold".to_string())
         } else if !is_root() {
             Some("not root: cold reads need `echo 3 > /proc/sys/vm/drop_caches`".to_string())
@@ -391,11 +484,7 @@ fn run(cli: Cli) -> Result<()> {
             false
         }
     };
-    let load_end = format!(
-        "{} (1, 5, 15 min), CPU pressure {}",
-        machine::load_average(),
-        machine::cpu_pressure()
-    );
+    let load_end = load_now();
 
     let rows: Vec<Row> = bench.rows.clone();
     let missed = rows.iter().filter(|r| !r.met()).count();
@@ -442,17 +531,17 @@ fn run(cli: Cli) -> Result<()> {
         if missed > 0 { " (see MISSED)" } else { "" }
     );
 
-    if let Some(path) = &cli.json {
+    if let Some(path) = &cli.common.json {
         let j = JsonReport {
-            command: &command,
-            date_utc: &date,
-            machine: &machine,
-            base_dir: base.display().to_string(),
-            git: &git,
-            bench_build,
-            mirrorkit_bin: daemon.path.display().to_string(),
-            mirrorkit_bin_how: &daemon.how,
-            load_start: &load_start,
+            command: &setup.command,
+            date_utc: &setup.date,
+            machine: &setup.machine,
+            base_dir: setup.base.display().to_string(),
+            git: &setup.git,
+            bench_build: setup.bench_build,
+            mirrorkit_bin: setup.daemon.path.display().to_string(),
+            mirrorkit_bin_how: &setup.daemon.how,
+            load_start: &setup.load_start,
             load_end: &load_end,
             config: &cfg,
             results: rows.iter().map(Row::json).collect(),
@@ -473,7 +562,7 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn tail(s: &str, lines: usize) -> String {
+pub fn tail(s: &str, lines: usize) -> String {
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
 }

@@ -22,7 +22,7 @@ impl Target {
     pub fn at_most(ratio: f64) -> Target {
         Target { op: "<=", ratio }
     }
-    fn met(&self, ratio: f64) -> bool {
+    pub fn met(&self, ratio: f64) -> bool {
         match self.op {
             ">=" => ratio >= self.ratio,
             _ => ratio <= self.ratio,
@@ -122,7 +122,7 @@ pub struct Skipped {
 }
 
 /// Format a figure with about four significant digits.
-fn fig(x: f64) -> String {
+pub fn fig(x: f64) -> String {
     if !x.is_finite() {
         return format!("{x}");
     }
