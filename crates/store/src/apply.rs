@@ -53,6 +53,9 @@ pub struct Store {
     probe: (ProbeFile, Vec<u8>),
     /// Between `SyncBegin` and `SyncDone`: the primary's synchroniser is the only sender.
     syncing: bool,
+    /// Files removed or replaced while being filled (the application moved them after their
+    /// probe): their remaining `SyncData`/`SyncHole` are skipped, a later pass sends them.
+    forgotten: HashSet<RelPath>,
 }
 
 /// Most files kept open for `SyncData` (the primary has fewer probes outstanding).
@@ -80,6 +83,7 @@ impl Store {
             digester: Digester::default(),
             probe: (ProbeFile::Created, Vec::new()),
             syncing: false,
+            forgotten: HashSet::new(),
         })
     }
 
@@ -97,6 +101,7 @@ impl Store {
         self.handles.clear();
         self.sync_listing = None;
         self.sync_files.clear();
+        self.forgotten.clear();
         self.syncing = false;
     }
 
@@ -116,7 +121,19 @@ impl Store {
 
     /// Forget open files at `path` or beneath it (they were removed or replaced).
     fn forget_sync_files(&mut self, path: &RelPath) {
-        self.sync_files.retain(|(p, _, _)| !p.starts_with(path));
+        let forgotten = &mut self.forgotten;
+        self.sync_files.retain(|(p, _, _)| {
+            let gone = p.starts_with(path);
+            if gone {
+                forgotten.insert(p.clone());
+            }
+            !gone
+        });
+    }
+
+    /// Whether data for `path` comes after the file was removed or replaced here.
+    fn was_forgotten(&self, path: &RelPath) -> bool {
+        !self.sync_files.iter().any(|(p, _, _)| p == path) && self.forgotten.contains(path)
     }
 
     fn sync_file(&self, op: &Op, path: &RelPath) -> Result<(BorrowedFd<'_>, &Meta), ApplyError> {
@@ -523,6 +540,7 @@ impl Store {
                 let linked = sys::open_parent(root, existing).and_then(|(odir, oname)| {
                     sys::linkat(odir.as_fd(), &oname, ndir.as_fd(), &nname, 0)
                 });
+                self.forget_sync_files(new);
                 self.probe.0 = match linked {
                     Ok(()) => ProbeFile::Kept,
                     Err(e) if gone(&e) => ProbeFile::Missing,
@@ -586,6 +604,7 @@ impl Store {
             }
             Op::Barrier | Op::SyncDone | Op::SyncBegin { .. } => {
                 self.sync_files.clear();
+                self.forgotten.clear();
                 sys::syncfs(root).map_err(err(op, "replicated root"))?;
             }
             Op::SyncRemove { path } => {
@@ -626,6 +645,12 @@ impl Store {
                 size,
                 ranges,
             } => self.sync_probe(op, path, meta, *size, ranges)?,
+            Op::SyncData { path, .. } | Op::SyncHole { path, .. } if self.was_forgotten(path) => {
+                tracing::debug!(
+                    "{}: {path} was removed or replaced since its probe: skipped",
+                    op.name()
+                );
+            }
             Op::SyncData { path, offset } => {
                 let (fd, meta) = self.sync_file(op, path)?;
                 sys::pwrite_all(fd, data, *offset)
