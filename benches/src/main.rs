@@ -257,16 +257,8 @@ impl Config {
 /// Everything the JSON file holds.
 #[derive(Serialize)]
 struct JsonReport<'a> {
-    command: &'a str,
-    date_utc: &'a str,
-    machine: &'a Machine,
-    base_dir: String,
-    git: &'a str,
-    bench_build: &'a str,
-    mirrorkit_bin: String,
-    mirrorkit_bin_how: &'a str,
-    load_start: &'a str,
-    load_end: &'a str,
+    #[serde(flatten)]
+    header: RunHeader<'a>,
     config: &'a Config,
     results: Vec<report::RowJson>,
     traffic: &'a [Traffic],
@@ -312,7 +304,48 @@ pub struct Setup {
     pub load_start: String,
 }
 
+/// What every JSON report starts with: the command, the machine, the binary measured.
+#[derive(Serialize)]
+pub struct RunHeader<'a> {
+    command: &'a str,
+    date_utc: &'a str,
+    machine: &'a Machine,
+    base_dir: String,
+    git: &'a str,
+    bench_build: &'a str,
+    mirrorkit_bin: String,
+    mirrorkit_bin_how: &'a str,
+    load_start: &'a str,
+    load_end: &'a str,
+}
+
+/// The last lines of every run: the load at the end and how many targets were met.
+pub fn print_footer(load_end: &str, targets: usize, missed: usize) {
+    println!("load:       {load_end} at end");
+    println!(
+        "targets:    {} of {targets} met{}",
+        targets - missed,
+        if missed > 0 { " (see MISSED)" } else { "" }
+    );
+}
+
 impl Setup {
+    /// The report header of this run, ending with the load at `load_end`.
+    pub fn header<'a>(&'a self, load_end: &'a str) -> RunHeader<'a> {
+        RunHeader {
+            command: &self.command,
+            date_utc: &self.date,
+            machine: &self.machine,
+            base_dir: self.base.display().to_string(),
+            git: &self.git,
+            bench_build: self.bench_build,
+            mirrorkit_bin: self.daemon.path.display().to_string(),
+            mirrorkit_bin_how: &self.daemon.how,
+            load_start: &self.load_start,
+            load_end,
+        }
+    }
+
     /// Choose (and build) the binary, check root and /dev/fuse, set up the base directory.
     /// Call while this process has a single thread (it sets environment variables).
     pub fn new(common: &Common) -> Result<Setup> {
@@ -523,26 +556,11 @@ fn run(cli: Cli) -> Result<()> {
         "copies identical after the run: {}",
         if identical { "yes" } else { "NO" }
     );
-    println!("load:       {load_end} at end");
-    println!(
-        "targets:    {} of {} met{}",
-        rows.len() - missed,
-        rows.len(),
-        if missed > 0 { " (see MISSED)" } else { "" }
-    );
+    print_footer(&load_end, rows.len(), missed);
 
     if let Some(path) = &cli.common.json {
         let j = JsonReport {
-            command: &setup.command,
-            date_utc: &setup.date,
-            machine: &setup.machine,
-            base_dir: setup.base.display().to_string(),
-            git: &setup.git,
-            bench_build: setup.bench_build,
-            mirrorkit_bin: setup.daemon.path.display().to_string(),
-            mirrorkit_bin_how: &setup.daemon.how,
-            load_start: &setup.load_start,
-            load_end: &load_end,
+            header: setup.header(&load_end),
             config: &cfg,
             results: rows.iter().map(Row::json).collect(),
             traffic: &bench.traffic,

@@ -23,11 +23,10 @@ use mirrorkit_tests::{Mirror, MirrorOpts, Status};
 use serde::Serialize;
 
 use crate::fileset::{self, Change, SetSpec};
-use crate::machine::Machine;
 use crate::report::{fig, Target};
 use crate::stats::{median, min_max};
 use crate::tools::{self, ProcUsage, ToolRun, RSYNC_ARGS};
-use crate::{load_now, tail, workloads, Common, Setup};
+use crate::{load_now, print_footer, tail, workloads, Common, RunHeader, Setup};
 
 /// The targets.
 const INCREMENTAL_SPEEDUP: f64 = 10.0;
@@ -157,18 +156,38 @@ struct Figure {
     met: bool,
 }
 
+impl Figure {
+    /// A figure from its (id, what, metric), its (mirror values, baseline name, baseline
+    /// values, paired ratios), the ratio of the medians and the target.
+    fn new(
+        (id, what, metric): (&'static str, &'static str, &'static str),
+        (mirror, baseline, base, paired): (Vec<f64>, &'static str, Vec<f64>, Vec<f64>),
+        ratio: f64,
+        target: Target,
+    ) -> Figure {
+        let (paired_ratio_min, paired_ratio_max) = min_max(&paired);
+        Figure {
+            id,
+            what,
+            metric,
+            mirror_median: median(&mirror),
+            mirror,
+            baseline,
+            baseline_median: median(&base),
+            baseline_values: base,
+            ratio,
+            paired_ratio_min,
+            paired_ratio_max,
+            met: target.met(ratio),
+            target,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct JsonReport<'a> {
-    command: &'a str,
-    date_utc: &'a str,
-    machine: &'a Machine,
-    base_dir: String,
-    git: &'a str,
-    bench_build: &'a str,
-    mirrorkit_bin: String,
-    mirrorkit_bin_how: &'a str,
-    load_start: &'a str,
-    load_end: &'a str,
+    #[serde(flatten)]
+    header: RunHeader<'a>,
     config: &'a Config,
     initial: &'a Initial,
     results: &'a [Figure],
@@ -293,25 +312,10 @@ pub fn run(args: &ResyncArgs, setup: &Setup) -> Result<()> {
     let results = r.figures();
     let missed = results.iter().filter(|f| !f.met).count();
     r.print(&results);
-    println!("load:       {load_end} at end");
-    println!(
-        "targets:    {} of {} met{}",
-        results.len() - missed,
-        results.len(),
-        if missed > 0 { " (see MISSED)" } else { "" }
-    );
+    print_footer(&load_end, results.len(), missed);
     if let Some(path) = &args.common.json {
         let j = JsonReport {
-            command: &setup.command,
-            date_utc: &setup.date,
-            machine: &setup.machine,
-            base_dir: setup.base.display().to_string(),
-            git: &setup.git,
-            bench_build: setup.bench_build,
-            mirrorkit_bin: setup.daemon.path.display().to_string(),
-            mirrorkit_bin_how: &setup.daemon.how,
-            load_start: &setup.load_start,
-            load_end: &load_end,
+            header: setup.header(&load_end),
             config: &cfg,
             initial: &r.initial,
             results: &results,
@@ -711,44 +715,24 @@ impl<'a> Runner<'a> {
             let base: Vec<f64> = self.incremental.iter().map(|r| r.rsync.seconds).collect();
             let paired: Vec<f64> = self.incremental.iter().map(|r| r.speedup).collect();
             let ratio = median(&base) / median(&mirror);
-            let target = Target::at_least(INCREMENTAL_SPEEDUP);
-            out.push(Figure {
-                id: "incremental_resync_s",
-                what: "resync after a 1% change",
-                metric: "s",
-                mirror_median: median(&mirror),
-                mirror,
-                baseline: "rsync",
-                baseline_median: median(&base),
-                baseline_values: base,
+            out.push(Figure::new(
+                ("incremental_resync_s", "resync after a 1% change", "s"),
+                (mirror, "rsync", base, paired),
                 ratio,
-                paired_ratio_min: min_max(&paired).0,
-                paired_ratio_max: min_max(&paired).1,
-                met: target.met(ratio),
-                target,
-            });
+                Target::at_least(INCREMENTAL_SPEEDUP),
+            ));
         }
         if !self.full.is_empty() {
             let mirror: Vec<f64> = self.full.iter().map(|r| r.mirror_mb_s).collect();
             let base: Vec<f64> = self.full.iter().map(|r| r.cp_mb_s).collect();
             let paired: Vec<f64> = self.full.iter().map(|r| r.ratio).collect();
             let ratio = median(&mirror) / median(&base);
-            let target = Target::at_least(FULL_RATIO);
-            out.push(Figure {
-                id: "full_resync_mb_s",
-                what: "full resync to an empty peer",
-                metric: "MB/s",
-                mirror_median: median(&mirror),
-                mirror,
-                baseline: "cp -a",
-                baseline_median: median(&base),
-                baseline_values: base,
+            out.push(Figure::new(
+                ("full_resync_mb_s", "full resync to an empty peer", "MB/s"),
+                (mirror, "cp -a", base, paired),
                 ratio,
-                paired_ratio_min: min_max(&paired).0,
-                paired_ratio_max: min_max(&paired).1,
-                met: target.met(ratio),
-                target,
-            });
+                Target::at_least(FULL_RATIO),
+            ));
         }
         out
     }

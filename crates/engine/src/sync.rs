@@ -919,7 +919,22 @@ impl<'a> Pass<'a> {
         let fd = probe.fd.as_fd();
         // The size now: the application may have changed it since (then it is marked).
         let size = sys::fstat(fd).map_err(read_err(path))?.st_size as u64;
-        let data = digest::data_ranges(fd, size).map_err(read_err(path))?;
+        // A kept file is compared only where it was probed; a new one is sent whole.
+        let from = if kept {
+            probe.ranges.first().map_or(size, |r| r.0)
+        } else {
+            0
+        };
+        let to = if kept {
+            probe.ranges.last().map_or(0, |r| r.1).min(size)
+        } else {
+            size
+        };
+        let data = if from < to {
+            digest::data_ranges_in(fd, from, to).map_err(read_err(path))?
+        } else {
+            Vec::new()
+        };
         if !kept {
             // A new file on the peer (all holes): send every data range, nothing to compare.
             self.sent_whole.insert(path.clone());

@@ -167,7 +167,7 @@ impl<F: FnMut(&Difference)> Verify<'_, F> {
                 }
                 let end =
                     (start + VERIFY_GROUP_BYTES).min(size.div_ceil(CHUNK_BYTES) * CHUNK_BYTES);
-                let Ok(data) = digest::data_ranges(fd.as_fd(), size) else {
+                let Ok(data) = digest::data_ranges_in(fd.as_fd(), start, end.min(size)) else {
                     return Ok(());
                 };
                 let mut ours = Vec::new();

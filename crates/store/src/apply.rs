@@ -212,10 +212,9 @@ impl Store {
         }
         let mut out = std::mem::take(&mut self.probe.1);
         out.clear();
-        let digests = digest::data_ranges(fd.as_fd(), size).and_then(|data| {
-            self.digester
-                .digests(fd.as_fd(), size, &data, ranges, &mut out)
-        });
+        let digests = self
+            .digester
+            .file_digests(fd.as_fd(), size, ranges, &mut out);
         let file = if kept {
             ProbeFile::Kept
         } else {
@@ -266,10 +265,9 @@ impl Store {
             return Ok(());
         }
         let mut out = std::mem::take(&mut self.probe.1);
-        let digests = digest::data_ranges(fd.as_fd(), size).and_then(|data| {
-            self.digester
-                .digests(fd.as_fd(), size, &data, ranges, &mut out)
-        });
+        let digests = self
+            .digester
+            .file_digests(fd.as_fd(), size, ranges, &mut out);
         self.probe = (ProbeFile::Kept, out);
         digests.map_err(e())
     }

@@ -23,9 +23,15 @@ pub fn sparse(ranges: &[(u64, u64)], size: u64) -> bool {
 /// The ranges of a file of `size` bytes that hold data: its data extents without the
 /// preallocated (unwritten) ones, which read as zeros like holes.
 pub fn data_ranges(fd: BorrowedFd<'_>, size: u64) -> io::Result<Vec<(u64, u64)>> {
-    let unwritten = sys::unwritten_ranges(fd, size)?;
+    data_ranges_in(fd, 0, size)
+}
+
+/// The same within `[from, size)` only: what digests of chunks there need, without scanning
+/// the rest of a large file.
+pub fn data_ranges_in(fd: BorrowedFd<'_>, from: u64, size: u64) -> io::Result<Vec<(u64, u64)>> {
+    let unwritten = sys::unwritten_ranges(fd, from, size)?;
     let mut out = Vec::new();
-    let mut pos = 0u64;
+    let mut pos = from;
     while pos < size {
         let Some(start) = sys::seek_data_hole(fd, pos, libc::SEEK_DATA)? else {
             break;
@@ -86,6 +92,27 @@ impl Default for Digester {
 }
 
 impl Digester {
+    /// Append to `out` the digest of every chunk in `ranges` (chunk-aligned, ascending) of the
+    /// file `fd` of `size` bytes, reading its data map only where the ranges lie.
+    pub fn file_digests(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        size: u64,
+        ranges: &[(u64, u64)],
+        out: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        let (from, to) = match (ranges.first(), ranges.last()) {
+            (Some(&(s, _)), Some(&(_, e))) => (s, e.min(size)),
+            _ => (0, 0),
+        };
+        let data = if from < to {
+            data_ranges_in(fd, from, to)?
+        } else {
+            Vec::new()
+        };
+        self.digests(fd, size, &data, ranges, out)
+    }
+
     /// Append to `out` the digest of every chunk in `ranges` (chunk-aligned) of the file, whose
     /// size is `size` and data ranges `data`. Chunks past the end have the all-zero digest.
     pub fn digests(

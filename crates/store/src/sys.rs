@@ -357,20 +357,20 @@ struct Fiemap {
     extents: [FiemapExtent; FIEMAP_BATCH],
 }
 
-/// The ranges of `[0, size)` that the file system holds as unwritten (preallocated) extents,
+/// The ranges of `[from, to)` that the file system holds as unwritten (preallocated) extents,
 /// sorted: they read as zeros, and `SEEK_DATA` reports them as data once their pages are in
 /// the page cache. The file's dirty pages are written back first (`FIEMAP_FLAG_SYNC`), so a
 /// range written but not yet flushed is never reported unwritten. Empty when the file system
 /// cannot tell (no FIEMAP).
-pub fn unwritten_ranges(fd: BorrowedFd<'_>, size: u64) -> io::Result<Vec<(u64, u64)>> {
+pub fn unwritten_ranges(fd: BorrowedFd<'_>, from: u64, to: u64) -> io::Result<Vec<(u64, u64)>> {
     let mut out: Vec<(u64, u64)> = Vec::new();
-    let mut pos = 0u64;
+    let mut pos = from;
     let mut flags = FIEMAP_FLAG_SYNC;
-    while pos < size {
+    while pos < to {
         // SAFETY: an all-zero `Fiemap` is a valid value (plain integers).
         let mut m: Fiemap = unsafe { std::mem::zeroed() };
         m.start = pos;
-        m.length = size - pos;
+        m.length = to - pos;
         m.flags = flags;
         m.extent_count = FIEMAP_BATCH as u32;
         // SAFETY: valid descriptor; `m` is a `struct fiemap` followed by room for
@@ -393,8 +393,8 @@ pub fn unwritten_ranges(fd: BorrowedFd<'_>, size: u64) -> io::Result<Vec<(u64, u
         let mut last = false;
         for e in &m.extents[..mapped] {
             let end = e.logical.saturating_add(e.length);
-            if e.flags & FIEMAP_EXTENT_UNWRITTEN != 0 && e.logical < size {
-                let range = (e.logical, end.min(size));
+            if e.flags & FIEMAP_EXTENT_UNWRITTEN != 0 && e.logical < to && end > from {
+                let range = (e.logical.max(from), end.min(to));
                 match out.last_mut() {
                     Some(prev) if prev.1 == range.0 => prev.1 = range.1,
                     _ => out.push(range),

@@ -267,7 +267,7 @@ fn unwritten_ranges_of_a_preallocated_file() {
     f.write_all_at(&[1u8; 8192], 8192).unwrap();
     let mut buf = [0u8; 4096];
     f.read_exact_at(&mut buf, 65536).unwrap();
-    let u = crate::sys::unwritten_ranges(f.as_fd(), 1 << 20).unwrap();
+    let u = crate::sys::unwritten_ranges(f.as_fd(), 0, 1 << 20).unwrap();
     if u.is_empty() {
         eprintln!("SKIPPED: this file system does not report unwritten extents (no FIEMAP)");
         return;
