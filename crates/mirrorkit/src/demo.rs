@@ -88,7 +88,7 @@ Try:
   sha256sum {b}/alpha/data/big {b}/beta/data/big
   {exe} status --state-dir {b}/alpha/state
   kill -STOP {beta}   (the secondary stops answering: after 3 s the primary continues alone)
-  kill -CONT {beta}   (it returns: a full synchronisation brings it back in sync)
+  kill -CONT {beta}   (it returns: an incremental resync of what changed brings it back in sync)
 
 The web console comes with the cluster manager (not yet built). Ctrl-C stops the demo.",
         beta = beta.0.id(),
