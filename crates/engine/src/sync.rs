@@ -899,7 +899,10 @@ impl<'a> Pass<'a> {
             .sync_done_bytes
             .fetch_add(probed, Ordering::Relaxed);
         trace!(%path, ?file, "sync: probed");
-        if self.sent_whole.contains(path) {
+        // Sent whole already in this pass, and the peer kept that file: nothing to compare. If
+        // the peer made a new, empty file again (the one sent to had gained another name), it
+        // must be sent whole again.
+        if self.sent_whole.contains(path) && file == ProbeFile::Kept {
             return Ok(());
         }
         if file == ProbeFile::NoParent {
