@@ -17,6 +17,6 @@ mod quic;
 
 pub use error::NetError;
 pub use quic::{
-    accept, connect, endpoint, peer_node_name, TransportParams, ALPN, CONFIRM_POLL_INTERVAL_MS,
-    CONFIRM_TIMEOUT_MS, INITIAL_CONGESTION_WINDOW_BYTES,
+    accept, connect, endpoint, peer_node_name, priority_endpoint, TransportParams, ALPN,
+    CONFIRM_POLL_INTERVAL_MS, CONFIRM_TIMEOUT_MS, INITIAL_CONGESTION_WINDOW_BYTES,
 };

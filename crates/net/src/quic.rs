@@ -160,6 +160,197 @@ pub fn endpoint(
     bind: SocketAddr,
     params: &TransportParams,
 ) -> Result<quinn::Endpoint, NetError> {
+    let (server_config, client_config) = endpoint_configs(identity, params)?;
+    let endpoint_config = quinn::EndpointConfig::default();
+    let socket =
+        std::net::UdpSocket::bind(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
+    grow_socket_buffers(&socket);
+    let runtime = quinn::default_runtime().ok_or_else(|| NetError::Bind {
+        addr: bind,
+        source: std::io::Error::other("no async runtime: call from within tokio"),
+    })?;
+    let mut endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
+        .map_err(|source| NetError::Bind { addr: bind, source })?;
+    endpoint.set_default_client_config(client_config);
+    Ok(endpoint)
+}
+
+/// Like [`endpoint`], for traffic that must not queue behind bulk data on a shared link (the
+/// heartbeats): every packet leaves with DSCP CS6 (TOS / traffic class 0xc0, "network control",
+/// as VRRP uses) and Linux socket priority 6 (the highest an unprivileged process may set; the
+/// band `pfifo_fast` serves first).
+///
+/// quinn's own socket layer sets the TOS byte of every packet to its ECN bits, which would erase
+/// the marks: this endpoint's socket sends plain datagrams instead, without ECN, segmentation
+/// offload or path MTU discovery, none of which matter at heartbeat rates. A mark the kernel
+/// refuses is logged and the endpoint works unmarked.
+///
+/// Must be called within a tokio runtime.
+pub fn priority_endpoint(
+    identity: &NodeIdentity,
+    bind: SocketAddr,
+    params: &TransportParams,
+) -> Result<quinn::Endpoint, NetError> {
+    let (server_config, client_config) = endpoint_configs(identity, params)?;
+    let bind_err = |source| NetError::Bind { addr: bind, source };
+    let socket = std::net::UdpSocket::bind(bind).map_err(bind_err)?;
+    mark_priority(&socket);
+    socket.set_nonblocking(true).map_err(bind_err)?;
+    let runtime = quinn::default_runtime().ok_or_else(|| {
+        bind_err(std::io::Error::other(
+            "no async runtime: call from within tokio",
+        ))
+    })?;
+    let io = tokio::net::UdpSocket::from_std(socket).map_err(bind_err)?;
+    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        Arc::new(MarkedUdpSocket { io }),
+        runtime,
+    )
+    .map_err(bind_err)?;
+    endpoint.set_default_client_config(client_config);
+    Ok(endpoint)
+}
+
+/// DSCP CS6 in the IPv4 TOS / IPv6 traffic class byte, ECN bits clear.
+const PRIORITY_TOS: libc::c_int = 0xc0;
+
+/// Linux socket priority (`SO_PRIORITY`) of [`priority_endpoint`]'s packets.
+const PRIORITY_SO_PRIORITY: libc::c_int = 6;
+
+fn mark_priority(socket: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let (level, tos_opt) = match socket.local_addr() {
+        Ok(SocketAddr::V6(_)) => (libc::IPPROTO_IPV6, libc::IPV6_TCLASS),
+        _ => (libc::IPPROTO_IP, libc::IP_TOS),
+    };
+    // TOS first: on Linux, setting IP_TOS also resets the socket priority.
+    for (level, opt, value, what) in [
+        (level, tos_opt, PRIORITY_TOS, "traffic class"),
+        (
+            libc::SOL_SOCKET,
+            libc::SO_PRIORITY,
+            PRIORITY_SO_PRIORITY,
+            "priority",
+        ),
+    ] {
+        // SAFETY: a valid socket and a c_int option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                level,
+                opt,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::warn!(
+                "cannot set the UDP socket {what} to {value:#x}: {}; its packets go unmarked",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// A UDP socket that sends each datagram with a plain `sendto`, so that the socket's TOS and
+/// priority apply to every packet (see [`priority_endpoint`]).
+#[derive(Debug)]
+struct MarkedUdpSocket {
+    io: tokio::net::UdpSocket,
+}
+
+impl quinn::AsyncUdpSocket for MarkedUdpSocket {
+    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+        Box::pin(WritablePoller {
+            socket: self,
+            writable: None,
+        })
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
+        let segment_size = transmit.segment_size.unwrap_or(transmit.contents.len());
+        for datagram in transmit.contents.chunks(segment_size.max(1)) {
+            match self.io.try_send_to(datagram, transmit.destination) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Err(e),
+                // As quinn's own socket layer does: an unreachable network is a lost packet for
+                // QUIC to recover from, not the end of every connection on the endpoint.
+                Err(e) => tracing::debug!(
+                    destination = %transmit.destination,
+                    "UDP send failed, packet dropped: {e}"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let (Some(buf), Some(meta)) = (bufs.first_mut(), meta.first_mut()) else {
+            return std::task::Poll::Ready(Ok(0));
+        };
+        let mut read = tokio::io::ReadBuf::new(buf);
+        let addr = std::task::ready!(self.io.poll_recv_from(cx, &mut read))?;
+        let len = read.filled().len();
+        *meta = quinn::udp::RecvMeta {
+            addr,
+            len,
+            stride: len,
+            ecn: None,
+            dst_ip: None,
+        };
+        std::task::Poll::Ready(Ok(1))
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.io.local_addr()
+    }
+}
+
+/// Wakes a connection when the socket becomes writable again. Each connection has its own
+/// poller, hence one `writable()` future per poller rather than the socket's single waker slot.
+struct WritablePoller {
+    socket: Arc<MarkedUdpSocket>,
+    writable: Option<
+        std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + Sync>>,
+    >,
+}
+
+impl std::fmt::Debug for WritablePoller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WritablePoller").finish_non_exhaustive()
+    }
+}
+
+impl quinn::UdpPoller for WritablePoller {
+    fn poll_writable(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let writable = this.writable.get_or_insert_with(|| {
+            let socket = Arc::clone(&this.socket);
+            Box::pin(async move { socket.io.writable().await })
+        });
+        let result = writable.as_mut().poll(cx);
+        if result.is_ready() {
+            this.writable = None;
+        }
+        result
+    }
+}
+
+/// The server and client configurations of an endpoint of `identity`.
+fn endpoint_configs(
+    identity: &NodeIdentity,
+    params: &TransportParams,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), NetError> {
     let transport = Arc::new(params.to_transport_config()?);
     let tls_err = |reason: String| NetError::TlsConfig {
         node: identity.node_name().to_owned(),
@@ -204,19 +395,7 @@ pub fn endpoint(
         QuicClientConfig::try_from(client_tls).map_err(|e| tls_err(format!("QUIC client: {e}")))?;
     let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
     client_config.transport_config(transport);
-
-    let endpoint_config = quinn::EndpointConfig::default();
-    let socket =
-        std::net::UdpSocket::bind(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
-    grow_socket_buffers(&socket);
-    let runtime = quinn::default_runtime().ok_or_else(|| NetError::Bind {
-        addr: bind,
-        source: std::io::Error::other("no async runtime: call from within tokio"),
-    })?;
-    let mut endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
-        .map_err(|source| NetError::Bind { addr: bind, source })?;
-    endpoint.set_default_client_config(client_config);
-    Ok(endpoint)
+    Ok((server_config, client_config))
 }
 
 /// Interval at which [`connect`] checks whether the server has confirmed the handshake.
