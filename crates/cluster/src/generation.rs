@@ -124,6 +124,8 @@ impl Relation {
 /// Decide how `local` and `peer` relate.
 pub fn compare(local: &DataState, peer: &DataState) -> Relation {
     match (local.consistent, peer.consistent) {
+        // Two nodes that never held the data (a new cluster): nothing to protect on either.
+        (false, false) if local.is_new() && peer.is_new() => return Relation::BothNew,
         (false, false) => return Relation::NeitherConsistent,
         // An inconsistent copy is never a source, whatever its generation says.
         (false, true) => {
@@ -209,6 +211,12 @@ impl std::fmt::Display for Stale {
 }
 
 impl DataState {
+    /// A node that never held this data in any role (new or wiped): it has nothing to lose,
+    /// and nothing to give.
+    pub fn is_new(&self) -> bool {
+        self.current.is_none() && self.role == Role::None
+    }
+
     /// A node may become primary without seeing its peer only if it is consistent and was
     /// primary itself when it last held the data. Otherwise it waits for the peer, or for an
     /// operator to force it (`prim`).
@@ -499,10 +507,15 @@ mod tests {
             compare(&a, &node()),
             Relation::LocalNewer { incremental: false }
         );
+        // Targets of interrupted first resyncs: neither holds anything trustworthy.
         let mut c = node();
-        c.consistent = false;
+        c.begin_resync_as_target();
         let mut d = node();
-        d.consistent = false;
+        d.begin_resync_as_target();
         assert_eq!(compare(&c, &d), Relation::NeitherConsistent);
+        // Two nodes that never held the data (as persisted before anything happened).
+        let fresh = DataState::default();
+        assert_eq!(compare(&fresh, &fresh), Relation::BothNew);
+        assert_eq!(compare(&fresh, &c), Relation::NeitherConsistent);
     }
 }

@@ -383,8 +383,9 @@ impl Core {
 
     /// Wait for the peer, if the operation was sent.
     pub fn wait(&self, t: Option<Ticket>) {
-        if let Some(t) = t {
-            self.link.wait(t);
+        match t {
+            Some(t) => self.link.wait(t),
+            None => self.link.wait_released(),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod core;
 pub mod frames;
 pub mod fs;
 pub mod link;
+pub mod managed;
 pub mod mount;
 pub mod primary;
 pub mod progress;

@@ -47,6 +47,9 @@ pub struct LinkConfig {
     /// The operator who forced this node to become primary (`prim`, `--force`) although its
     /// data may be older than its peer's, for the log. `None`: such a start is refused.
     pub forced_by: Option<String>,
+    /// A cluster manager drives this link (`crate::managed`): it persists the generations,
+    /// and writes are held from the loss of the peer until it calls `allow_alone`.
+    pub managed: Option<crate::managed::Events>,
 }
 
 impl Default for LinkConfig {
@@ -57,6 +60,7 @@ impl Default for LinkConfig {
             max_inflight_bytes: 64 << 20,
             resync_bytes_per_sec: None,
             forced_by: None,
+            managed: None,
         }
     }
 }
@@ -152,6 +156,11 @@ struct St {
     since_flush: Vec<Mark>,
     /// Answers to probes, by sequence number.
     replies: HashMap<u64, (ProbeFile, Vec<u8>)>,
+    /// Managed: the peer was lost and the manager has not yet allowed this node to go on
+    /// alone; no write completes meanwhile.
+    held: bool,
+    /// Writes are failed, never acknowledged (the manager fenced this node).
+    fenced: bool,
 }
 
 struct Inner {
@@ -189,23 +198,16 @@ impl Link {
         // A node that never held this mirror's data in any role (new, or wiped): a peer that
         // has some refuses it as primary, so it may start.
         let never_held = data.current.is_none() && data.role == Role::None;
-        match (&cfg.forced_by, data.may_lead_alone()) {
-            (Some(who), stale) => {
-                let why = match stale {
-                    Ok(()) => "its data was not stale".to_string(),
-                    Err(s) => s.to_string(),
-                };
-                warn!(mirror, forced_by = %who, previous = %data.current.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
-                    "primary FORCED by an operator ({why}): this node's data becomes the reference; a peer with other data keeps its divergent files aside when it returns");
-                data.force_lead(fresh_gen());
-            }
-            (None, Ok(())) => data.begin_alone(fresh_gen()),
-            (None, Err(_)) if never_held => data.begin_alone(fresh_gen()),
-            (None, Err(stale)) => {
+        if cfg.managed.is_some() {
+            // The manager persisted the primary generation before mounting.
+            if data.role != Role::Primary || !data.consistent || data.current.is_none() {
                 return Err(format!(
-                    "refusing to start as primary: {stale}. Start this node as secondary so that it takes its peer's data, or, if the peer's data is lost for good, force it with --force (its peer then keeps its own divergent files aside when it returns)"
+                    "the cluster manager mounted the mirror as primary, but the state file {} does not record a primary generation: refusing to run on it",
+                    state_file.path().display()
                 ));
             }
+        } else {
+            Self::start_alone(mirror, &cfg, &mut data, never_held)?;
         }
         let (record, valid) = Record::open(state_dir, data.bitmap).map_err(|e| e.to_string())?;
         if data.bitmap.is_some() && !valid {
@@ -218,7 +220,7 @@ impl Link {
         state_file.store(&data).map_err(|e| e.to_string())?;
         info!(mirror, generation = %data.current.map(|g| g.to_string()).unwrap_or_default(),
             base = %data.bitmap.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
-            "primary starts alone: new data generation");
+            managed = cfg.managed.is_some(), "primary starts alone");
         Ok(Link {
             inner: Arc::new(Inner {
                 st: Mutex::new(St {
@@ -238,6 +240,8 @@ impl Link {
                     slot: Vec::new(),
                     since_flush: Vec::new(),
                     replies: HashMap::new(),
+                    held: false,
+                    fenced: false,
                 }),
                 cv: Condvar::new(),
                 cfg,
@@ -246,6 +250,35 @@ impl Link {
                 mirror: mirror.to_string(),
             }),
         })
+    }
+
+    /// Standalone start (`mirrorkit mirror primary`): this node decides itself whether it may
+    /// lead, and starts a new generation.
+    fn start_alone(
+        mirror: &str,
+        cfg: &LinkConfig,
+        data: &mut DataState,
+        never_held: bool,
+    ) -> Result<(), String> {
+        match (&cfg.forced_by, data.may_lead_alone()) {
+            (Some(who), stale) => {
+                let why = match stale {
+                    Ok(()) => "its data was not stale".to_string(),
+                    Err(s) => s.to_string(),
+                };
+                warn!(mirror, forced_by = %who, previous = %data.current.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
+                    "primary FORCED by an operator ({why}): this node's data becomes the reference; a peer with other data keeps its divergent files aside when it returns");
+                data.force_lead(fresh_gen());
+            }
+            (None, Ok(())) => data.begin_alone(fresh_gen()),
+            (None, Err(_)) if never_held => data.begin_alone(fresh_gen()),
+            (None, Err(stale)) => {
+                return Err(format!(
+                    "refusing to start as primary: {stale}. Start this node as secondary so that it takes its peer's data, or, if the peer's data is lost for good, force it with --force (its peer then keeps its own divergent files aside when it returns)"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// What this node knows of its data, for the greeting.
@@ -443,7 +476,50 @@ impl Link {
     /// (the end was recorded durably before), or until the peer timeout: then this node
     /// records that the peer is out of sync and continues alone.
     pub fn wait(&self, t: Ticket) {
-        let _ = self.wait_acked(t);
+        if !self.wait_acked(t) {
+            self.wait_released();
+        }
+    }
+
+    /// Managed: block while writes are held (the peer was lost and the manager has not yet
+    /// recorded a new generation). Returns at once otherwise.
+    pub fn wait_released(&self) {
+        if self.inner.cfg.managed.is_none() {
+            return;
+        }
+        let mut st = self.lock();
+        while st.held && !st.fenced {
+            st = self.inner.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Managed: the manager persisted `data` (a new generation whose base is the generation
+    /// the peer holds): writes held since the loss of the peer may complete.
+    pub fn allow_alone(&self, data: DataState) {
+        let mut st = self.lock();
+        if data.bitmap.is_some() && data.bitmap != st.record.base() {
+            warn!(mirror = %self.inner.mirror, "the new generation's base differs from the dirty record's: the next synchronisation compares all data");
+        }
+        st.data = data;
+        if st.held {
+            info!(mirror = %self.inner.mirror, "the cluster manager recorded a new generation: held writes complete");
+        }
+        st.held = false;
+        self.inner.cv.notify_all();
+    }
+
+    /// Managed: the manager persisted `data`; the next greeting announces it.
+    pub fn adopt_state(&self, data: DataState) {
+        self.lock().data = data;
+    }
+
+    /// Managed: release every held writer without the peer (the caller has cut the
+    /// application off the mount first, so that nothing it releases reaches the application
+    /// as a success).
+    pub fn fence(&self) {
+        let mut st = self.lock();
+        st.fenced = true;
+        self.inner.cv.notify_all();
     }
 
     /// As `wait`, telling whether the peer acknowledged (true) or the session ended (false).
@@ -579,7 +655,32 @@ impl Link {
         }
         st.since_flush.clear();
         info!(mirror = %self.inner.mirror, session, "link state: in-sync (synchronisation complete)");
+        if let Some(events) = &self.inner.cfg.managed {
+            let _ = events.send(crate::managed::EngineEvent::PeerInSync {
+                mirror: self.inner.mirror.clone(),
+            });
+        }
         Ok(())
+    }
+
+    /// Prove that the peer holds, durably, every operation acknowledged so far (a handover's
+    /// last step): a barrier the peer flushes before acknowledging it. Call once the
+    /// application is stopped.
+    pub fn barrier(&self) -> Result<(), String> {
+        let Some(session) = self.in_sync_session() else {
+            return Err(format!("the peer is not in sync: {}", self.status().1));
+        };
+        let t = self
+            .submit_sync(session, &Op::Barrier, &[])
+            .map_err(|e| e.to_string())?;
+        if self.wait_acked(t) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the peer did not confirm the barrier: {}",
+                self.status().1
+            ))
+        }
     }
 
     /// A clean stop: once everything sent is flushed by the peer, record that no write of
@@ -683,13 +784,35 @@ impl Link {
                 marks.extend(f.marks);
             }
             marks.extend(st.slot.iter().cloned());
+            if self.inner.cfg.managed.is_some() {
+                self.record_loss_managed(st, &marks);
+            } else {
+                self.record_loss(st, &marks);
+            }
+            st.stored_in_sync = false;
+        }
+        if let Some(events) = &self.inner.cfg.managed {
+            // Nothing completes until the manager has persisted a new generation.
+            st.held = true;
+            let _ = events.send(crate::managed::EngineEvent::PeerOutOfSync {
+                mirror: self.inner.mirror.clone(),
+                reason: reason.clone(),
+            });
+        }
+        self.end_session_locked(st, reason);
+    }
+
+    /// Standalone: a new generation and the record of what the peer may lack, durably, before
+    /// any waiter is released.
+    fn record_loss(&self, st: &mut MutexGuard<'_, St>, marks: &[Mark]) {
+        {
             let mut data = st.data.clone();
             data.peer_lost(fresh_gen());
             loop {
                 let stored = st
                     .record
                     .reset(data.bitmap)
-                    .and_then(|()| st.record.add(&marks))
+                    .and_then(|()| st.record.add(marks))
                     .map_err(|e| e.to_string())
                     .and_then(|()| {
                         self.inner
@@ -710,9 +833,33 @@ impl Link {
             info!(mirror = %self.inner.mirror, generation = %data.current.map(|g| g.to_string()).unwrap_or_default(),
                 recorded = marks.len(), "peer lost while in sync: new data generation, changes recorded from now on");
             st.data = data;
-            st.stored_in_sync = false;
         }
-        warn!(mirror = %self.inner.mirror, session, from = st.mode.as_str(), "link state: alone ({reason})");
+    }
+
+    /// Managed: the record of what the peer may lack, based on the generation the peer holds
+    /// (the manager's new generation names it as its base), durably; writes stay held.
+    fn record_loss_managed(&self, st: &mut MutexGuard<'_, St>, marks: &[Mark]) {
+        let base = st.data.current;
+        loop {
+            let stored = st
+                .record
+                .reset(base)
+                .and_then(|()| st.record.add(marks))
+                .map_err(|e| e.to_string());
+            match stored {
+                Ok(()) => break,
+                Err(e) => {
+                    error!(mirror = %self.inner.mirror, "cannot record what the peer may lack, retrying: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        info!(mirror = %self.inner.mirror, recorded = marks.len(),
+            "peer lost while in sync: changes recorded; writes held until the cluster manager records a new generation");
+    }
+
+    fn end_session_locked(&self, st: &mut MutexGuard<'_, St>, reason: String) {
+        warn!(mirror = %self.inner.mirror, session = st.session, from = st.mode.as_str(), "link state: alone ({reason})");
         st.mode = Mode::Alone;
         st.reason = reason;
         st.session += 1;

@@ -20,6 +20,7 @@ use mirrorkit_wire::{
 use tracing::{error, info, warn};
 
 use crate::frames::{read_frame, write_message, FrameError};
+use crate::managed::{EngineEvent, DECISION_TIMEOUT_MS};
 
 /// What the secondary needs to know.
 #[derive(Clone, Debug)]
@@ -30,6 +31,9 @@ pub struct SecondaryConfig {
     pub peer_node: String,
     pub root: PathBuf,
     pub state_dir: PathBuf,
+    /// A cluster manager decides whether each resync may proceed and hears of every session's
+    /// outcome (`crate::managed`).
+    pub managed: Option<crate::managed::Events>,
 }
 
 /// Counters for status and tests.
@@ -46,39 +50,25 @@ pub async fn run(
     cfg: SecondaryConfig,
     counters: Arc<SecondaryCounters>,
 ) -> Result<(), String> {
-    let store = Store::open(&cfg.root).map_err(|e| {
-        format!(
-            "cannot open replicated directory {}: {e}",
-            cfg.root.display()
-        )
-    })?;
-    let store = Arc::new(AsyncMutex::new(store));
-    let state = StateFile::new(&cfg.state_dir);
-    state
-        .load()
-        .map_err(|e| format!("mirror {}: {e}", cfg.mirror))?;
-    let state = Arc::new(state);
-    let current: Arc<Mutex<Option<quinn::Connection>>> = Arc::new(Mutex::new(None));
+    let receiver = Arc::new(Receiver::open(cfg, counters)?);
     while let Some(conn) = mirrorkit_net::accept(&endpoint).await {
         let who = mirrorkit_net::peer_node_name(&conn).unwrap_or_default();
-        if who != cfg.peer_node {
-            warn!(mirror = %cfg.mirror, remote = %conn.remote_address(), node = %who,
-                "refused replication session: only node {} may replicate to this node", cfg.peer_node);
-            counters.refused.fetch_add(1, Ordering::Relaxed);
+        if who != receiver.cfg.peer_node {
+            warn!(mirror = %receiver.cfg.mirror, remote = %conn.remote_address(), node = %who,
+                "refused replication session: only node {} may replicate to this node", receiver.cfg.peer_node);
+            receiver.counters.refused.fetch_add(1, Ordering::Relaxed);
             conn.close(1u32.into(), b"not the configured peer");
             continue;
         }
-        let (store, state, cfg, counters, current) = (
-            store.clone(),
-            state.clone(),
-            cfg.clone(),
-            counters.clone(),
-            current.clone(),
-        );
+        let receiver = receiver.clone();
         tokio::spawn(async move {
-            let end = serve(&conn, &current, &store, &state, &cfg, &counters).await;
-            info!(mirror = %cfg.mirror, "replication session ended: {end}");
-            conn.close(0u32.into(), b"session ended");
+            match greet(&conn).await {
+                Ok((send, recv, hello)) => receiver.serve(conn, send, recv, hello).await,
+                Err(end) => {
+                    info!(mirror = %receiver.cfg.mirror, "replication session ended: {end}");
+                    conn.close(0u32.into(), b"session ended");
+                }
+            }
         });
     }
     Ok(())
@@ -87,45 +77,133 @@ pub async fn run(
 /// Longest a new connection may take to open its stream and greet. Default 5000 ms.
 const GREETING_TIMEOUT_MS: u64 = 5000;
 
-/// One session, as one task. Returns why it ended. Once its greeting is accepted it
-/// replaces the `current` session (whose thread then lets go of the store); a connection that
-/// does not greet validly changes nothing.
-async fn serve(
+/// Read the greeting of a new connection: its stream and the primary's `Hello`. A malformed
+/// greeting is answered with `Bye` and logged; nothing else is done with the connection.
+pub async fn greet(
     conn: &quinn::Connection,
-    current: &Mutex<Option<quinn::Connection>>,
-    store: &AsyncMutex<Store>,
-    state: &StateFile,
-    cfg: &SecondaryConfig,
-    counters: &SecondaryCounters,
-) -> String {
+) -> Result<(quinn::SendStream, quinn::RecvStream, Hello), String> {
     let greeting_timeout = std::time::Duration::from_millis(GREETING_TIMEOUT_MS);
     let (mut send, mut recv) = match tokio::time::timeout(greeting_timeout, conn.accept_bi()).await
     {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return format!("no replication stream: {e}"),
-        Err(_) => return format!("no replication stream within {GREETING_TIMEOUT_MS} ms"),
+        Ok(Err(e)) => return Err(format!("no replication stream: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "no replication stream within {GREETING_TIMEOUT_MS} ms"
+            ))
+        }
     };
     let mut buf = Vec::new();
-    match tokio::time::timeout(greeting_timeout, read_frame(&mut recv, &mut buf)).await {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => return "primary closed the stream before greeting".into(),
-        Ok(Err(FrameError::Wire(e))) => {
-            return refuse(conn, &mut send, cfg, format!("malformed greeting: {e}")).await
-        }
-        Ok(Err(e)) => return format!("greeting: {e}"),
-        Err(_) => {
-            let r = format!("no greeting within {GREETING_TIMEOUT_MS} ms");
-            return refuse(conn, &mut send, cfg, r).await;
+    let bad = match tokio::time::timeout(greeting_timeout, read_frame(&mut recv, &mut buf)).await {
+        Ok(Ok(true)) => match wire::decode_frame(&buf) {
+            Ok((Message::Hello(h), _)) => return Ok((send, recv, h)),
+            Ok((other, _)) => format!("expected a greeting, got {other:?}"),
+            Err(e) => format!("malformed greeting: {e}"),
+        },
+        Ok(Ok(false)) => return Err("primary closed the stream before greeting".into()),
+        Ok(Err(FrameError::Wire(e))) => format!("malformed greeting: {e}"),
+        Ok(Err(e)) => return Err(format!("greeting: {e}")),
+        Err(_) => format!("no greeting within {GREETING_TIMEOUT_MS} ms"),
+    };
+    error!(remote = %conn.remote_address(), "refused replication session: {bad}");
+    Err(reject(&mut send, bad).await)
+}
+
+/// The receiving end of one mirror: its store, state file and current session.
+pub struct Receiver {
+    cfg: SecondaryConfig,
+    store: AsyncMutex<Store>,
+    state: StateFile,
+    counters: Arc<SecondaryCounters>,
+    current: Mutex<Option<quinn::Connection>>,
+}
+
+impl Receiver {
+    /// Open the replicated directory and check the state file.
+    pub fn open(cfg: SecondaryConfig, counters: Arc<SecondaryCounters>) -> Result<Self, String> {
+        let store = Store::open(&cfg.root).map_err(|e| {
+            format!(
+                "cannot open replicated directory {}: {e}",
+                cfg.root.display()
+            )
+        })?;
+        let state = StateFile::new(&cfg.state_dir);
+        state
+            .load()
+            .map_err(|e| format!("mirror {}: {e}", cfg.mirror))?;
+        Ok(Receiver {
+            cfg,
+            store: AsyncMutex::new(store),
+            state,
+            counters,
+            current: Mutex::new(None),
+        })
+    }
+
+    pub fn config(&self) -> &SecondaryConfig {
+        &self.cfg
+    }
+
+    pub fn counters(&self) -> &SecondaryCounters {
+        &self.counters
+    }
+
+    /// Serve one greeted session to its end, then close the connection (and, managed, report
+    /// the end).
+    pub async fn serve(
+        &self,
+        conn: quinn::Connection,
+        mut send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        hello: Hello,
+    ) {
+        let end = serve(self, &conn, &mut send, recv, hello).await;
+        info!(mirror = %self.cfg.mirror, "replication session ended: {end}");
+        conn.close(0u32.into(), b"session ended");
+        if let Some(events) = &self.cfg.managed {
+            let _ = events.send(EngineEvent::SyncLost {
+                mirror: self.cfg.mirror.clone(),
+                reason: end,
+            });
         }
     }
-    let hello = match wire::decode_frame(&buf) {
-        Ok((Message::Hello(h), _)) => h,
-        Ok((other, _)) => {
-            let r = format!("expected a greeting, got {other:?}");
-            return refuse(conn, &mut send, cfg, r).await;
+
+    /// End the current session, if any (the receiver is being stopped).
+    pub fn close_current(&self) {
+        let cur = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(c) = cur {
+            c.close(0u32.into(), b"receiver stopped");
         }
-        Err(e) => return refuse(conn, &mut send, cfg, format!("malformed greeting: {e}")).await,
-    };
+    }
+
+    /// Wait until no session holds the store (after `close_current`).
+    pub async fn idle(&self) {
+        drop(self.store.lock().await);
+    }
+}
+
+/// One session, from its greeting. Returns why it ended. Once its greeting is accepted it
+/// replaces the `current` session (whose thread then lets go of the store); a connection that
+/// does not greet validly changes nothing.
+async fn serve(
+    receiver: &Receiver,
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    hello: Hello,
+) -> String {
+    let Receiver {
+        cfg,
+        store,
+        state,
+        counters,
+        current,
+    } = receiver;
+    let mut buf = Vec::new();
     if hello.version != PROTOCOL_VERSION
         || hello.mirror != cfg.mirror
         || hello.role != Role::Primary
@@ -134,14 +212,14 @@ async fn serve(
             "greeting for mirror {:?} as {:?} with protocol {} does not match mirror {:?}, primary, protocol {}",
             hello.mirror, hello.role, hello.version, cfg.mirror, PROTOCOL_VERSION
         );
-        return refuse(conn, &mut send, cfg, r).await;
+        return refuse(conn, send, cfg, r).await;
     }
     if hello.node != cfg.peer_node {
         let r = format!(
             "greeting names node {:?}, but the certificate names node {:?}",
             hello.node, cfg.peer_node
         );
-        return refuse(conn, &mut send, cfg, r).await;
+        return refuse(conn, send, cfg, r).await;
     }
     // A valid greeting: this session replaces the current one, whose thread then ends and lets
     // go of the store.
@@ -156,11 +234,11 @@ async fn serve(
     store.reset_session();
     let mut mstate = match state.load() {
         Ok(s) => s,
-        Err(e) => return refuse(conn, &mut send, cfg, e.to_string()).await,
+        Err(e) => return refuse(conn, send, cfg, e.to_string()).await,
     };
     let relation = compare(&mstate, &hello.data);
     if let Err(r) = acceptable(relation, &mstate, &hello.data) {
-        return refuse(conn, &mut send, cfg, r).await;
+        return refuse(conn, send, cfg, r).await;
     }
     let me = Message::Hello(Hello {
         version: PROTOCOL_VERSION,
@@ -169,7 +247,7 @@ async fn serve(
         role: Role::Secondary,
         data: mstate.clone(),
     });
-    if let Err(e) = write_message(&mut send, &me).await {
+    if let Err(e) = write_message(send, &me).await {
         return format!("greeting: {e}");
     }
     counters.sessions.fetch_add(1, Ordering::Relaxed);
@@ -182,7 +260,7 @@ async fn serve(
             Ok(false) => return "primary closed the replication stream".into(),
             Err(FrameError::Wire(e)) => {
                 error!(mirror = %cfg.mirror, "rejected message from the primary: {e}");
-                return reject(&mut send, format!("malformed message: {e}")).await;
+                return reject(send, format!("malformed message: {e}")).await;
             }
             Err(e) => return format!("replication stream: {e}"),
         }
@@ -190,7 +268,7 @@ async fn serve(
             Ok(x) => x,
             Err(e) => {
                 error!(mirror = %cfg.mirror, "rejected message from the primary: {e}");
-                return reject(&mut send, format!("malformed message: {e}")).await;
+                return reject(send, format!("malformed message: {e}")).await;
             }
         };
         let (seq, op, fixes) = match msg {
@@ -198,20 +276,20 @@ async fn serve(
             Message::Bye { reason } => return format!("primary ended the session: {reason}"),
             other => {
                 error!(mirror = %cfg.mirror, "rejected message from the primary: unexpected {other:?}");
-                return reject(&mut send, format!("unexpected message {other:?}")).await;
+                return reject(send, format!("unexpected message {other:?}")).await;
             }
         };
         if seq != expected {
             let r = format!("operation {seq} out of sequence (expected {expected})");
             error!(mirror = %cfg.mirror, "rejected message from the primary: {r}");
-            return fail(&mut send, seq, libc::EPROTO, r).await;
+            return fail(send, seq, libc::EPROTO, r).await;
         }
         expected += 1;
         if let Op::SyncBegin { mode, preserve } = &op {
             if *mode == SyncMode::Incremental && !relation.incremental() {
                 let r = format!("the primary asked for an incremental resync, but the data generations ({relation:?}) require comparing all data");
                 error!(mirror = %cfg.mirror, "rejected message from the primary: {r}");
-                return fail(&mut send, seq, libc::EPROTO, r).await;
+                return fail(send, seq, libc::EPROTO, r).await;
             }
             // Accepted only because an operator forced the primary: this node's data must be
             // kept aside before anything is overwritten, whatever the primary asks.
@@ -222,13 +300,13 @@ async fn serve(
             if must_preserve && !*preserve {
                 let r = format!("this node's data diverged from the primary's ({relation:?}): a resync without keeping it aside first is refused");
                 error!(mirror = %cfg.mirror, "rejected message from the primary: {r}");
-                return fail(&mut send, seq, libc::EPROTO, r).await;
+                return fail(send, seq, libc::EPROTO, r).await;
             }
             if *preserve {
                 if !hello.data.forced {
                     let r = "the primary asked to resolve a split brain but was not forced by an operator".to_string();
                     error!(mirror = %cfg.mirror, "rejected message from the primary: {r}");
-                    return fail(&mut send, seq, libc::EPROTO, r).await;
+                    return fail(send, seq, libc::EPROTO, r).await;
                 }
                 let kept = tokio::task::block_in_place(|| preserve_copy(cfg));
                 match kept {
@@ -237,13 +315,24 @@ async fn serve(
                     Err(e) => {
                         let r = format!("cannot keep this node's divergent data aside: {e}");
                         error!(mirror = %cfg.mirror, "{r}");
-                        return fail(&mut send, seq, libc::EIO, r).await;
+                        return fail(send, seq, libc::EIO, r).await;
                     }
                 }
             }
+            if let Some(events) = &cfg.managed {
+                if let Err(r) = ask_manager(events, cfg, &hello.data, *mode).await {
+                    error!(mirror = %cfg.mirror, "resync refused by the cluster manager: {r}");
+                    return fail(send, seq, libc::EPERM, r).await;
+                }
+                // The manager persisted its view (the copy inconsistent) first: start from it.
+                mstate = match state.load() {
+                    Ok(s) => s,
+                    Err(e) => return fail(send, seq, libc::EIO, e.to_string()).await,
+                };
+            }
             mstate.begin_resync_as_target();
             if let Err(e) = state.store(&mstate) {
-                return fail(&mut send, seq, libc::EIO, e.to_string()).await;
+                return fail(send, seq, libc::EIO, e.to_string()).await;
             }
             warn!(mirror = %cfg.mirror, ?mode, "copy marked inconsistent: resync in progress");
         }
@@ -263,7 +352,7 @@ async fn serve(
             // primary passed through. Record it before the first change.
             mstate.consistent = false;
             if let Err(e) = state.store(&mstate) {
-                return fail(&mut send, seq, libc::EIO, e.to_string()).await;
+                return fail(send, seq, libc::EIO, e.to_string()).await;
             }
             warn!(mirror = %cfg.mirror, "copy marked inconsistent: full synchronisation in progress");
         }
@@ -291,14 +380,20 @@ async fn serve(
                     error!(mirror = %cfg.mirror, "cannot record that the copy is inconsistent: {se}");
                 }
             }
-            return fail(&mut send, seq, e.errno(), e.to_string()).await;
+            return fail(send, seq, e.errno(), e.to_string()).await;
         }
         if matches!(op, Op::SyncDone) {
             mstate.resync_done_as_target(&hello.data);
             if let Err(e) = state.store(&mstate) {
-                return fail(&mut send, seq, libc::EIO, e.to_string()).await;
+                return fail(send, seq, libc::EIO, e.to_string()).await;
             }
             info!(mirror = %cfg.mirror, "copy consistent: full synchronisation complete");
+            if let Some(events) = &cfg.managed {
+                let _ = events.send(EngineEvent::InSync {
+                    mirror: cfg.mirror.clone(),
+                    source: hello.data.clone(),
+                });
+            }
         }
         counters.ops_applied.fetch_add(1, Ordering::Relaxed);
         let encoded = if matches!(
@@ -316,6 +411,38 @@ async fn serve(
         if let Err(e) = send.write_all(&ack).await {
             return format!("cannot acknowledge: {e}");
         }
+    }
+}
+
+/// Managed: ask the cluster manager whether this resync may proceed; it persists the copy as
+/// inconsistent before it answers yes.
+async fn ask_manager(
+    events: &crate::managed::Events,
+    cfg: &SecondaryConfig,
+    source: &DataState,
+    mode: SyncMode,
+) -> Result<(), String> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let asked = events.send(EngineEvent::ResyncStarting {
+        mirror: cfg.mirror.clone(),
+        source: source.clone(),
+        full: mode == SyncMode::Compare,
+        reply,
+    });
+    if asked.is_err() {
+        return Err("the cluster manager is not running".into());
+    }
+    match tokio::time::timeout(
+        std::time::Duration::from_millis(DECISION_TIMEOUT_MS),
+        answer,
+    )
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err("the cluster manager dropped the question".into()),
+        Err(_) => Err(format!(
+            "the cluster manager did not answer within {DECISION_TIMEOUT_MS} ms"
+        )),
     }
 }
 

@@ -2,6 +2,8 @@
 //! the actions it asks for. Everything here is plain data; the shell turns actions into I/O
 //! and I/O results into events.
 
+use serde::{Deserialize, Serialize};
+
 use crate::generation::{DataState, GenId};
 
 /// Identifies one asynchronous action, so that its result (or a late, stale one) can be
@@ -60,7 +62,8 @@ impl Config {
 }
 
 /// An operator's command on the module (CLI, console, or the node itself at boot).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Verb {
     Start,
     Stop,
@@ -86,7 +89,8 @@ impl std::fmt::Display for Verb {
 }
 
 /// The state of a module on a node, as shown to operators and sent to the peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum StateKind {
     /// Stopped on this node.
     Stop,
@@ -154,7 +158,7 @@ impl std::fmt::Display for StateKind {
 }
 
 /// Progress of a resync.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     pub done_bytes: u64,
     pub total_bytes: u64,
@@ -185,7 +189,7 @@ pub struct Status {
 
 /// What a node tells its peer about the module, on every change and every
 /// `status_resend_ms`. The latest one replaces all earlier ones.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerStatus {
     /// The sender's node name (checked against `Config::peer`).
     pub node: String,
@@ -217,7 +221,7 @@ pub struct PeerStatus {
 
 /// Messages between the two nodes' machines for one module (over the authenticated control
 /// channel; in order per direction; any of them may be lost when the link breaks).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerMsg {
     Status(PeerStatus),
     /// From the secondary, where an operator ran `swap`: please hand the application over.
