@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-cargo build --bin mirrorkit
+cargo build --bin mirrorkit --bin mirrorkit-demo-app
 if cargo nextest --version >/dev/null 2>&1; then
     exec cargo nextest run --workspace "$@"
 fi

@@ -6,6 +6,7 @@
 //! printed reason, except when `CI` is set, where they fail loudly.
 
 pub mod fill;
+pub mod lab;
 pub mod records;
 pub mod tree;
 

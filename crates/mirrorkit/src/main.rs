@@ -2,6 +2,7 @@
 //!
 //! Wires the crates together; holds no replication logic of its own.
 
+mod cluster_cmd;
 mod demo;
 mod module_cmd;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use mirrorkit_cluster::machine::Verb;
 use mirrorkit_engine::link::LinkConfig;
 use mirrorkit_engine::primary::PeerAddr;
 use mirrorkit_engine::secondary::{SecondaryConfig, SecondaryCounters};
@@ -53,12 +55,50 @@ enum Cmd {
         #[command(subcommand)]
         role: RoleCmd,
     },
-    /// Show a node's view of a mirror (from its state directory).
+    /// Run the node daemon (what the systemd unit starts): every module of the node, its
+    /// heartbeats, failover and switchover, and the control socket the other commands use.
+    Daemon {
+        #[command(flatten)]
+        config: cluster_cmd::ConfigArg,
+    },
+    /// Set up a cluster.
+    Cluster {
+        #[command(subcommand)]
+        cmd: cluster_cmd::ClusterCmd,
+    },
+    /// The cluster as this node sees it: each module's state on both nodes, with the reason;
+    /// or, with --state-dir, one mirror run by `mirrorkit mirror`.
     Status {
+        #[command(flatten)]
+        config: cluster_cmd::ConfigArg,
+        /// A mirror's state directory (for `mirrorkit mirror`, not the daemon).
         #[arg(long)]
-        state_dir: PathBuf,
+        state_dir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+    /// Start a module on this node (it becomes primary or secondary, as the data decides).
+    Start(VerbArgs),
+    /// Stop a module on this node (a primary hands over to a secondary in sync first).
+    Stop(VerbArgs),
+    /// Restart the application in place (primary), or start again.
+    Restart(VerbArgs),
+    /// Switch the primary role to the other node (from either node).
+    Swap(VerbArgs),
+    /// Make this node primary on its own data, whatever its age (logged with your name).
+    Prim(VerbArgs),
+    /// Make this node secondary.
+    Second(VerbArgs),
+    /// Stop at once, without scripts: kill the module's processes, drop its virtual IP.
+    Forcestop(VerbArgs),
+    /// A module's event log on this node: every state change, verb and script output.
+    Log {
+        module: String,
+        /// How many of the last entries.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        #[command(flatten)]
+        config: cluster_cmd::ConfigArg,
     },
     /// Compare both copies of a mirror by chunk digests while it runs (the primary's peer must
     /// be in sync). Prints every difference with its path and byte range. Exit status: 0
@@ -82,6 +122,14 @@ enum Cmd {
         #[arg(long, default_value = "/tmp/mirrorkit-demo")]
         base: PathBuf,
     },
+}
+
+#[derive(Args)]
+struct VerbArgs {
+    /// The module.
+    module: String,
+    #[command(flatten)]
+    config: cluster_cmd::ConfigArg,
 }
 
 #[derive(Subcommand)]
@@ -174,7 +222,30 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Mirror { role } => run_mirror(role),
-        Cmd::Status { state_dir, json } => {
+        Cmd::Daemon { config } => cluster_cmd::daemon(&config),
+        Cmd::Cluster { cmd } => cluster_cmd::cluster(cmd),
+        Cmd::Start(a) => cluster_cmd::verb(&a.config, &a.module, Verb::Start),
+        Cmd::Stop(a) => cluster_cmd::verb(&a.config, &a.module, Verb::Stop),
+        Cmd::Restart(a) => cluster_cmd::verb(&a.config, &a.module, Verb::Restart),
+        Cmd::Swap(a) => cluster_cmd::verb(&a.config, &a.module, Verb::Swap),
+        Cmd::Prim(a) => cluster_cmd::verb(&a.config, &a.module, Verb::Prim),
+        Cmd::Second(a) => cluster_cmd::verb(&a.config, &a.module, Verb::Second),
+        Cmd::Forcestop(a) => cluster_cmd::verb(&a.config, &a.module, Verb::Forcestop),
+        Cmd::Log {
+            module,
+            lines,
+            config,
+        } => cluster_cmd::log(&config, &module, lines),
+        Cmd::Status {
+            config,
+            state_dir: None,
+            json,
+        } => cluster_cmd::status(&config, json),
+        Cmd::Status {
+            state_dir: Some(state_dir),
+            json,
+            ..
+        } => {
             let s = Status::read(&state_dir).with_context(|| {
                 format!(
                     "no status in {} (is the daemon running?)",
@@ -294,6 +365,7 @@ fn run_mirror(role: RoleCmd) -> Result<()> {
                 root: std::fs::canonicalize(&common.dir)
                     .with_context(|| format!("replicated directory {}", common.dir.display()))?,
                 state_dir: common.state_dir.clone(),
+                managed: None,
             };
             let counters = Arc::new(SecondaryCounters::default());
             let result: Result<()> = rt.block_on(async {
@@ -341,7 +413,7 @@ fn status_loop(state_dir: PathBuf, status: impl Fn() -> Status + Send + 'static)
     Ok(())
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -381,7 +453,7 @@ pub fn wait_status(
 }
 
 /// Who runs this command, for the log of a forced start: the user behind sudo if any.
-fn operator() -> String {
+pub fn operator() -> String {
     let uid = nix_uid();
     for var in ["SUDO_USER", "USER", "LOGNAME"] {
         if let Ok(u) = std::env::var(var) {

@@ -1,0 +1,240 @@
+//! The cluster commands: the node daemon, `cluster init`, the status table, the verbs and the
+//! module event log. The CLI talks to the daemon of its own node over its control socket.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use mirrorkit_cluster::machine::Verb;
+use mirrorkit_node::api::{self, Reply, Request};
+use mirrorkit_node::config::{self, ClusterFile, InitNode, InitSpec};
+
+#[derive(Args, Clone)]
+pub struct ConfigArg {
+    /// The node's cluster file.
+    #[arg(long, default_value = config::DEFAULT_CLUSTER_FILE)]
+    pub config: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCmd {
+    /// Create both nodes' cluster files and certificates (one new cluster CA) in OUT/<node>/.
+    Init {
+        /// Cluster name.
+        #[arg(long)]
+        name: String,
+        /// A node: NAME=ADDRESS (its address for replication and the first heartbeat
+        /// network). Give exactly two.
+        #[arg(long = "node", required = true, num_args = 1)]
+        nodes: Vec<String>,
+        /// A further heartbeat network: NAME:ADDRESS1,ADDRESS2 (the nodes' addresses on it, in
+        /// the order of --node).
+        #[arg(long = "heartbeat")]
+        heartbeats: Vec<String>,
+        #[arg(long, default_value_t = config::DEFAULT_REPLICATION_PORT)]
+        replication_port: u16,
+        #[arg(long, default_value_t = config::DEFAULT_HEARTBEAT_PORT)]
+        heartbeat_port: u16,
+        /// Where the files go: OUT/<node>/cluster.toml and OUT/<node>/certs/.
+        #[arg(long)]
+        out: PathBuf,
+        /// The paths written into the files, as they will be on the nodes.
+        #[arg(long, default_value = "/etc/mirrorkit/certs")]
+        certs: PathBuf,
+        #[arg(long, default_value = "/etc/mirrorkit/modules")]
+        modules: PathBuf,
+        #[arg(long, default_value = "/var/lib/mirrorkit")]
+        state: PathBuf,
+        #[arg(long, default_value = "/run/mirrorkit")]
+        run: PathBuf,
+    },
+}
+
+fn parse_node(s: &str) -> Result<InitNode> {
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--node {s:?}: expected NAME=ADDRESS"))?;
+    let addr: IpAddr = addr
+        .parse()
+        .with_context(|| format!("--node {s:?}: {addr:?} is not an IP address"))?;
+    Ok(InitNode {
+        name: name.to_owned(),
+        addr,
+    })
+}
+
+pub fn cluster(cmd: ClusterCmd) -> Result<()> {
+    match cmd {
+        ClusterCmd::Init {
+            name,
+            nodes,
+            heartbeats,
+            replication_port,
+            heartbeat_port,
+            out,
+            certs,
+            modules,
+            state,
+            run,
+        } => {
+            let nodes: Vec<InitNode> =
+                nodes.iter().map(|n| parse_node(n)).collect::<Result<_>>()?;
+            let [a, b]: [InitNode; 2] = nodes
+                .try_into()
+                .map_err(|v: Vec<InitNode>| anyhow!("give exactly two --node, not {}", v.len()))?;
+            let mut extra = Vec::new();
+            for h in &heartbeats {
+                let (n, addrs) = h
+                    .split_once(':')
+                    .ok_or_else(|| anyhow!("--heartbeat {h:?}: expected NAME:ADDRESS1,ADDRESS2"))?;
+                let (x, y) = addrs
+                    .split_once(',')
+                    .ok_or_else(|| anyhow!("--heartbeat {h:?}: expected NAME:ADDRESS1,ADDRESS2"))?;
+                let x: IpAddr = x
+                    .parse()
+                    .with_context(|| format!("--heartbeat {h:?}: {x:?}"))?;
+                let y: IpAddr = y
+                    .parse()
+                    .with_context(|| format!("--heartbeat {h:?}: {y:?}"))?;
+                extra.push((n.to_owned(), [x, y]));
+            }
+            let spec = InitSpec {
+                cluster: name,
+                nodes: [a, b],
+                extra_heartbeats: extra,
+                replication_port,
+                heartbeat_port,
+                certs,
+                modules,
+                state,
+                run,
+                data_root: None,
+            };
+            for f in config::init(&spec, &out).map_err(|e| anyhow!(e))? {
+                println!("wrote {}", f.display());
+            }
+            println!(
+                "Copy each node's folder to it: cluster.toml to {}, certs/ to the `certs` path in it. The CA's key stays in {} (keep it offline).",
+                config::DEFAULT_CLUSTER_FILE,
+                out.join("ca").display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Run the node daemon until SIGTERM or SIGINT.
+pub fn daemon(c: &ConfigArg) -> Result<()> {
+    let cf = ClusterFile::load(&c.config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .thread_name("mirrorkit-daemon")
+        .build()
+        .context("cannot start the async runtime")?;
+    let r = rt.block_on(mirrorkit_node::daemon::run(cf, crate::wait_for_signal()));
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    r
+}
+
+fn call(c: &ConfigArg, req: &Request) -> Result<Reply> {
+    let cf = ClusterFile::load(&c.config)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(api::call(&cf.socket(), req))
+        .map_err(|e| anyhow!(e))
+}
+
+pub fn status(c: &ConfigArg, json: bool) -> Result<()> {
+    match call(c, &Request::Status)? {
+        Reply::Status(s) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", api::table(&s));
+            }
+            Ok(())
+        }
+        Reply::Error(e) => bail!(e),
+        other => bail!("unexpected answer from the daemon: {other:?}"),
+    }
+}
+
+pub fn verb(c: &ConfigArg, module: &str, verb: Verb) -> Result<()> {
+    let who = crate::operator();
+    match call(
+        c,
+        &Request::Verb {
+            module: module.to_owned(),
+            verb,
+            who,
+        },
+    )? {
+        Reply::Done { state } => {
+            println!("{verb} {module}: done, {state} on this node");
+            Ok(())
+        }
+        Reply::Error(e) => bail!("{verb} {module}: {e}"),
+        other => bail!("unexpected answer from the daemon: {other:?}"),
+    }
+}
+
+pub fn log(c: &ConfigArg, module: &str, lines: usize) -> Result<()> {
+    match call(
+        c,
+        &Request::Log {
+            module: module.to_owned(),
+            lines,
+        },
+    )? {
+        Reply::Log(entries) => {
+            for e in entries {
+                println!("{}", format_entry(&e));
+            }
+            Ok(())
+        }
+        Reply::Error(e) => bail!(e),
+        other => bail!("unexpected answer from the daemon: {other:?}"),
+    }
+}
+
+fn format_entry(e: &mirrorkit_scripts::Entry) -> String {
+    let secs = e.time_ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let days = secs / 86_400;
+    let (y, mo, d) = civil(days);
+    format!(
+        "{y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{s:02}.{:03} UTC {:<5} {:<6} {}",
+        e.time_ms % 1000,
+        e.level,
+        e.kind,
+        e.text
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil(days: u64) -> (i64, u32, u32) {
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil(0), (1970, 1, 1));
+        assert_eq!(super::civil(20_786), (2026, 11, 29));
+        assert_eq!(super::civil(11_016), (2000, 2, 29));
+    }
+}

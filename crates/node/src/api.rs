@@ -1,0 +1,199 @@
+//! The daemon's local control socket (`<run>/mirrorkit.sock`, mode 0600: root only) and its
+//! client, used by the CLI. One JSON request per line, one JSON reply per line.
+
+use std::path::Path;
+
+use mirrorkit_cluster::machine::{Progress, StateKind, Verb};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Verb {
+        module: String,
+        verb: Verb,
+        who: String,
+    },
+    Log {
+        module: String,
+        lines: usize,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reply {
+    Status(NodeStatus),
+    /// A verb ended: the state it ended in.
+    Done {
+        state: StateKind,
+    },
+    Log(Vec<mirrorkit_scripts::Entry>),
+    Error(String),
+}
+
+/// What a node knows of the cluster: its own modules and the peer's last statuses.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub cluster: String,
+    pub node: String,
+    pub peer: String,
+    pub heartbeats: Vec<NetStatus>,
+    pub modules: Vec<ModuleStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NetStatus {
+    pub name: String,
+    pub up: bool,
+    pub last_heard_ms_ago: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModuleStatus {
+    pub name: String,
+    /// Problems that keep the module from running on this node (invalid module.toml,
+    /// unsupported feature); empty when it runs.
+    pub problems: Vec<String>,
+    pub state: Option<StateKind>,
+    pub colour: Option<String>,
+    pub reason: String,
+    /// How long ago it entered its state.
+    pub since_ms_ago: u64,
+    pub progress: Option<Progress>,
+    pub split_brain: bool,
+    /// The replication link on this node, when mounted as primary: mode and reason.
+    pub mirror: Option<String>,
+    /// The peer's module, as it last said (state and reason), if heard since it was lost.
+    pub peer_state: Option<StateKind>,
+    pub peer_reason: Option<String>,
+    pub peer_in_sync: Option<bool>,
+}
+
+/// Send one request to the daemon behind `socket` and read its reply.
+pub async fn call(socket: &Path, req: &Request) -> Result<Reply, String> {
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+        format!(
+            "cannot reach the mirrorkit daemon at {}: {e} (is it running on this node? `systemctl status mirrorkit`; run as root)",
+            socket.display()
+        )
+    })?;
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_string(req).map_err(|e| format!("cannot encode: {e}"))?;
+    line.push('\n');
+    w.write_all(line.as_bytes())
+        .await
+        .map_err(|e| format!("cannot send to the daemon: {e}"))?;
+    let mut reader = BufReader::new(r);
+    let mut answer = String::new();
+    let n = reader
+        .read_line(&mut answer)
+        .await
+        .map_err(|e| format!("cannot read the daemon's answer: {e}"))?;
+    if n == 0 {
+        return Err("the daemon closed the connection without answering (it may be stopping; see its log: journalctl -u mirrorkit)".into());
+    }
+    serde_json::from_str(&answer).map_err(|e| format!("unreadable answer from the daemon: {e}"))
+}
+
+/// The status as a table, for `mirrorkit status`.
+pub fn table(s: &NodeStatus) -> String {
+    let mut out = format!("cluster {}, node {} (peer {})\n", s.cluster, s.node, s.peer);
+    for h in &s.heartbeats {
+        out.push_str(&format!(
+            "heartbeat {}: {}{}\n",
+            h.name,
+            if h.up { "up" } else { "DOWN" },
+            h.last_heard_ms_ago
+                .map(|ms| format!(", peer heard {ms} ms ago"))
+                .unwrap_or_default()
+        ));
+    }
+    out.push_str(&format!(
+        "\n{:<16} {:<11} {:<11} {}\n",
+        "MODULE",
+        s.node.to_uppercase(),
+        s.peer.to_uppercase(),
+        "REASON"
+    ));
+    for m in &s.modules {
+        let here = m
+            .state
+            .map_or("INVALID".to_owned(), |k| k.name().to_owned());
+        let there = m.peer_state.map_or("?".to_owned(), |k| k.name().to_owned());
+        let mut reason = if m.problems.is_empty() {
+            m.reason.clone()
+        } else {
+            m.problems.join("; ")
+        };
+        if let Some(p) = m.progress {
+            reason = format!(
+                "resync {}% ({} of {} MiB); {reason}",
+                p.percent(),
+                p.done_bytes >> 20,
+                p.total_bytes >> 20
+            );
+        }
+        out.push_str(&format!(
+            "{:<16} {:<11} {:<11} {}\n",
+            m.name, here, there, reason
+        ));
+    }
+    out
+}
+
+/// Serve the control socket: each connection's request goes to `handle`.
+pub async fn serve<F, Fut>(socket: &Path, handle: F) -> Result<(), String>
+where
+    F: Fn(Request) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Reply> + Send,
+{
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(format!(
+                "cannot remove the old socket {}: {e}",
+                socket.display()
+            ))
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(socket)
+        .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot restrict {}: {e}", socket.display()))?;
+    }
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut reader = BufReader::new(r);
+                let mut line = String::new();
+                if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let reply = match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => handle(req).await,
+                    Err(e) => Reply::Error(format!("malformed request: {e}")),
+                };
+                if let Ok(mut text) = serde_json::to_string(&reply) {
+                    text.push('\n');
+                    let _ = w.write_all(text.as_bytes()).await;
+                }
+            });
+        }
+    });
+    Ok(())
+}

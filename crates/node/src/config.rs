@@ -1,0 +1,402 @@
+//! The cluster file: one per node (`/etc/mirrorkit/cluster.toml` by default), naming the
+//! cluster, this node, both nodes' replication addresses, the heartbeat networks, and where
+//! certificates, modules and state live. `mirrorkit cluster init` writes both nodes' files and
+//! certificates in one go (`init`).
+//!
+//! ```toml
+//! cluster = "shop"
+//! node = "alpha"                       # this node
+//! certs = "/etc/mirrorkit/certs"       # ca.pem, <node>.pem, <node>.key
+//! modules = "/etc/mirrorkit/modules"   # one folder per module
+//! state = "/var/lib/mirrorkit"         # per module: data generations, dirty record, event log
+//! run = "/run/mirrorkit"               # control socket, scripts' run directories
+//!
+//! [nodes.alpha]
+//! replication = "10.0.0.1:7400"
+//! [nodes.beta]
+//! replication = "10.0.0.2:7400"
+//!
+//! [[heartbeat]]                        # one or more networks, tried in this order
+//! name = "lan"
+//! alpha = "10.0.0.1:7410"
+//! beta = "10.0.0.2:7410"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the daemon and the CLI look for the cluster file unless told otherwise.
+pub const DEFAULT_CLUSTER_FILE: &str = "/etc/mirrorkit/cluster.toml";
+/// Default replication port (QUIC, UDP).
+pub const DEFAULT_REPLICATION_PORT: u16 = 7400;
+/// Default heartbeat port of the first network (QUIC, UDP); the next networks use the next ports.
+pub const DEFAULT_HEARTBEAT_PORT: u16 = 7410;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAddrs {
+    pub replication: SocketAddr,
+}
+
+/// One heartbeat network: each node's address on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatNet {
+    pub name: String,
+    #[serde(flatten)]
+    pub addrs: BTreeMap<String, SocketAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    pub cluster: String,
+    pub node: String,
+    pub certs: PathBuf,
+    pub modules: PathBuf,
+    pub state: PathBuf,
+    pub run: PathBuf,
+    /// For test and demo clusters on one machine: every replicated directory of every module
+    /// is taken beneath this directory (`<data_root>/<dir>`) instead of at `dir` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_root: Option<PathBuf>,
+    pub nodes: BTreeMap<String, NodeAddrs>,
+    #[serde(rename = "heartbeat")]
+    pub heartbeats: Vec<HeartbeatNet>,
+}
+
+/// A cluster file that cannot be used, with the file and what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read cluster file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cluster file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl ClusterFile {
+    pub fn load(path: &Path) -> Result<ClusterFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let cf: ClusterFile = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        cf.validate().map_err(invalid)?;
+        Ok(cf)
+    }
+
+    /// Every rule the file must follow, each failure saying which field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.nodes.len() != 2 {
+            return Err(format!(
+                "[nodes] must name exactly two nodes, found {}: {:?}",
+                self.nodes.len(),
+                self.nodes.keys().collect::<Vec<_>>()
+            ));
+        }
+        for name in self.nodes.keys() {
+            mirrorkit_net::pki::validate_node_name(name)
+                .map_err(|e| format!("[nodes.{name}]: {e}"))?;
+        }
+        if !self.nodes.contains_key(&self.node) {
+            return Err(format!(
+                "node = {:?} is not one of [nodes]: {:?}",
+                self.node,
+                self.nodes.keys().collect::<Vec<_>>()
+            ));
+        }
+        if self.heartbeats.is_empty() {
+            return Err("at least one [[heartbeat]] network is needed".into());
+        }
+        for (i, hb) in self.heartbeats.iter().enumerate() {
+            if hb.name.is_empty() {
+                return Err(format!("[[heartbeat]] number {}: name is empty", i + 1));
+            }
+            for n in self.nodes.keys() {
+                if !hb.addrs.contains_key(n) {
+                    return Err(format!(
+                        "[[heartbeat]] {:?}: no address for node {n:?} (write {n} = \"ADDRESS:PORT\")",
+                        hb.name
+                    ));
+                }
+            }
+            if let Some(extra) = hb.addrs.keys().find(|k| !self.nodes.contains_key(*k)) {
+                return Err(format!(
+                    "[[heartbeat]] {:?}: {extra:?} is not a node of [nodes]",
+                    hb.name
+                ));
+            }
+        }
+        for (field, p) in [
+            ("certs", &self.certs),
+            ("modules", &self.modules),
+            ("state", &self.state),
+            ("run", &self.run),
+        ] {
+            if !p.is_absolute() {
+                return Err(format!("{field} = {:?} must be an absolute path", p));
+            }
+        }
+        Ok(())
+    }
+
+    /// The other node's name.
+    pub fn peer(&self) -> &str {
+        self.nodes
+            .keys()
+            .find(|n| **n != self.node)
+            .map_or("", |n| n.as_str())
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
+    }
+
+    pub fn replication(&self, node: &str) -> Option<SocketAddr> {
+        self.nodes.get(node).map(|n| n.replication)
+    }
+
+    /// Where a module's replicated directory `dir` is on this node.
+    pub fn data_dir(&self, dir: &Path) -> PathBuf {
+        match &self.data_root {
+            Some(root) => root.join(dir.strip_prefix("/").unwrap_or(dir)),
+            None => dir.to_owned(),
+        }
+    }
+
+    /// The module's state directory on this node.
+    pub fn module_state(&self, module: &str) -> PathBuf {
+        self.state.join("modules").join(module)
+    }
+
+    /// The module's scripts' run directory on this node.
+    pub fn module_run(&self, module: &str) -> PathBuf {
+        self.run.join("modules").join(module)
+    }
+
+    /// The daemon's control socket (CLI).
+    pub fn socket(&self) -> PathBuf {
+        self.run.join("mirrorkit.sock")
+    }
+}
+
+/// One node given to `cluster init`: its name and its address on the first heartbeat network
+/// and for replication.
+#[derive(Clone, Debug)]
+pub struct InitNode {
+    pub name: String,
+    pub addr: std::net::IpAddr,
+}
+
+/// What `cluster init` needs.
+#[derive(Clone, Debug)]
+pub struct InitSpec {
+    pub cluster: String,
+    pub nodes: [InitNode; 2],
+    /// Further heartbeat networks: name and each node's address, in node order.
+    pub extra_heartbeats: Vec<(String, [std::net::IpAddr; 2])>,
+    pub replication_port: u16,
+    pub heartbeat_port: u16,
+    /// The paths written into both files (as on the nodes).
+    pub certs: PathBuf,
+    pub modules: PathBuf,
+    pub state: PathBuf,
+    pub run: PathBuf,
+    pub data_root: Option<PathBuf>,
+}
+
+/// Write `<out>/<node>/cluster.toml` and `<out>/<node>/certs/{ca.pem,<node>.pem,<node>.key}` for
+/// both nodes, from one new cluster CA (whose key is kept in `<out>/ca/` only: it signs no
+/// more certificates unless an operator uses it). Refuses to overwrite anything.
+pub fn init(spec: &InitSpec, out: &Path) -> Result<Vec<PathBuf>, String> {
+    let names: Vec<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();
+    let ca_dir = out.join("ca");
+    mirrorkit_net::pki::generate_cluster(&ca_dir, &spec.cluster, &names, false).map_err(|e| {
+        format!(
+            "cannot create the cluster's certificates in {}: {e}",
+            ca_dir.display()
+        )
+    })?;
+    let mut heartbeats = vec![HeartbeatNet {
+        name: "net1".into(),
+        addrs: spec
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), SocketAddr::new(n.addr, spec.heartbeat_port)))
+            .collect(),
+    }];
+    for (i, (name, addrs)) in spec.extra_heartbeats.iter().enumerate() {
+        let port = spec.heartbeat_port.saturating_add(1 + i as u16);
+        heartbeats.push(HeartbeatNet {
+            name: name.clone(),
+            addrs: spec
+                .nodes
+                .iter()
+                .zip(addrs)
+                .map(|(n, a)| (n.name.clone(), SocketAddr::new(*a, port)))
+                .collect(),
+        });
+    }
+    let nodes: BTreeMap<String, NodeAddrs> = spec
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                n.name.clone(),
+                NodeAddrs {
+                    replication: SocketAddr::new(n.addr, spec.replication_port),
+                },
+            )
+        })
+        .collect();
+    let mut written = Vec::new();
+    for n in &spec.nodes {
+        let cf = ClusterFile {
+            cluster: spec.cluster.clone(),
+            node: n.name.clone(),
+            certs: spec.certs.clone(),
+            modules: spec.modules.clone(),
+            state: spec.state.clone(),
+            run: spec.run.clone(),
+            data_root: spec.data_root.clone(),
+            nodes: nodes.clone(),
+            heartbeats: heartbeats.clone(),
+        };
+        cf.validate()?;
+        let dir = out.join(&n.name);
+        let certs = dir.join("certs");
+        std::fs::create_dir_all(&certs)
+            .map_err(|e| format!("cannot create {}: {e}", certs.display()))?;
+        for f in [
+            "ca.pem".to_owned(),
+            format!("{}.pem", n.name),
+            format!("{}.key", n.name),
+        ] {
+            let from = ca_dir.join(&f);
+            let to = certs.join(&f);
+            if to.exists() {
+                return Err(format!("{} exists: refusing to overwrite it", to.display()));
+            }
+            std::fs::copy(&from, &to)
+                .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))?;
+            if f.ends_with(".key") {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| format!("cannot restrict {}: {e}", to.display()))?;
+            }
+        }
+        let text = toml::to_string_pretty(&cf).map_err(|e| format!("cannot encode: {e}"))?;
+        let file = dir.join("cluster.toml");
+        if file.exists() {
+            return Err(format!(
+                "{} exists: refusing to overwrite it",
+                file.display()
+            ));
+        }
+        let header = format!(
+            "# mirrorkit cluster file of node {} (cluster {}), written by `mirrorkit cluster init`.\n# Install it as {DEFAULT_CLUSTER_FILE} on {}, with certs/ in the `certs` directory below.\n\n",
+            n.name, spec.cluster, n.name
+        );
+        std::fs::write(&file, header + &text)
+            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        written.push(file);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &Path) -> InitSpec {
+        InitSpec {
+            cluster: "shop".into(),
+            nodes: [
+                InitNode {
+                    name: "alpha".into(),
+                    addr: "10.0.0.1".parse().unwrap(),
+                },
+                InitNode {
+                    name: "beta".into(),
+                    addr: "10.0.0.2".parse().unwrap(),
+                },
+            ],
+            extra_heartbeats: vec![(
+                "backup".into(),
+                [
+                    "192.168.9.1".parse().unwrap(),
+                    "192.168.9.2".parse().unwrap(),
+                ],
+            )],
+            replication_port: DEFAULT_REPLICATION_PORT,
+            heartbeat_port: DEFAULT_HEARTBEAT_PORT,
+            certs: "/etc/mirrorkit/certs".into(),
+            modules: "/etc/mirrorkit/modules".into(),
+            state: dir.join("state"),
+            run: "/run/mirrorkit".into(),
+            data_root: None,
+        }
+    }
+
+    #[test]
+    fn init_writes_two_valid_files_with_their_certificates() {
+        let tmp = tempfile::tempdir().unwrap();
+        let files = init(&spec(tmp.path()), tmp.path()).unwrap();
+        assert_eq!(files.len(), 2);
+        let a = ClusterFile::load(&files[0]).unwrap();
+        let b = ClusterFile::load(&files[1]).unwrap();
+        assert_eq!((a.node.as_str(), a.peer()), ("alpha", "beta"));
+        assert_eq!((b.node.as_str(), b.peer()), ("beta", "alpha"));
+        assert_eq!(a.heartbeats.len(), 2);
+        assert_eq!(
+            a.heartbeats[1].addrs["beta"].port(),
+            DEFAULT_HEARTBEAT_PORT + 1
+        );
+        assert_eq!(a.nodes, b.nodes);
+        mirrorkit_net::pki::NodeIdentity::load(&tmp.path().join("alpha/certs"), "alpha").unwrap();
+        mirrorkit_net::pki::NodeIdentity::load(&tmp.path().join("beta/certs"), "beta").unwrap();
+        assert!(!tmp.path().join("alpha/certs/beta.key").exists());
+        // Never overwrites.
+        assert!(init(&spec(tmp.path()), tmp.path()).is_err());
+    }
+
+    #[test]
+    fn invalid_files_say_which_field() {
+        let tmp = tempfile::tempdir().unwrap();
+        let files = init(&spec(tmp.path()), tmp.path()).unwrap();
+        let text = std::fs::read_to_string(&files[0]).unwrap();
+        let cases = [
+            (
+                text.replace("node = \"alpha\"", "node = \"gamma\""),
+                "not one of [nodes]",
+            ),
+            (text.replace("[nodes.beta]", "[nodes.Beta_2]"), "nodes"),
+            (
+                text.replace("beta = \"10.0.0.2:7410\"", ""),
+                "no address for node \"beta\"",
+            ),
+            (
+                text.replace("run = \"/run/mirrorkit\"", "run = \"run\""),
+                "run",
+            ),
+            (text.replace("cluster = ", "clustr = "), "unknown field"),
+        ];
+        for (bad, want) in cases {
+            std::fs::write(&files[0], &bad).unwrap();
+            let e = ClusterFile::load(&files[0]).unwrap_err().to_string();
+            assert!(
+                e.contains(want) && e.contains("cluster.toml"),
+                "{want}: {e}"
+            );
+        }
+    }
+}

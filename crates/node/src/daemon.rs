@@ -1,0 +1,1134 @@
+//! The node daemon: one task owns every module's state machine and performs its actions with
+//! the real components (the engine's mount and receiver, the module's scripts, virtual IPs,
+//! the heartbeat channel). Everything that takes time runs in its own task and comes back as
+//! an input of the loop, so that the machines never wait for I/O and see events in order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use mirrorkit_cluster::machine::{
+    Action, Config as MachineConfig, Event, Failure, Level, Machine, MirrorEvent, OpId, PeerMsg,
+    Progress, Script, StateKind, Timer, Verb,
+};
+use mirrorkit_engine::link::{LinkConfig, Mode};
+use mirrorkit_engine::managed::EngineEvent;
+use mirrorkit_engine::mount::Mounted;
+use mirrorkit_engine::primary::PeerAddr;
+use mirrorkit_engine::secondary::{Receiver, SecondaryConfig, SecondaryCounters};
+use mirrorkit_module::{load_module, HeartbeatProfile, LoadedModule, ScriptKind};
+use mirrorkit_net::pki::NodeIdentity;
+use mirrorkit_scripts::{EventLog, Kind, Level as LogLevel, Runner, ScriptEnv, ScriptRole};
+use mirrorkit_store::StateFile;
+use mirrorkit_vip::VipSpec;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use crate::api::{self, ModuleStatus, NetStatus, NodeStatus, Reply, Request};
+use crate::config::ClusterFile;
+
+/// Everything the loop reacts to.
+enum Input {
+    Machine(String, Event),
+    Engine(EngineEvent),
+    Api(Request, oneshot::Sender<Reply>),
+    Mounted {
+        module: String,
+        op: OpId,
+        result: Result<(Mounted, Option<u64>), String>,
+    },
+    Liveness(HeartbeatProfile, bool),
+    Stop(oneshot::Sender<()>),
+}
+
+type Receivers = Arc<Mutex<HashMap<String, Arc<Receiver>>>>;
+
+/// One module on this node.
+struct ModuleRt {
+    loaded: Option<LoadedModule>,
+    problems: Vec<String>,
+    machine: Option<Machine>,
+    timers: BTreeMap<Timer, u64>,
+    runner: Option<Arc<Runner>>,
+    log: Option<EventLog>,
+    profile: HeartbeatProfile,
+    vips: Vec<VipSpec>,
+    data_dir: Option<PathBuf>,
+    state_dir: PathBuf,
+    mounted: Option<Mounted>,
+    /// The mount's device, to abort its FUSE connection when fencing.
+    fuse_dev: Option<u64>,
+    primary_task: Option<tokio::task::JoinHandle<()>>,
+    receiver: Option<Arc<Receiver>>,
+    pending_resync: Option<oneshot::Sender<Result<(), String>>>,
+    verb_waiters: Vec<(Verb, oneshot::Sender<Reply>)>,
+    last_progress: Option<Progress>,
+    peer: Option<mirrorkit_cluster::machine::PeerStatus>,
+}
+
+struct Daemon {
+    cf: ClusterFile,
+    start: Instant,
+    tx: mpsc::UnboundedSender<Input>,
+    engine_tx: mirrorkit_engine::managed::Events,
+    modules: BTreeMap<String, ModuleRt>,
+    endpoint: quinn::Endpoint,
+    receivers: Receivers,
+    heartbeat: mirrorkit_heartbeat::Heartbeat,
+}
+
+/// Run the node daemon until `stop` resolves; then stop every module as `stop` would (the
+/// primary hands over to a secondary in sync) and return.
+pub async fn run(
+    cf: ClusterFile,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let identity = NodeIdentity::load(&cf.certs, &cf.node).with_context(|| {
+        format!(
+            "cannot load node {}'s certificate from {}",
+            cf.node,
+            cf.certs.display()
+        )
+    })?;
+    let peer = cf.peer().to_owned();
+    let bind = cf
+        .replication(&cf.node)
+        .ok_or_else(|| anyhow!("no replication address for node {}", cf.node))?;
+    let endpoint =
+        mirrorkit_net::endpoint(&identity, bind, &mirrorkit_net::TransportParams::default())
+            .with_context(|| format!("cannot open the replication endpoint on {bind}"))?;
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
+    let (engine_tx, mut engine_rx) = mpsc::unbounded_channel::<EngineEvent>();
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(e) = engine_rx.recv().await {
+                if tx.send(Input::Engine(e)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    // Modules: every folder of the modules directory.
+    let mut modules = BTreeMap::new();
+    let names = cf.names();
+    let mut entries: Vec<PathBuf> = match std::fs::read_dir(&cf.modules) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect(),
+        Err(e) => {
+            warn!(dir = %cf.modules.display(), "cannot read the modules directory: {e}; no module runs");
+            Vec::new()
+        }
+    };
+    entries.sort();
+    for dir in entries {
+        let (name, rt) = module_rt(&cf, &dir, &names);
+        modules.insert(name, rt);
+    }
+
+    // Heartbeats: the fastest profile in use sets the beat.
+    let interval = modules
+        .values()
+        .map(|m| m.profile.interval_ms())
+        .min()
+        .unwrap_or(HeartbeatProfile::Default.interval_ms());
+    let networks = cf
+        .heartbeats
+        .iter()
+        .filter_map(|h| {
+            Some(mirrorkit_heartbeat::Network {
+                name: h.name.clone(),
+                local: *h.addrs.get(&cf.node)?,
+                peer: *h.addrs.get(&peer)?,
+            })
+        })
+        .collect();
+    let hb_cfg = mirrorkit_heartbeat::Config {
+        node: cf.node.clone(),
+        peer: peer.clone(),
+        networks,
+        interval_ms: interval,
+    };
+    let (heartbeat, mut messages) = mirrorkit_heartbeat::Heartbeat::start(identity.clone(), hb_cfg)
+        .await
+        .map_err(|e| anyhow!("cannot start the heartbeats: {e}"))?;
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(m) = messages.recv().await {
+                match postcard::from_bytes::<PeerMsg>(&m.payload) {
+                    Ok(msg) => {
+                        if tx
+                            .send(Input::Machine(m.channel, Event::Peer(msg)))
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Err(e) => warn!(module = %m.channel, "unreadable message from the peer: {e}"),
+                }
+            }
+        });
+    }
+    let mut profiles: Vec<HeartbeatProfile> = modules.values().map(|m| m.profile).collect();
+    profiles.sort_by_key(|p| p.peer_lost_after_ms());
+    profiles.dedup();
+    for p in profiles {
+        let mut w = heartbeat.watch(p.peer_lost_after_ms());
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(l) = w.recv().await {
+                let seen = matches!(l, mirrorkit_heartbeat::Liveness::Seen);
+                if let mirrorkit_heartbeat::Liveness::Lost { reason } = &l {
+                    warn!(profile = ?p, "peer lost: {reason}");
+                }
+                if tx.send(Input::Liveness(p, seen)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    let receivers: Receivers = Arc::default();
+    tokio::spawn(accept_loop(
+        endpoint.clone(),
+        peer.clone(),
+        receivers.clone(),
+    ));
+
+    // The control socket.
+    {
+        let tx = tx.clone();
+        api::serve(&cf.socket(), move |req| {
+            let tx = tx.clone();
+            async move {
+                let (rtx, rrx) = oneshot::channel();
+                if tx.send(Input::Api(req, rtx)).is_err() {
+                    return Reply::Error("the daemon is stopping".into());
+                }
+                rrx.await
+                    .unwrap_or_else(|_| Reply::Error("the daemon is stopping".into()))
+            }
+        })
+        .await
+        .map_err(|e| anyhow!(e))?;
+    }
+
+    let mut d = Daemon {
+        cf,
+        start: Instant::now(),
+        tx: tx.clone(),
+        engine_tx,
+        modules,
+        endpoint,
+        receivers,
+        heartbeat,
+    };
+    info!(node = %d.cf.node, peer = %peer, modules = d.modules.len(), socket = %d.cf.socket().display(), "mirrorkit daemon started");
+    d.boot().await;
+
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            stop.await;
+            let (stx, srx) = oneshot::channel();
+            if tx.send(Input::Stop(stx)).is_ok() {
+                let _ = srx.await;
+            }
+        });
+    }
+    // (who waits, when asked, since when every module is stopped)
+    let mut stopping: Option<(oneshot::Sender<()>, Instant, Option<Instant>)> = None;
+    // Modules that were primary when the stop was asked: their peer should take over.
+    let mut handing: Vec<String> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        let next = d.next_deadline();
+        let sleep = async {
+            match next {
+                Some(at) => {
+                    let now = d.now();
+                    tokio::time::sleep(Duration::from_millis(at.saturating_sub(now))).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            input = rx.recv() => {
+                let Some(input) = input else { break };
+                match input {
+                    Input::Stop(done) => {
+                        info!("stopping: every module stops (a primary hands over to a secondary in sync)");
+                        handing = d
+                            .modules
+                            .iter()
+                            .filter(|(_, m)| m.machine.as_ref().is_some_and(|mc| mc.state().is_primary()))
+                            .map(|(n, _)| n.clone())
+                            .collect();
+                        for name in d.modules.keys().cloned().collect::<Vec<_>>() {
+                            d.feed(&name, Event::Verb { verb: Verb::Stop, who: "daemon shutdown".into() }).await;
+                        }
+                        stopping = Some((done, Instant::now(), None));
+                    }
+                    other => d.input(other).await,
+                }
+            }
+            _ = sleep => d.fire_timers().await,
+            _ = tick.tick() => d.poll_progress().await,
+        }
+        if let Some((_, asked, stopped_since)) = &mut stopping {
+            let all_stopped = d.modules.values().all(|m| {
+                m.machine
+                    .as_ref()
+                    .is_none_or(|mc| mc.state() == StateKind::Stop)
+            });
+            // A handover completes when the peer has heard of it and committed its promotion
+            // (which needs this node's consent while it is in view): stay, answering, until
+            // then, or until the peer is gone, for a few seconds at most.
+            let handed = handing.iter().all(|name| {
+                d.modules.get(name).is_none_or(|m| {
+                    m.peer
+                        .as_ref()
+                        .is_none_or(|p| p.state.is_primary() && p.committed)
+                })
+            });
+            *stopped_since = if all_stopped {
+                Some(stopped_since.unwrap_or_else(Instant::now))
+            } else {
+                None
+            };
+            let lingered = stopped_since.is_some_and(|t| t.elapsed() > Duration::from_secs(5));
+            if (all_stopped && (handed || lingered)) || asked.elapsed() > Duration::from_secs(600) {
+                if let Some((done, _, _)) = stopping.take() {
+                    let _ = done.send(());
+                }
+                break;
+            }
+        }
+    }
+    d.heartbeat.shutdown().await;
+    d.endpoint.close(0u32.into(), b"daemon stopped");
+    info!("mirrorkit daemon stopped");
+    Ok(())
+}
+
+/// Load one module folder into its runtime record (invalid or unsupported: problems, no machine).
+fn module_rt(cf: &ClusterFile, dir: &std::path::Path, names: &[String]) -> (String, ModuleRt) {
+    let fallback = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut rt = ModuleRt {
+        loaded: None,
+        problems: Vec::new(),
+        machine: None,
+        timers: BTreeMap::new(),
+        runner: None,
+        log: None,
+        profile: HeartbeatProfile::Default,
+        vips: Vec::new(),
+        data_dir: None,
+        state_dir: cf.module_state(&fallback),
+        mounted: None,
+        fuse_dev: None,
+        primary_task: None,
+        receiver: None,
+        pending_resync: None,
+        verb_waiters: Vec::new(),
+        last_progress: None,
+        peer: None,
+    };
+    let loaded = match load_module(dir, Some(names)) {
+        Ok(l) => l,
+        Err(problems) => {
+            for p in &problems {
+                error!(module_dir = %dir.display(), "invalid module, not started: {p}");
+            }
+            rt.problems = problems.iter().map(|p| p.to_string()).collect();
+            return (fallback, rt);
+        }
+    };
+    let c = &loaded.config;
+    let name = c.name.clone();
+    rt.state_dir = cf.module_state(&name);
+    rt.profile = c.heartbeat;
+    if c.mirrors.len() != 1 {
+        rt.problems.push(format!(
+            "{}: this version of the daemon runs modules with exactly one [[mirror]] (this one has {})",
+            loaded.file.display(),
+            c.mirrors.len()
+        ));
+    }
+    for m in &c.mirrors {
+        if m.include != [mirrorkit_module::INCLUDE_ALL] || !m.exclude.is_empty() {
+            rt.problems.push(format!(
+                "{}: mirror {}: include/exclude patterns are not applied by this version: refusing to run rather than replicate a different set than declared",
+                loaded.file.display(),
+                m.dir.display()
+            ));
+        }
+    }
+    if c.scripts.start_both.is_some() || c.scripts.stop_both.is_some() {
+        rt.problems.push(format!(
+            "{}: start_both/stop_both are not run by this version of the daemon",
+            loaded.file.display()
+        ));
+    }
+    if !c.checkers.is_empty() {
+        warn!(module = %name, "checkers are declared but not run by this version of the daemon");
+    }
+    rt.vips = c
+        .vips
+        .iter()
+        .map(|v| VipSpec {
+            addr: v.address.addr,
+            prefix_len: v.address.prefix_len,
+            interface: v.interface.clone(),
+        })
+        .collect();
+    rt.data_dir = c.mirrors.first().map(|m| cf.data_dir(&m.dir));
+    if !rt.problems.is_empty() {
+        for p in &rt.problems {
+            error!(module = %name, "module not started: {p}");
+        }
+        rt.loaded = Some(loaded);
+        return (name, rt);
+    }
+    let log = match EventLog::open(&rt.state_dir.join("events.log")) {
+        Ok(l) => l,
+        Err(e) => {
+            rt.problems.push(format!(
+                "cannot open the event log in {}: {e}",
+                rt.state_dir.display()
+            ));
+            return (name, rt);
+        }
+    };
+    let env = ScriptEnv {
+        module: name.clone(),
+        node: cf.node.clone(),
+        module_dir: loaded.dir.clone(),
+        run_dir: cf.module_run(&name),
+        vips: rt.vips.iter().map(|v| v.addr.to_string()).collect(),
+        mirror_dirs: rt.data_dir.iter().cloned().collect(),
+        env: c.env.clone(),
+    };
+    match Runner::new(env, log.clone()) {
+        Ok(r) => rt.runner = Some(Arc::new(r)),
+        Err(e) => {
+            rt.problems.push(format!("cannot prepare the scripts: {e}"));
+            return (name, rt);
+        }
+    }
+    let data = match StateFile::new(&rt.state_dir).load() {
+        Ok(d) => d,
+        Err(e) => {
+            rt.problems.push(e.to_string());
+            return (name, rt);
+        }
+    };
+    let mut mc = MachineConfig::new(&name, &cf.node, cf.peer());
+    mc.default_primary = c.default_primary.clone();
+    mc.failback = c.failback;
+    mc.witness = false;
+    // A batch runs each script with its own timeout; the machine's bound covers the longest
+    // batch with the kill grace.
+    let scripts_total: u64 = ScriptKind::ALL
+        .iter()
+        .filter_map(|k| c.scripts.get(*k).map(|s| s.timeout_ms))
+        .sum();
+    mc.script_timeout_ms = scripts_total + 2 * mirrorkit_module::SCRIPT_KILL_GRACE_MS + 5_000;
+    mc.peer_wait_ms = 3 * c.heartbeat.peer_lost_after_ms();
+    let seed = u64::from(std::process::id()) ^ (mirrorkit_engine::link::fresh_gen().0);
+    rt.machine = Some(Machine::new(mc, data, seed));
+    rt.log = Some(log);
+    rt.loaded = Some(loaded);
+    (name, rt)
+}
+
+/// Route each incoming replication connection to the receiver of the mirror it greets.
+async fn accept_loop(endpoint: quinn::Endpoint, peer: String, receivers: Receivers) {
+    while let Some(conn) = mirrorkit_net::accept(&endpoint).await {
+        let who = mirrorkit_net::peer_node_name(&conn).unwrap_or_default();
+        if who != peer {
+            warn!(remote = %conn.remote_address(), node = %who, "refused replication session: only node {peer} may replicate to this node");
+            conn.close(1u32.into(), b"not the configured peer");
+            continue;
+        }
+        let receivers = receivers.clone();
+        tokio::spawn(async move {
+            let (send, recv, hello) = match mirrorkit_engine::secondary::greet(&conn).await {
+                Ok(g) => g,
+                Err(e) => {
+                    info!(remote = %conn.remote_address(), "replication session ended at its greeting: {e}");
+                    conn.close(0u32.into(), b"session ended");
+                    return;
+                }
+            };
+            let r = receivers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&hello.mirror)
+                .cloned();
+            match r {
+                Some(r) => r.serve(conn, send, recv, hello).await,
+                None => {
+                    // Not secondary here (yet): the primary retries shortly.
+                    conn.close(2u32.into(), b"mirror not received on this node now");
+                }
+            }
+        });
+    }
+}
+
+fn log_level(l: Level) -> LogLevel {
+    match l {
+        Level::Info => LogLevel::Info,
+        Level::Warn => LogLevel::Warn,
+        Level::Error => LogLevel::Error,
+    }
+}
+
+fn script_kind(s: Script) -> ScriptKind {
+    match s {
+        Script::Prestart => ScriptKind::Prestart,
+        Script::StartPrim => ScriptKind::StartPrim,
+        Script::StopPrim => ScriptKind::StopPrim,
+        Script::Poststop => ScriptKind::Poststop,
+    }
+}
+
+impl Daemon {
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    async fn boot(&mut self) {
+        let names: Vec<String> = self.modules.keys().cloned().collect();
+        for name in names {
+            if self.modules[&name].machine.is_none() {
+                continue;
+            }
+            self.clean_slate(&name);
+            self.feed(&name, Event::Booted).await;
+            let autostart = self.modules[&name]
+                .loaded
+                .as_ref()
+                .is_some_and(|l| l.config.autostart);
+            if autostart {
+                self.feed(
+                    &name,
+                    Event::Verb {
+                        verb: Verb::Start,
+                        who: "boot (autostart)".into(),
+                    },
+                )
+                .await;
+            }
+        }
+    }
+
+    /// At boot this node holds no role: whatever a previous daemon of this node left (it was
+    /// killed, or the node crashed) goes: the module's processes, its virtual IPs, a dead
+    /// mount over its directory.
+    fn clean_slate(&mut self, name: &str) {
+        let Some(m) = self.modules.get(name) else {
+            return;
+        };
+        if let Some(r) = &m.runner {
+            let n = r.kill_all();
+            if n > 0 {
+                warn!(module = %name, killed = n, "killed processes left by a previous daemon of this node");
+            }
+        }
+        for v in &m.vips {
+            match mirrorkit_vip::is_held(v) {
+                Ok(true) => {
+                    warn!(module = %name, vip = %v, "dropping a virtual IP left by a previous daemon of this node");
+                    if let Err(e) = mirrorkit_vip::release(v) {
+                        error!(module = %name, vip = %v, "cannot drop the virtual IP: {e}");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => warn!(module = %name, vip = %v, "cannot check the virtual IP: {e}"),
+            }
+        }
+        if let Some(dir) = &m.data_dir {
+            if let Err(e) = mirrorkit_engine::mount::detach_stale_mount(dir) {
+                error!(module = %name, dir = %dir.display(), "cannot detach a stale mount: {e}");
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        self.modules
+            .values()
+            .filter_map(|m| m.timers.values().min().copied())
+            .min()
+    }
+
+    async fn fire_timers(&mut self) {
+        let now = self.now();
+        let mut due = Vec::new();
+        for (name, m) in &mut self.modules {
+            let fired: Vec<Timer> = m
+                .timers
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(t, _)| *t)
+                .collect();
+            for t in fired {
+                m.timers.remove(&t);
+                due.push((name.clone(), t));
+            }
+        }
+        for (name, t) in due {
+            self.feed(&name, Event::Timer(t)).await;
+        }
+    }
+
+    /// Resync progress of mounted primaries, as the machine's events.
+    async fn poll_progress(&mut self) {
+        let mut events = Vec::new();
+        for (name, m) in &mut self.modules {
+            let Some(mounted) = &m.mounted else { continue };
+            let link = &mounted.core.link;
+            if link.status().0 != Mode::Syncing {
+                continue;
+            }
+            let c = link.counters();
+            let p = Progress {
+                done_bytes: c.sync_done_bytes.load(std::sync::atomic::Ordering::Relaxed),
+                total_bytes: c
+                    .sync_total_bytes
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            };
+            if m.last_progress != Some(p) {
+                m.last_progress = Some(p);
+                events.push((name.clone(), Event::Mirror(MirrorEvent::ResyncProgress(p))));
+            }
+        }
+        for (name, e) in events {
+            self.feed(&name, e).await;
+        }
+    }
+
+    async fn input(&mut self, input: Input) {
+        match input {
+            Input::Machine(name, ev) => {
+                if let Event::Peer(PeerMsg::Status(s)) = &ev {
+                    if let Some(m) = self.modules.get_mut(&name) {
+                        m.peer = Some(s.clone());
+                    }
+                }
+                self.feed(&name, ev).await
+            }
+            Input::Liveness(profile, seen) => {
+                let names: Vec<String> = self
+                    .modules
+                    .iter()
+                    .filter(|(_, m)| m.profile == profile)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for n in names {
+                    if !seen {
+                        if let Some(m) = self.modules.get_mut(&n) {
+                            m.peer = None;
+                        }
+                    }
+                    self.feed(
+                        &n,
+                        if seen {
+                            Event::PeerSeen
+                        } else {
+                            Event::PeerLost
+                        },
+                    )
+                    .await;
+                }
+            }
+            Input::Engine(e) => self.engine_event(e).await,
+            Input::Mounted { module, op, result } => {
+                let result = match result {
+                    Ok((mounted, dev)) => {
+                        let core = mounted.core.clone();
+                        let peer = PeerAddr {
+                            node: self.cf.peer().to_owned(),
+                            addr: self
+                                .cf
+                                .replication(self.cf.peer())
+                                .unwrap_or(self.cf.nodes[&self.cf.node].replication),
+                        };
+                        let task = tokio::spawn(mirrorkit_engine::primary::run(
+                            core.clone(),
+                            self.endpoint.clone(),
+                            self.cf.node.clone(),
+                            peer,
+                        ));
+                        if let Some(m) = self.modules.get_mut(&module) {
+                            if let Err(e) = mirrorkit_engine::control::serve(core, &m.state_dir) {
+                                warn!(module = %module, "verify socket unavailable: {e}");
+                            }
+                            m.mounted = Some(mounted);
+                            m.fuse_dev = dev;
+                            m.primary_task = Some(task);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(Failure {
+                        detail: e,
+                        exit_status: None,
+                    }),
+                };
+                self.feed(&module, Event::Done { op, result }).await;
+            }
+            Input::Api(req, reply) => self.api(req, reply).await,
+            Input::Stop(_) => {}
+        }
+    }
+
+    async fn engine_event(&mut self, e: EngineEvent) {
+        let (module, ev) = match e {
+            EngineEvent::PeerInSync { mirror } => (mirror, MirrorEvent::PeerInSync),
+            EngineEvent::PeerOutOfSync { mirror, reason } => {
+                (mirror, MirrorEvent::PeerOutOfSync { reason })
+            }
+            EngineEvent::ResyncStarting {
+                mirror,
+                source,
+                full,
+                reply,
+            } => {
+                let Some(m) = self.modules.get_mut(&mirror) else {
+                    let _ = reply.send(Err(format!("no module {mirror} on this node")));
+                    return;
+                };
+                if let Some(old) = m.pending_resync.replace(reply) {
+                    let _ = old.send(Err("superseded by a newer session".into()));
+                }
+                (mirror, MirrorEvent::ResyncStarting { source, full })
+            }
+            EngineEvent::InSync { mirror, source } => (mirror, MirrorEvent::InSync { source }),
+            EngineEvent::SyncLost { mirror, reason } => (mirror, MirrorEvent::SyncLost { reason }),
+        };
+        self.feed(&module, Event::Mirror(ev)).await;
+    }
+
+    async fn api(&mut self, req: Request, reply: oneshot::Sender<Reply>) {
+        match req {
+            Request::Status => {
+                let _ = reply.send(Reply::Status(self.status()));
+            }
+            Request::Log { module, lines } => {
+                let Some(m) = self.modules.get(&module) else {
+                    let _ = reply.send(Reply::Error(self.unknown(&module)));
+                    return;
+                };
+                let path = m.state_dir.join("events.log");
+                let r = match mirrorkit_scripts::EventLog::read_tail(&path, lines) {
+                    Ok(entries) => Reply::Log(entries),
+                    Err(e) => Reply::Error(format!("cannot read {}: {e}", path.display())),
+                };
+                let _ = reply.send(r);
+            }
+            Request::Verb { module, verb, who } => {
+                let Some(m) = self.modules.get_mut(&module) else {
+                    let _ = reply.send(Reply::Error(self.unknown(&module)));
+                    return;
+                };
+                if m.machine.is_none() {
+                    let why = m.problems.join("; ");
+                    let _ = reply.send(Reply::Error(format!(
+                        "module {module} cannot run on this node: {why}"
+                    )));
+                    return;
+                }
+                if let Some(log) = &m.log {
+                    log.append(
+                        LogLevel::Info,
+                        Kind::Verb,
+                        &format!("{verb} asked by {who}"),
+                    );
+                }
+                info!(module = %module, %verb, %who, "verb");
+                m.verb_waiters.push((verb, reply));
+                self.feed(&module, Event::Verb { verb, who }).await;
+            }
+        }
+    }
+
+    fn unknown(&self, module: &str) -> String {
+        format!(
+            "no module {module:?} on node {} (modules: {})",
+            self.cf.node,
+            self.modules.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    }
+
+    fn status(&self) -> NodeStatus {
+        let now = self.now();
+        NodeStatus {
+            cluster: self.cf.cluster.clone(),
+            node: self.cf.node.clone(),
+            peer: self.cf.peer().to_owned(),
+            heartbeats: self
+                .heartbeat
+                .networks()
+                .into_iter()
+                .map(|n| NetStatus {
+                    name: n.name,
+                    up: n.up,
+                    last_heard_ms_ago: n.last_heard_ms_ago,
+                })
+                .collect(),
+            modules: self
+                .modules
+                .iter()
+                .map(|(name, m)| {
+                    let st = m.machine.as_ref().map(|mc| mc.status());
+                    ModuleStatus {
+                        name: name.clone(),
+                        problems: m.problems.clone(),
+                        state: st.as_ref().map(|s| s.state),
+                        colour: st.as_ref().map(|s| s.state.colour().to_owned()),
+                        reason: st.as_ref().map(|s| s.reason.clone()).unwrap_or_default(),
+                        since_ms_ago: st.as_ref().map_or(0, |s| now.saturating_sub(s.since_ms)),
+                        progress: st.as_ref().and_then(|s| s.progress),
+                        split_brain: st.as_ref().is_some_and(|s| s.split_brain),
+                        mirror: m.mounted.as_ref().map(|mt| {
+                            let (mode, reason) = mt.core.link.status();
+                            format!("{}: {reason}", mode.as_str())
+                        }),
+                        peer_state: m.peer.as_ref().map(|p| p.state),
+                        peer_reason: m.peer.as_ref().map(|p| p.reason.clone()),
+                        peer_in_sync: m.peer.as_ref().map(|p| p.in_sync),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Give one event to a module's machine and perform the actions it asks for, in order.
+    async fn feed(&mut self, name: &str, ev: Event) {
+        let now = self.now();
+        let Some(m) = self.modules.get_mut(name) else {
+            warn!(module = %name, "event for an unknown module ignored");
+            return;
+        };
+        let Some(machine) = m.machine.as_mut() else {
+            return;
+        };
+        let before = machine.state();
+        let actions = machine.handle(now, ev);
+        let after = machine.state();
+        if before != after {
+            // The machine logs the change itself (one event, with the reason); the event log
+            // gets a line of its own kind, for the console and `mirrorkit log`.
+            let reason = machine.status().reason;
+            if let Some(log) = &m.log {
+                log.append(
+                    LogLevel::Info,
+                    Kind::State,
+                    &format!("{before} -> {after}: {reason}"),
+                );
+            }
+        }
+        for a in actions {
+            self.perform(name, a).await;
+        }
+    }
+
+    async fn perform(&mut self, name: &str, action: Action) {
+        let tx = self.tx.clone();
+        let module = name.to_owned();
+        let Some(m) = self.modules.get_mut(name) else {
+            return;
+        };
+        match action {
+            Action::Persist(d) => {
+                let file = StateFile::new(&m.state_dir);
+                loop {
+                    match tokio::task::block_in_place(|| file.store(&d)) {
+                        Ok(()) => break,
+                        Err(e) => {
+                            error!(module = %name, "cannot persist the data state, retrying: {e}");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                }
+                if let Some(mt) = &m.mounted {
+                    mt.core.link.adopt_state(d);
+                }
+            }
+            Action::Log { level, text } => {
+                match level {
+                    Level::Info => info!(module = %name, "{text}"),
+                    Level::Warn => warn!(module = %name, "{text}"),
+                    Level::Error => error!(module = %name, "{text}"),
+                }
+                if let Some(log) = &m.log {
+                    log.append(log_level(level), Kind::Log, &text);
+                }
+            }
+            Action::Send(msg) => match postcard::to_allocvec(&msg) {
+                Ok(bytes) => {
+                    self.heartbeat.send(name, bytes);
+                }
+                Err(e) => error!(module = %name, "cannot encode a message for the peer: {e}"),
+            },
+            Action::ArmTimer { timer, at_ms } => {
+                m.timers.insert(timer, at_ms);
+            }
+            Action::RunScripts { op, scripts } => {
+                let Some(runner) = m.runner.clone() else {
+                    return;
+                };
+                let Some(loaded) = &m.loaded else { return };
+                let mut batch = Vec::new();
+                let mut role = ScriptRole::None;
+                for s in scripts {
+                    let kind = script_kind(s);
+                    if matches!(s, Script::StartPrim | Script::StopPrim) {
+                        role = ScriptRole::Primary;
+                    }
+                    if let Some(sc) = loaded.config.scripts.get(kind) {
+                        batch.push((kind, sc.clone()));
+                    }
+                }
+                tokio::spawn(async move {
+                    let result = runner.run(&batch, role).await.map_err(|f| Failure {
+                        detail: f.detail,
+                        exit_status: f.exit_status,
+                    });
+                    let _ = tx.send(Input::Machine(module, Event::Done { op, result }));
+                });
+            }
+            Action::MountPrimary { op, forced } => {
+                let Some(dir) = m.data_dir.clone() else {
+                    return;
+                };
+                let state_dir = m.state_dir.clone();
+                let cfg = LinkConfig {
+                    managed: Some(self.engine_tx.clone()),
+                    forced_by: forced.then(|| "an operator (prim)".to_owned()),
+                    ..LinkConfig::default()
+                };
+                tokio::task::spawn_blocking(move || {
+                    let result = mirrorkit_engine::mount::mount(&module, &dir, &state_dir, cfg)
+                        .map(|mt| {
+                            let dev = crate::fence::device_of(&mt.dir);
+                            (mt, dev)
+                        });
+                    let _ = tx.send(Input::Mounted { module, op, result });
+                });
+            }
+            Action::AllowAlone => {
+                if let (Some(mt), Some(mc)) = (&m.mounted, &m.machine) {
+                    mt.core.link.allow_alone(mc.data().clone());
+                }
+            }
+            Action::Barrier { op } => {
+                let Some(mt) = &m.mounted else {
+                    let result = Err(Failure {
+                        detail: "the mirror is not mounted".into(),
+                        exit_status: None,
+                    });
+                    let _ = tx.send(Input::Machine(module, Event::Done { op, result }));
+                    return;
+                };
+                let core = mt.core.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = core.link.barrier().map_err(|detail| Failure {
+                        detail,
+                        exit_status: None,
+                    });
+                    let _ = tx.send(Input::Machine(module, Event::Done { op, result }));
+                });
+            }
+            Action::Unmount { op } => {
+                let mounted = m.mounted.take();
+                let task = m.primary_task.take();
+                tokio::task::spawn_blocking(move || {
+                    let result = match mounted {
+                        Some(mt) => {
+                            let dir = mt.dir.clone();
+                            mt.unmount().map_err(|e| Failure {
+                                detail: format!("cannot unmount the mirror from {}: {e} (the application may still hold files there)", dir.display()),
+                                exit_status: None,
+                            })
+                        }
+                        None => Ok(()),
+                    };
+                    if let Some(t) = task {
+                        t.abort();
+                    }
+                    let _ = tx.send(Input::Machine(module, Event::Done { op, result }));
+                });
+            }
+            Action::TakeVip { op } | Action::ReleaseVip { op } => {
+                let take = matches!(action, Action::TakeVip { .. });
+                let vips = m.vips.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut result = Ok(());
+                    for v in &vips {
+                        let r = if take {
+                            mirrorkit_vip::take(v)
+                        } else {
+                            mirrorkit_vip::release(v)
+                        };
+                        if let Err(e) = r {
+                            result = Err(Failure {
+                                detail: e.to_string(),
+                                exit_status: None,
+                            });
+                            break;
+                        }
+                    }
+                    let _ = tx.send(Input::Machine(module, Event::Done { op, result }));
+                });
+            }
+            Action::Fence => {
+                for v in &m.vips {
+                    if let Err(e) = mirrorkit_vip::release(v) {
+                        error!(module = %name, "fence: cannot drop the virtual IP {v}: {e}");
+                    }
+                }
+                if let Some(mt) = &m.mounted {
+                    if let Some(dev) = m.fuse_dev {
+                        crate::fence::abort_fuse(dev);
+                    }
+                    mt.core.link.fence();
+                }
+            }
+            Action::ForceStop => {
+                if let Some(r) = &m.runner {
+                    let n = r.kill_all();
+                    warn!(module = %name, killed = n, "forcestop: killed the module's processes");
+                }
+                for v in &m.vips {
+                    if let Err(e) = mirrorkit_vip::release(v) {
+                        error!(module = %name, "forcestop: cannot drop the virtual IP {v}: {e}");
+                    }
+                }
+                if let Some(mt) = m.mounted.take() {
+                    if let Some(dev) = m.fuse_dev.take() {
+                        crate::fence::abort_fuse(dev);
+                    }
+                    mt.core.link.fence();
+                    crate::fence::detach(&mt.dir);
+                    drop(mt);
+                }
+                if let Some(t) = m.primary_task.take() {
+                    t.abort();
+                }
+                self.stop_receiver(name).await;
+            }
+            Action::StartReceiver => {
+                let Some(dir) = m.data_dir.clone() else {
+                    return;
+                };
+                let cfg = SecondaryConfig {
+                    mirror: name.to_owned(),
+                    node: self.cf.node.clone(),
+                    peer_node: self.cf.peer().to_owned(),
+                    root: dir.clone(),
+                    state_dir: m.state_dir.clone(),
+                    managed: Some(self.engine_tx.clone()),
+                };
+                if let Err(e) = std::fs::create_dir_all(&dir) {
+                    warn!(module = %name, dir = %dir.display(), "cannot create the replicated directory: {e}");
+                }
+                match Receiver::open(cfg, Arc::new(SecondaryCounters::default())) {
+                    Ok(r) => {
+                        let r = Arc::new(r);
+                        m.receiver = Some(r.clone());
+                        self.receivers
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(name.to_owned(), r);
+                    }
+                    Err(error) => {
+                        let _ = tx.send(Input::Machine(
+                            module,
+                            Event::Mirror(MirrorEvent::ReceiverFailed { error }),
+                        ));
+                    }
+                }
+            }
+            Action::StopReceiver => self.stop_receiver(name).await,
+            Action::ProceedResync { keep_aside: _ } => {
+                if let Some(r) = m.pending_resync.take() {
+                    let _ = r.send(Ok(()));
+                }
+            }
+            Action::RefuseResync { reason } => match m.pending_resync.take() {
+                Some(r) => {
+                    let _ = r.send(Err(reason));
+                }
+                None => {
+                    if let Some(r) = &m.receiver {
+                        r.close_current();
+                    }
+                }
+            },
+            Action::WitnessClaim { .. } | Action::WitnessRelease => {
+                error!(module = %name, "the state machine asked for a witness, but none is configured");
+            }
+            Action::VerbDone { verb, who, result } => {
+                let text = match &result {
+                    Ok(s) => format!("{verb} by {who}: done, {s}"),
+                    Err(e) => format!("{verb} by {who}: refused or failed: {e}"),
+                };
+                if let Some(log) = &m.log {
+                    log.append(
+                        if result.is_ok() {
+                            LogLevel::Info
+                        } else {
+                            LogLevel::Error
+                        },
+                        Kind::Verb,
+                        &text,
+                    );
+                }
+                info!(module = %name, "{text}");
+                let reply = match result {
+                    Ok(state) => Reply::Done { state },
+                    Err(e) => Reply::Error(e),
+                };
+                if let Some(i) = m.verb_waiters.iter().position(|(v, _)| *v == verb) {
+                    let (_, w) = m.verb_waiters.remove(i);
+                    let _ = w.send(reply);
+                }
+            }
+        }
+    }
+
+    async fn stop_receiver(&mut self, name: &str) {
+        self.receivers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        let Some(m) = self.modules.get_mut(name) else {
+            return;
+        };
+        if let Some(r) = m.pending_resync.take() {
+            let _ = r.send(Err("the receiver is stopping".into()));
+        }
+        if let Some(r) = m.receiver.take() {
+            r.close_current();
+            if tokio::time::timeout(Duration::from_secs(10), r.idle())
+                .await
+                .is_err()
+            {
+                error!(module = %name, "the receiver's last session did not end within 10 s");
+            }
+        }
+    }
+}

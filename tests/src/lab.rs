@@ -1,0 +1,530 @@
+//! A two-node cluster on one machine, in network namespaces: a client namespace holding a
+//! bridge (the "LAN"), and one namespace per server, each with an `eth0` plugged into that
+//! bridge. Each server runs a real `mirrorkit daemon` (entered with `nsenter --net`, so that
+//! its FUSE mounts stay visible to the test), with its own state, run and data directories.
+//! The test talks to the daemons with the real CLI, and to the application through the
+//! virtual IP from the client namespace.
+//!
+//! Needs root and `ip netns`: `require_lab` skips (or fails under CI) otherwise.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::{mirrorkit_bin, require_root_and_fuse};
+
+/// The LAN: 10.77.0.0/24; the client is .100, node i is .(i+1), virtual IPs from .80.
+pub const LAN_PREFIX: &str = "10.77.0";
+pub const NODES: [&str; 2] = ["alpha", "beta"];
+
+/// Root, FUSE and network namespaces, or skip (fail under CI).
+pub fn require_lab(test: &str) -> bool {
+    if !require_root_and_fuse(test) {
+        return false;
+    }
+    let ok = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return true;
+    }
+    let why = format!("{test}: needs `ip netns` (iproute2)");
+    if std::env::var_os("CI").is_some() {
+        panic!("{why}; CI is set, so this is a failure, not a skip");
+    }
+    eprintln!("SKIPPED {why}");
+    false
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn ip(args: &[&str]) {
+    run(Command::new("ip").args(args));
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: String) -> Netns {
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Run `f` on a thread whose network namespace is `ns` (sockets it creates live there).
+pub fn in_netns<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&ns).unwrap_or_else(|e| panic!("{}: {e}", ns.display()));
+        // SAFETY: a valid namespace fd; only this thread changes namespace.
+        let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+        assert_eq!(
+            r,
+            0,
+            "setns {}: {}",
+            ns.display(),
+            std::io::Error::last_os_error()
+        );
+        f()
+    })
+    .join()
+    .expect("thread in namespace panicked")
+}
+
+/// One HTTP/1.0 request; returns status and body.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(1000))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: lab\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status in {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A module of the lab: the demo module, copied with its own name, port and virtual IP.
+#[derive(Clone, Debug)]
+pub struct LabModule {
+    pub name: String,
+    pub port: u16,
+    /// Last byte of the virtual IP in the LAN.
+    pub vip: u8,
+    pub default_primary: Option<String>,
+    pub heartbeat: &'static str,
+}
+
+impl LabModule {
+    pub fn demo(name: &str, port: u16, vip: u8) -> LabModule {
+        LabModule {
+            name: name.into(),
+            port,
+            vip,
+            default_primary: None,
+            heartbeat: "default",
+        }
+    }
+
+    pub fn vip_addr(&self) -> SocketAddr {
+        SocketAddr::new(
+            format!("{LAN_PREFIX}.{}", self.vip).parse().expect("ip"),
+            self.port,
+        )
+    }
+
+    /// The replicated directory, as the module declares it.
+    pub fn dir(&self) -> String {
+        format!("/var/lib/mirrorkit-lab/{}", self.name)
+    }
+}
+
+pub struct LabNode {
+    pub name: String,
+    pub ns: Netns,
+    pub config: PathBuf,
+    pub base: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub client: Netns,
+    pub nodes: Vec<LabNode>,
+    pub modules: Vec<LabModule>,
+    keep: bool,
+}
+
+static LABS: AtomicU32 = AtomicU32::new(0);
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_owned()
+}
+
+impl Lab {
+    /// Build the namespaces, certificates, cluster files and module folders; no daemon runs yet.
+    pub fn new(modules: Vec<LabModule>) -> Lab {
+        let dir = tempfile::Builder::new()
+            .prefix("mirrorkit-lab-")
+            .tempdir()
+            .expect("tempdir");
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            LABS.fetch_add(1, Ordering::Relaxed)
+        );
+        let client = Netns::new(format!("mkl-{tag}-c"));
+        ip(&["-n", &client.name, "link", "add", "br0", "type", "bridge"]);
+        ip(&[
+            "-n",
+            &client.name,
+            "addr",
+            "add",
+            &format!("{LAN_PREFIX}.100/24"),
+            "dev",
+            "br0",
+        ]);
+        ip(&["-n", &client.name, "link", "set", "br0", "up"]);
+        let bin = mirrorkit_bin();
+        run(Command::new(&bin)
+            .args([
+                "certs",
+                "--cluster",
+                "lab",
+                "--nodes",
+                "alpha,beta",
+                "--dir",
+            ])
+            .arg(dir.path().join("certs")));
+        // Module folders.
+        let demo_app = bin.with_file_name("mirrorkit-demo-app");
+        assert!(
+            demo_app.exists(),
+            "{} not found: build it first (cargo build --bin mirrorkit-demo-app)",
+            demo_app.display()
+        );
+        let mods = dir.path().join("modules");
+        for m in &modules {
+            let md = mods.join(&m.name);
+            std::fs::create_dir_all(&md).expect("module dir");
+            for f in ["start_prim", "stop_prim"] {
+                std::fs::copy(workspace_root().join("modules/demo").join(f), md.join(f))
+                    .expect("copy script");
+            }
+            let toml = format!(
+                "name = \"{name}\"\nfailback = false\nheartbeat = \"{hb}\"\n{dp}\n[[mirror]]\ndir = \"{dir}\"\n\n[[vip]]\naddress = \"{LAN_PREFIX}.{vip}/24\"\ninterface = \"eth0\"\n\n[scripts]\nstart_prim = {{ path = \"start_prim\", timeout_ms = 30000 }}\nstop_prim = {{ path = \"stop_prim\", timeout_ms = 30000 }}\n\n[env]\nDEMO_LISTEN = \"0.0.0.0:{port}\"\nDEMO_APP = \"{app}\"\n",
+                name = m.name,
+                hb = m.heartbeat,
+                dp = m
+                    .default_primary
+                    .as_ref()
+                    .map(|n| format!("default_primary = \"{n}\""))
+                    .unwrap_or_default(),
+                dir = m.dir(),
+                vip = m.vip,
+                port = m.port,
+                app = demo_app.display(),
+            );
+            std::fs::write(md.join("module.toml"), toml).expect("module.toml");
+        }
+        let mut nodes = Vec::new();
+        for (i, name) in NODES.iter().enumerate() {
+            let ns = Netns::new(format!("mkl-{tag}-{}", &name[..1]));
+            let port = format!("v{}", &name[..1]);
+            ip(&[
+                "-n",
+                &client.name,
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &ns.name,
+            ]);
+            ip(&[
+                "-n",
+                &client.name,
+                "link",
+                "set",
+                &port,
+                "master",
+                "br0",
+                "up",
+            ]);
+            ip(&[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{LAN_PREFIX}.{}/24", i + 1),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
+            let base = dir.path().join(name);
+            for m in &modules {
+                std::fs::create_dir_all(base.join("data").join(m.dir().trim_start_matches('/')))
+                    .expect("data dir");
+            }
+            let cfg = format!(
+                "cluster = \"lab\"\nnode = \"{name}\"\ncerts = \"{certs}\"\nmodules = \"{mods}\"\nstate = \"{base}/state\"\nrun = \"{base}/run\"\ndata_root = \"{base}/data\"\n\n[nodes.alpha]\nreplication = \"{LAN_PREFIX}.1:7400\"\n\n[nodes.beta]\nreplication = \"{LAN_PREFIX}.2:7400\"\n\n[[heartbeat]]\nname = \"lan\"\nalpha = \"{LAN_PREFIX}.1:7410\"\nbeta = \"{LAN_PREFIX}.2:7410\"\n",
+                certs = dir.path().join("certs").display(),
+                mods = mods.display(),
+                base = base.display(),
+            );
+            let config = base.join("cluster.toml");
+            std::fs::write(&config, cfg).expect("cluster file");
+            nodes.push(LabNode {
+                name: (*name).to_owned(),
+                ns,
+                config,
+                log: base.join("daemon.log"),
+                base,
+                child: None,
+            });
+        }
+        Lab {
+            dir,
+            client,
+            nodes,
+            modules,
+            keep: std::env::var_os("MIRRORKIT_KEEP_LAB").is_some(),
+        }
+    }
+
+    pub fn index(&self, node: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == node)
+            .unwrap_or_else(|| panic!("no node {node}"))
+    }
+
+    /// Start node `i`'s daemon.
+    pub fn start(&mut self, i: usize) {
+        let bin = mirrorkit_bin();
+        let n = &mut self.nodes[i];
+        assert!(n.child.is_none(), "{} already runs", n.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)
+            .expect("log");
+        let filter = std::env::var("MIRRORKIT_TEST_LOG").unwrap_or_else(|_| "info".into());
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", n.ns.path().display()))
+            .arg(&bin)
+            .args(["daemon", "--config"])
+            .arg(&n.config)
+            .env("RUST_LOG", filter)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start daemon");
+        n.child = Some(child);
+    }
+
+    /// SIGKILL node `i`'s daemon (what it started keeps running, as after a daemon crash).
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM node `i`'s daemon and wait for it (it stops its modules first).
+    pub fn stop(&mut self, i: usize, timeout: Duration) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + timeout;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!(
+                "{} did not stop within {timeout:?}\n{}",
+                self.nodes[i].name,
+                self.log(i)
+            );
+        }
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
+    /// Run the CLI against node `i`'s daemon.
+    pub fn cli(&self, i: usize, args: &[&str]) -> Output {
+        Command::new(mirrorkit_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.nodes[i].config)
+            .output()
+            .expect("run mirrorkit")
+    }
+
+    /// Node `i`'s status (`mirrorkit status --json`), if its daemon answers.
+    pub fn status(&self, i: usize) -> Option<serde_json::Value> {
+        let out = self.cli(i, &["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// The module's state on node `i` as that node says it.
+    pub fn state(&self, i: usize, module: &str) -> Option<String> {
+        let s = self.status(i)?;
+        let m = s["modules"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == module)?;
+        m["state"].as_str().map(str::to_owned)
+    }
+
+    /// Wait until the module's states on the nodes are `want` (None: anything, or down).
+    pub fn wait_states(&self, module: &str, want: [Option<&str>; 2], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last = (None, None);
+        while Instant::now() < deadline {
+            last = (self.state(0, module), self.state(1, module));
+            let ok =
+                |w: Option<&str>, got: &Option<String>| w.is_none_or(|w| got.as_deref() == Some(w));
+            if ok(want[0], &last.0) && ok(want[1], &last.1) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "module {module}: wanted {want:?} within {timeout:?}, last seen {last:?}\nstatus alpha: {}\nstatus beta: {}\n--- alpha log:\n{}\n--- beta log:\n{}",
+            self.status(0).map(|s| s.to_string()).unwrap_or_default(),
+            self.status(1).map(|s| s.to_string()).unwrap_or_default(),
+            tail(&self.log(0), 80),
+            tail(&self.log(1), 80)
+        );
+    }
+
+    /// An HTTP request to `addr` from the client namespace.
+    pub fn http(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<(u16, String), String> {
+        let (method, path, body) = (method.to_owned(), path.to_owned(), body.to_owned());
+        in_netns(&self.client.path(), move || {
+            http(addr, &method, &path, &body)
+        })
+    }
+
+    /// Cut node `i` off the LAN (its bridge port down), or plug it back.
+    pub fn set_link(&self, i: usize, up: bool) {
+        let port = format!("v{}", &self.nodes[i].name[..1]);
+        ip(&[
+            "-n",
+            &self.client.name,
+            "link",
+            "set",
+            &port,
+            if up { "up" } else { "down" },
+        ]);
+    }
+
+    /// Where node `i` keeps the module's replicated directory.
+    pub fn data_dir(&self, i: usize, module: &LabModule) -> PathBuf {
+        self.nodes[i]
+            .base
+            .join("data")
+            .join(module.dir().trim_start_matches('/'))
+    }
+
+    /// Whether node `i`'s eth0 holds the module's virtual IP.
+    pub fn holds_vip(&self, i: usize, module: &LabModule) -> bool {
+        let out = run(Command::new("ip").args([
+            "-n",
+            &self.nodes[i].ns.name,
+            "-o",
+            "addr",
+            "show",
+            "dev",
+            "eth0",
+        ]));
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{LAN_PREFIX}.{}/", module.vip))
+    }
+}
+
+pub fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill9(i);
+        }
+        // What the daemons started (the application), and their mounts.
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(format!("data {}", self.dir.path().display()))
+            .output();
+        for n in &self.nodes {
+            for m in &self.modules {
+                let d = n.base.join("data").join(m.dir().trim_start_matches('/'));
+                let _ = Command::new("umount").arg("-l").arg(&d).output();
+            }
+        }
+        if self.keep {
+            let p = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            eprintln!("lab kept in {}", p.keep().display());
+        }
+    }
+}
+
+/// The client's address in the LAN.
+pub fn client_addr() -> Ipv4Addr {
+    format!("{LAN_PREFIX}.100").parse().expect("ip")
+}
