@@ -9,6 +9,7 @@
 
 mod bench;
 mod daemon;
+mod failover;
 mod fileset;
 mod machine;
 mod report;
@@ -49,6 +50,10 @@ enum Command {
     /// Resync benchmark: a returning secondary after a 1% change against rsync, and a full
     /// resync to an empty peer against cp -a (docs/benchmarks.md, "Resync").
     Resync(resync::ResyncArgs),
+    /// Failover and swap benchmark: kill the primary node in a namespace cluster, time until
+    /// the demo application answers through the virtual IP from the other node
+    /// (docs/benchmarks.md, "Failover").
+    Failover(failover::FailoverArgs),
 }
 
 /// The workloads' sizes (the default mode, without a subcommand).
@@ -275,6 +280,7 @@ fn main() -> ExitCode {
         Some(Command::Resync(args)) => {
             Setup::new(&args.common).and_then(|setup| resync::run(&args, &setup))
         }
+        Some(Command::Failover(args)) => failover::run(&args),
         None => run(cli),
     };
     match result {

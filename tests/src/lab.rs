@@ -108,9 +108,20 @@ pub fn http(
     path: &str,
     body: &str,
 ) -> Result<(u16, String), String> {
+    http_within(addr, method, path, body, Duration::from_millis(1000))
+}
+
+/// As `http`, connecting within `connect`.
+pub fn http_within(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    connect: Duration,
+) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(1000))
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, connect).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok();
     let req = format!(
         "{method} {path} HTTP/1.0\r\nHost: lab\r\nContent-Length: {}\r\n\r\n{body}",

@@ -1,124 +1,266 @@
-//! `mirrorkit demo`: two nodes of one mirror on this machine, on loopback.
-//!
-//! Node `alpha` is primary: the mirror is mounted over `<base>/alpha/data`. Node `beta` is
-//! secondary: it holds the copy in `<base>/beta/data`. Until the cluster manager exists the
-//! demo shows the replication engine alone.
+//! `mirrorkit demo`: a two-node cluster on this machine. Each node is a network namespace
+//! (`mkdemo-alpha`, `mkdemo-beta`) plugged into a bridge of this machine (`mkdemo0`, the
+//! "LAN", 10.77.0.100/24), running a real `mirrorkit daemon` with the demo module: the notes
+//! application behind the virtual IP 10.77.0.80, its data replicated between the nodes.
+//! Everything it creates goes on Ctrl-C.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use mirrorkit_cluster::machine::StateKind;
+use mirrorkit_node::api::{self, Reply, Request};
 
-const PRIMARY_ADDR: &str = "127.0.0.1:17101";
-const SECONDARY_ADDR: &str = "127.0.0.1:17102";
+const NODES: [&str; 2] = ["alpha", "beta"];
+const BRIDGE: &str = "mkdemo0";
+const NET: &str = "10.77.0";
+const VIP: &str = "10.77.0.80";
+const PORT: u16 = 8080;
+const DATA_DIR: &str = "/var/lib/mirrorkit-demo/data";
 
-struct Node(Child);
+fn ns(node: &str) -> String {
+    format!("mkdemo-{node}")
+}
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        // SAFETY: sending a signal to our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("cannot run `ip` (install iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
+    Ok(())
+}
+
+/// What the demo set up, undone on drop (also after an error half-way).
+struct Demo {
+    base: PathBuf,
+    daemons: Vec<(String, Child)>,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        for (node, child) in &mut self.daemons {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !matches!(child.try_wait(), Ok(Some(_))) {
+                eprintln!("{node}: the daemon did not stop within 20 s: killing it");
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        cleanup(&self.base);
+    }
+}
+
+/// Remove what a demo (this one, or one that was killed) left: namespaces, bridge, mounts,
+/// the application.
+fn cleanup(base: &Path) {
+    let _ = Command::new("pkill")
+        .arg("-f")
+        .arg(format!("data {}", base.display()))
+        .output();
+    for node in NODES {
+        let d = base
+            .join(node)
+            .join("data")
+            .join(DATA_DIR.trim_start_matches('/'));
+        let _ = Command::new("umount").arg("-l").arg(&d).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns(node)])
+            .output();
+    }
+    let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
+}
+
+fn module_toml(app: &Path) -> String {
+    format!(
+        "# The demo module, as `mirrorkit demo` runs it (see modules/demo for the shipped one).\nname = \"demo\"\ndescription = \"Demo notes application on port {PORT}\"\nfailback = false\nheartbeat = \"default\"\n\n[[mirror]]\ndir = \"{DATA_DIR}\"\n\n[[vip]]\naddress = \"{VIP}/24\"\ninterface = \"eth0\"\n\n[scripts]\nstart_prim = {{ path = \"start_prim\", timeout_ms = 30000 }}\nstop_prim = {{ path = \"stop_prim\", timeout_ms = 30000 }}\n\n[env]\nDEMO_LISTEN = \"0.0.0.0:{PORT}\"\nDEMO_APP = \"{}\"\n",
+        app.display()
+    )
+}
+
+fn cluster_toml(base: &Path, node: &str) -> String {
+    let b = base.join(node);
+    format!(
+        "# Cluster file of node {node} in `mirrorkit demo`.\ncluster = \"demo\"\nnode = \"{node}\"\ncerts = \"{certs}\"\nmodules = \"{mods}\"\nstate = \"{b}/state\"\nrun = \"{b}/run\"\ndata_root = \"{b}/data\"\n\n[nodes.alpha]\nreplication = \"{NET}.1:7400\"\n\n[nodes.beta]\nreplication = \"{NET}.2:7400\"\n\n[[heartbeat]]\nname = \"lan\"\nalpha = \"{NET}.1:7410\"\nbeta = \"{NET}.2:7410\"\n",
+        certs = base.join("certs").display(),
+        mods = base.join("modules").display(),
+        b = b.display(),
+    )
+}
+
+fn start_daemon(exe: &Path, base: &Path, node: &str) -> Result<Child> {
+    let log = base.join(node).join("daemon.log");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", ns(node)))
+        .arg(exe)
+        .args(["daemon", "--config"])
+        .arg(base.join(node).join("cluster.toml"))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .spawn()
+        .context("cannot start the daemon with nsenter (util-linux)")
+}
+
+fn states(base: &Path, rt: &tokio::runtime::Runtime) -> Vec<Option<StateKind>> {
+    NODES
+        .iter()
+        .map(|n| {
+            let sock = base.join(n).join("run/mirrorkit.sock");
+            match rt.block_on(api::call(&sock, &Request::Status)) {
+                Ok(Reply::Status(s)) => s.modules.first().and_then(|m| m.state),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 pub fn run(base: &Path) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("the demo mounts a FUSE file system and needs root: run it with sudo");
+        bail!("the demo creates network namespaces, mounts FUSE file systems and moves a virtual IP: run it as root (sudo)");
     }
     let exe = crate::self_exe()?;
-    for d in ["alpha/data", "alpha/state", "beta/data", "beta/state"] {
-        std::fs::create_dir_all(base.join(d))
-            .with_context(|| format!("cannot create {}", base.join(d).display()))?;
-    }
-    let certs = base.join("certs");
-    if !certs.join("ca.pem").exists() {
-        mirrorkit_net::pki::generate_cluster(&certs, "demo", &["alpha", "beta"], true)?;
-    }
-    let _ = std::fs::write(
-        base.join("alpha/data/hello.txt"),
-        b"Hello from mirrorkit. Edit me in alpha/data and watch beta/data.\n",
-    );
-    let log = |name: &str| -> Result<Stdio> {
-        Ok(std::fs::File::create(base.join(format!("{name}.log")))?.into())
-    };
-    let node = |role: &str, name: &str, listen: &str, peer: &str| -> Result<Node> {
-        let child = Command::new(&exe)
-            .args(["mirror", role, "--mirror", "demo", "--node", name])
-            .arg("--dir")
-            .arg(base.join(name).join("data"))
-            .arg("--state-dir")
-            .arg(base.join(name).join("state"))
-            .arg("--certs")
-            .arg(&certs)
-            .args(["--listen", listen, "--peer", peer])
-            .stdout(Stdio::null())
-            .stderr(log(name)?)
-            .spawn()
-            .with_context(|| format!("cannot start node {name}"))?;
-        Ok(Node(child))
-    };
-    let beta = node("secondary", "beta", SECONDARY_ADDR, "alpha")?;
-    let alpha = node(
-        "primary",
-        "alpha",
-        PRIMARY_ADDR,
-        &format!("beta@{SECONDARY_ADDR}"),
-    )?;
-    let state = base.join("alpha/state");
-    if crate::wait_status(&state, Duration::from_secs(30), |s| s.mode == "in-sync").is_none() {
+    let app = exe.with_file_name("mirrorkit-demo-app");
+    if !app.exists() {
         bail!(
-            "the demo mirror did not reach in-sync within 30 s: see {}",
-            base.join("alpha.log").display()
+            "{} not found: build it with `cargo build --release --bins` (the demo runs it as its application)",
+            app.display()
         );
     }
-    let b = base.display();
-    println!(
-        "mirrorkit demo: mirror \"demo\" is in sync.
+    cleanup(base);
+    let _ = std::fs::remove_dir_all(base);
+    let mut demo = Demo {
+        base: base.to_owned(),
+        daemons: Vec::new(),
+    };
+    let md = base.join("modules/demo");
+    std::fs::create_dir_all(&md).with_context(|| format!("cannot create {}", md.display()))?;
+    for (name, text) in [
+        (
+            "start_prim",
+            include_str!("../../../modules/demo/start_prim"),
+        ),
+        ("stop_prim", include_str!("../../../modules/demo/stop_prim")),
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        let p = md.join(name);
+        std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+    }
+    std::fs::write(md.join("module.toml"), module_toml(&app))?;
+    mirrorkit_net::pki::generate_cluster(&base.join("certs"), "demo", &NODES, true)?;
 
-  primary   alpha  {b}/alpha/data   (the mirror is mounted here: write here)
-  secondary beta   {b}/beta/data    (the copy: look here)
-  logs      {b}/alpha.log, {b}/beta.log
-
-Try:
-  echo hi > {b}/alpha/data/a.txt && cat {b}/beta/data/a.txt
-  dd if=/dev/urandom of={b}/alpha/data/big bs=1M count=64 conv=fsync
-  sha256sum {b}/alpha/data/big {b}/beta/data/big
-  {exe} status --state-dir {b}/alpha/state
-  kill -STOP {beta}   (the secondary stops answering: after 3 s the primary continues alone)
-  kill -CONT {beta}   (it returns: an incremental resync of what changed brings it back in sync)
-
-The web console comes with the cluster manager (not yet built). Ctrl-C stops the demo.",
-        beta = beta.0.id(),
-        exe = exe.display()
-    );
-    let (tx, rx) = std::sync::mpsc::channel();
-    let _ = ctrlc_channel(tx);
-    let _ = rx.recv();
-    println!("stopping the demo");
-    drop(alpha);
-    drop(beta);
-    Ok(())
-}
-
-/// Deliver SIGINT/SIGTERM to a channel.
-fn ctrlc_channel(tx: std::sync::mpsc::Sender<()>) -> Result<()> {
+    ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+    ip(&["addr", "add", &format!("{NET}.100/24"), "dev", BRIDGE])?;
+    ip(&["link", "set", BRIDGE, "up"])?;
+    for (i, node) in NODES.iter().enumerate() {
+        let n = ns(node);
+        ip(&["netns", "add", &n])?;
+        ip(&["-n", &n, "link", "set", "lo", "up"])?;
+        let port = format!("mkd-{node}");
+        ip(&[
+            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &n,
+        ])?;
+        ip(&["link", "set", &port, "master", BRIDGE, "up"])?;
+        ip(&[
+            "-n",
+            &n,
+            "addr",
+            "add",
+            &format!("{NET}.{}/24", i + 1),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &n, "link", "set", "eth0", "up"])?;
+        let data = base
+            .join(node)
+            .join("data")
+            .join(DATA_DIR.trim_start_matches('/'));
+        std::fs::create_dir_all(&data)?;
+        std::fs::write(
+            base.join(node).join("cluster.toml"),
+            cluster_toml(base, node),
+        )?;
+    }
+    for node in NODES {
+        let child = start_daemon(&exe, base, node)?;
+        demo.daemons.push((node.to_owned(), child));
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    std::thread::spawn(move || {
-        rt.block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            if let (Ok(mut t), Ok(mut i)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) {
-                tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
-            }
-            let _ = tx.send(());
-        });
-    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = states(base, &rt);
+        if s.contains(&Some(StateKind::Prim)) && s.contains(&Some(StateKind::Second)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!(
+                "the demo cluster did not settle within 60 s (states {s:?}); see {}/alpha/daemon.log and {}/beta/daemon.log",
+                base.display(),
+                base.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let cfg = |n: &str| base.join(n).join("cluster.toml").display().to_string();
+    let pid = |n: &str| {
+        demo.daemons
+            .iter()
+            .find(|(d, _)| d == n)
+            .map_or(0, |(_, c)| c.id())
+    };
+    println!(
+        "\nmirrorkit demo cluster is up: nodes alpha ({NET}.1) and beta ({NET}.2), module `demo`.\n\
+         \n\
+         The application (notes), through the virtual IP:  http://{VIP}:{PORT}/\n\
+         \x20 curl -d note=hello http://{VIP}:{PORT}/notes ; curl http://{VIP}:{PORT}/notes\n\
+         The web console is not built yet; the CLI shows the cluster:\n\
+         \x20 {exe} status --config {a}\n\
+         \n\
+         Try:\n\
+         \x20 switch the primary:   {exe} swap demo --config {a}\n\
+         \x20 the module's log:     {exe} log demo --config {a}\n\
+         \x20 a failover:           kill -9 <daemon of the primary> (alpha: pid {pa}, beta: pid {pb}); the other node takes the\n\
+         \x20                       virtual IP in about 2 s and serves every note. Bring the node back with\n\
+         \x20                       nsenter --net=/var/run/netns/mkdemo-<node> {exe} daemon --config {base}/<node>/cluster.toml &\n\
+         \x20 daemon logs:          {base}/alpha/daemon.log, {base}/beta/daemon.log\n\
+         \n\
+         Ctrl-C stops the demo and removes everything it created.",
+        exe = exe.display(),
+        a = cfg("alpha"),
+        pa = pid("alpha"),
+        pb = pid("beta"),
+        base = base.display(),
+    );
+    rt.block_on(crate::wait_for_signal());
+    println!("stopping the demo cluster...");
+    drop(demo);
     Ok(())
 }
