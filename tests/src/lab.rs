@@ -194,6 +194,8 @@ pub struct Lab {
     pub nodes: Vec<LabNode>,
     pub modules: Vec<LabModule>,
     keep: bool,
+    /// Unique per lab: names its namespaces, its cluster and so its scripts' cgroups.
+    tag: String,
 }
 
 static LABS: AtomicU32 = AtomicU32::new(0);
@@ -315,7 +317,7 @@ impl Lab {
                     .expect("data dir");
             }
             let cfg = format!(
-                "cluster = \"lab\"\nnode = \"{name}\"\ncerts = \"{certs}\"\nmodules = \"{mods}\"\nstate = \"{base}/state\"\nrun = \"{base}/run\"\ndata_root = \"{base}/data\"\n\n[nodes.alpha]\nreplication = \"{LAN_PREFIX}.1:7400\"\n\n[nodes.beta]\nreplication = \"{LAN_PREFIX}.2:7400\"\n\n[[heartbeat]]\nname = \"lan\"\nalpha = \"{LAN_PREFIX}.1:7410\"\nbeta = \"{LAN_PREFIX}.2:7410\"\n",
+                "cluster = \"lab-{tag}\"\nnode = \"{name}\"\ncerts = \"{certs}\"\nmodules = \"{mods}\"\nstate = \"{base}/state\"\nrun = \"{base}/run\"\ndata_root = \"{base}/data\"\n\n[nodes.alpha]\nreplication = \"{LAN_PREFIX}.1:7400\"\n\n[nodes.beta]\nreplication = \"{LAN_PREFIX}.2:7400\"\n\n[[heartbeat]]\nname = \"lan\"\nalpha = \"{LAN_PREFIX}.1:7410\"\nbeta = \"{LAN_PREFIX}.2:7410\"\n",
                 certs = dir.path().join("certs").display(),
                 mods = mods.display(),
                 base = base.display(),
@@ -337,6 +339,7 @@ impl Lab {
             nodes,
             modules,
             keep: std::env::var_os("MIRRORKIT_KEEP_LAB").is_some(),
+            tag,
         }
     }
 
@@ -526,6 +529,20 @@ impl Drop for Lab {
             for m in &self.modules {
                 let d = n.base.join("data").join(m.dir().trim_start_matches('/'));
                 let _ = Command::new("umount").arg("-l").arg(&d).output();
+            }
+        }
+        // The scripts' cgroups of this lab's cluster (empty once the application is gone).
+        for parent in [
+            "/sys/fs/cgroup/unified/mirrorkit",
+            "/sys/fs/cgroup/mirrorkit",
+        ] {
+            let prefix = format!("lab-{}-", self.tag);
+            if let Ok(rd) = std::fs::read_dir(parent) {
+                for e in rd.flatten() {
+                    if e.file_name().to_string_lossy().starts_with(&prefix) {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
             }
         }
         if self.keep {

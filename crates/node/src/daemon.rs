@@ -420,7 +420,11 @@ fn module_rt(cf: &ClusterFile, dir: &std::path::Path, names: &[String]) -> (Stri
         mirror_dirs: rt.data_dir.iter().cloned().collect(),
         env: c.env.clone(),
     };
-    match Runner::new(env, log.clone()) {
+    let options = mirrorkit_scripts::RunnerOptions {
+        cgroup_scope: Some(cf.cluster.clone()),
+        ..mirrorkit_scripts::RunnerOptions::default()
+    };
+    match Runner::with_options(env, log.clone(), options) {
         Ok(r) => rt.runner = Some(Arc::new(r)),
         Err(e) => {
             rt.problems.push(format!("cannot prepare the scripts: {e}"));

@@ -104,6 +104,9 @@ pub struct RunnerOptions {
     /// Track processes with a cgroup v2 when one can be created (the default); `false` tracks
     /// them by session and process group only.
     pub use_cgroup: bool,
+    /// Prefix of the cgroup's name (`<scope>-<node>-<module>`), so that several clusters on
+    /// one machine (tests, the demo) never share one: the daemon passes its cluster's name.
+    pub cgroup_scope: Option<String>,
 }
 
 impl Default for RunnerOptions {
@@ -111,6 +114,7 @@ impl Default for RunnerOptions {
         RunnerOptions {
             kill_grace_ms: SCRIPT_KILL_GRACE_MS,
             use_cgroup: true,
+            cgroup_scope: None,
         }
     }
 }
@@ -157,7 +161,11 @@ impl Runner {
         env.module_dir = std::path::absolute(&env.module_dir).unwrap_or(env.module_dir);
         env.run_dir = std::path::absolute(&env.run_dir).unwrap_or(env.run_dir);
         create_run_dir(&env)?;
-        let tracker = Tracker::new(&env.node, &env.module, options.use_cgroup);
+        let owner = match &options.cgroup_scope {
+            Some(scope) => format!("{scope}-{}", env.node),
+            None => env.node.clone(),
+        };
+        let tracker = Tracker::new(&owner, &env.module, options.use_cgroup);
         Ok(Runner {
             env,
             log,

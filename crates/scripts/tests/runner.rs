@@ -59,6 +59,7 @@ fn fixture_with(name: &str, use_cgroup: bool, env: &[(&str, &str)], grace_ms: u6
     let options = RunnerOptions {
         kill_grace_ms: grace_ms,
         use_cgroup,
+        cgroup_scope: None,
     };
     let runner = Runner::with_options(script_env, log.clone(), options).unwrap();
     Fixture {
