@@ -13,6 +13,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use mirrorkit_node::config::ClusterFile;
+use mirrorkit_node::demo_module::{module_toml, DemoModule};
+
 use crate::{mirrorkit_bin, require_root_and_fuse};
 
 /// The LAN: 10.77.0.0/24; the client is .100, node i is .(i+1), virtual IPs from .80.
@@ -31,12 +34,7 @@ pub fn require_lab(test: &str) -> bool {
     if ok {
         return true;
     }
-    let why = format!("{test}: needs `ip netns` (iproute2)");
-    if std::env::var_os("CI").is_some() {
-        panic!("{why}; CI is set, so this is a failure, not a skip");
-    }
-    eprintln!("SKIPPED {why}");
-    false
+    crate::skip_unless_ci(&format!("{test}: needs `ip netns` (iproute2)"))
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -257,20 +255,18 @@ impl Lab {
                 std::fs::copy(workspace_root().join("modules/demo").join(f), md.join(f))
                     .expect("copy script");
             }
-            let toml = format!(
-                "name = \"{name}\"\nfailback = false\nheartbeat = \"{hb}\"\n{dp}\n[[mirror]]\ndir = \"{dir}\"\n\n[[vip]]\naddress = \"{LAN_PREFIX}.{vip}/24\"\ninterface = \"eth0\"\n\n[scripts]\nstart_prim = {{ path = \"start_prim\", timeout_ms = 30000 }}\nstop_prim = {{ path = \"stop_prim\", timeout_ms = 30000 }}\n\n[env]\nDEMO_LISTEN = \"0.0.0.0:{port}\"\nDEMO_APP = \"{app}\"\n",
-                name = m.name,
-                hb = m.heartbeat,
-                dp = m
-                    .default_primary
-                    .as_ref()
-                    .map(|n| format!("default_primary = \"{n}\""))
-                    .unwrap_or_default(),
-                dir = m.dir(),
-                vip = m.vip,
-                port = m.port,
-                app = demo_app.display(),
-            );
+            let dir = m.dir();
+            let toml = module_toml(&DemoModule {
+                name: &m.name,
+                dir: &dir,
+                vip: m.vip_addr().ip(),
+                prefix_len: 24,
+                interface: "eth0",
+                port: m.port,
+                app: &demo_app,
+                heartbeat: m.heartbeat,
+                default_primary: m.default_primary.as_deref(),
+            });
             std::fs::write(md.join("module.toml"), toml).expect("module.toml");
         }
         let mut nodes = Vec::new();
@@ -316,12 +312,21 @@ impl Lab {
                 std::fs::create_dir_all(base.join("data").join(m.dir().trim_start_matches('/')))
                     .expect("data dir");
             }
-            let cfg = format!(
-                "cluster = \"lab-{tag}\"\nnode = \"{name}\"\ncerts = \"{certs}\"\nmodules = \"{mods}\"\nstate = \"{base}/state\"\nrun = \"{base}/run\"\ndata_root = \"{base}/data\"\n\n[nodes.alpha]\nreplication = \"{LAN_PREFIX}.1:7400\"\n\n[nodes.beta]\nreplication = \"{LAN_PREFIX}.2:7400\"\n\n[[heartbeat]]\nname = \"lan\"\nalpha = \"{LAN_PREFIX}.1:7410\"\nbeta = \"{LAN_PREFIX}.2:7410\"\n",
-                certs = dir.path().join("certs").display(),
-                mods = mods.display(),
-                base = base.display(),
-            );
+            let addrs: Vec<(&str, std::net::IpAddr)> = NODES
+                .iter()
+                .enumerate()
+                .map(|(k, n)| (*n, format!("{LAN_PREFIX}.{}", k + 1).parse().expect("ip")))
+                .collect();
+            let cfg = ClusterFile::on_one_machine(
+                &format!("lab-{tag}"),
+                name,
+                &addrs,
+                dir.path(),
+                &dir.path().join("certs"),
+                &mods,
+            )
+            .to_toml()
+            .expect("cluster file");
             let config = base.join("cluster.toml");
             std::fs::write(&config, cfg).expect("cluster file");
             nodes.push(LabNode {

@@ -26,7 +26,14 @@ pub fn require_root_and_fuse(test: &str) -> bool {
     if root && fuse {
         return true;
     }
-    let why = format!("{test}: needs root and /dev/fuse (root: {root}, /dev/fuse: {fuse})");
+    skip_unless_ci(&format!(
+        "{test}: needs root and /dev/fuse (root: {root}, /dev/fuse: {fuse})"
+    ))
+}
+
+/// A test cannot run here, for reason `why`: print that it is skipped and return false, or,
+/// when `CI` is set, fail.
+pub fn skip_unless_ci(why: &str) -> bool {
     if std::env::var_os("CI").is_some() {
         panic!("{why}; CI is set, so this is a failure, not a skip");
     }

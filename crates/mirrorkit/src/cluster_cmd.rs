@@ -202,39 +202,11 @@ pub fn log(c: &ConfigArg, module: &str, lines: usize) -> Result<()> {
 }
 
 fn format_entry(e: &mirrorkit_scripts::Entry) -> String {
-    let secs = e.time_ms / 1000;
-    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    let days = secs / 86_400;
-    let (y, mo, d) = civil(days);
     format!(
-        "{y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{s:02}.{:03} UTC {:<5} {:<6} {}",
-        e.time_ms % 1000,
+        "{} {:<5} {:<6} {}",
+        mirrorkit_scripts::utc_text(e.time_ms),
         e.level,
         e.kind,
         e.text
     )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil(days: u64) -> (i64, u32, u32) {
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn civil_dates() {
-        assert_eq!(super::civil(0), (1970, 1, 1));
-        assert_eq!(super::civil(20_786), (2026, 11, 29));
-        assert_eq!(super::civil(11_016), (2000, 2, 29));
-    }
 }

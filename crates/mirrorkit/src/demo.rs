@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use mirrorkit_cluster::machine::StateKind;
 use mirrorkit_node::api::{self, Reply, Request};
+use mirrorkit_node::config::ClusterFile;
+use mirrorkit_node::demo_module::{module_toml, DemoModule};
 
 const NODES: [&str; 2] = ["alpha", "beta"];
 const BRIDGE: &str = "mkdemo0";
@@ -86,21 +88,12 @@ fn cleanup(base: &Path) {
     let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
 }
 
-fn module_toml(app: &Path) -> String {
-    format!(
-        "# The demo module, as `mirrorkit demo` runs it (see modules/demo for the shipped one).\nname = \"demo\"\ndescription = \"Demo notes application on port {PORT}\"\nfailback = false\nheartbeat = \"default\"\n\n[[mirror]]\ndir = \"{DATA_DIR}\"\n\n[[vip]]\naddress = \"{VIP}/24\"\ninterface = \"eth0\"\n\n[scripts]\nstart_prim = {{ path = \"start_prim\", timeout_ms = 30000 }}\nstop_prim = {{ path = \"stop_prim\", timeout_ms = 30000 }}\n\n[env]\nDEMO_LISTEN = \"0.0.0.0:{PORT}\"\nDEMO_APP = \"{}\"\n",
-        app.display()
-    )
-}
-
-fn cluster_toml(base: &Path, node: &str) -> String {
-    let b = base.join(node);
-    format!(
-        "# Cluster file of node {node} in `mirrorkit demo`.\ncluster = \"demo\"\nnode = \"{node}\"\ncerts = \"{certs}\"\nmodules = \"{mods}\"\nstate = \"{b}/state\"\nrun = \"{b}/run\"\ndata_root = \"{b}/data\"\n\n[nodes.alpha]\nreplication = \"{NET}.1:7400\"\n\n[nodes.beta]\nreplication = \"{NET}.2:7400\"\n\n[[heartbeat]]\nname = \"lan\"\nalpha = \"{NET}.1:7410\"\nbeta = \"{NET}.2:7410\"\n",
-        certs = base.join("certs").display(),
-        mods = base.join("modules").display(),
-        b = b.display(),
-    )
+fn node_addrs() -> Vec<(&'static str, std::net::IpAddr)> {
+    NODES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (*n, std::net::IpAddr::from([10, 77, 0, i as u8 + 1])))
+        .collect()
 }
 
 fn start_daemon(exe: &Path, base: &Path, node: &str) -> Result<Child> {
@@ -172,7 +165,18 @@ pub fn run(base: &Path) -> Result<()> {
         std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
     }
-    std::fs::write(md.join("module.toml"), module_toml(&app))?;
+    let module = DemoModule {
+        name: "demo",
+        dir: DATA_DIR,
+        vip: VIP.parse()?,
+        prefix_len: 24,
+        interface: "eth0",
+        port: PORT,
+        app: &app,
+        heartbeat: "default",
+        default_primary: None,
+    };
+    std::fs::write(md.join("module.toml"), module_toml(&module))?;
     mirrorkit_net::pki::generate_cluster(&base.join("certs"), "demo", &NODES, true)?;
 
     ip(&["link", "add", BRIDGE, "type", "bridge"])?;
@@ -202,10 +206,16 @@ pub fn run(base: &Path) -> Result<()> {
             .join("data")
             .join(DATA_DIR.trim_start_matches('/'));
         std::fs::create_dir_all(&data)?;
-        std::fs::write(
-            base.join(node).join("cluster.toml"),
-            cluster_toml(base, node),
-        )?;
+        let cf = ClusterFile::on_one_machine(
+            "demo",
+            node,
+            &node_addrs(),
+            base,
+            &base.join("certs"),
+            &base.join("modules"),
+        );
+        let text = cf.to_toml().map_err(|e| anyhow!(e))?;
+        std::fs::write(base.join(node).join("cluster.toml"), text)?;
     }
     for node in NODES {
         let child = start_daemon(&exe, base, node)?;

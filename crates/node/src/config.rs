@@ -149,6 +149,50 @@ impl ClusterFile {
         Ok(())
     }
 
+    /// The file of node `node` of a cluster whose nodes all run on this machine (the demo,
+    /// tests), each in its own network namespace: `nodes` gives each node's address (for
+    /// replication and the one heartbeat network `lan`, on the default ports); every node keeps
+    /// its state, run and data directories beneath `base/<node>/`.
+    pub fn on_one_machine(
+        cluster: &str,
+        node: &str,
+        nodes: &[(&str, std::net::IpAddr)],
+        base: &Path,
+        certs: &Path,
+        modules: &Path,
+    ) -> ClusterFile {
+        let own = base.join(node);
+        ClusterFile {
+            cluster: cluster.to_owned(),
+            node: node.to_owned(),
+            certs: certs.to_owned(),
+            modules: modules.to_owned(),
+            state: own.join("state"),
+            run: own.join("run"),
+            data_root: Some(own.join("data")),
+            nodes: nodes
+                .iter()
+                .map(|(n, a)| {
+                    let replication = SocketAddr::new(*a, DEFAULT_REPLICATION_PORT);
+                    ((*n).to_owned(), NodeAddrs { replication })
+                })
+                .collect(),
+            heartbeats: vec![HeartbeatNet {
+                name: "lan".into(),
+                addrs: nodes
+                    .iter()
+                    .map(|(n, a)| ((*n).to_owned(), SocketAddr::new(*a, DEFAULT_HEARTBEAT_PORT)))
+                    .collect(),
+            }],
+        }
+    }
+
+    /// The file's text (TOML), checked first.
+    pub fn to_toml(&self) -> Result<String, String> {
+        self.validate()?;
+        toml::to_string_pretty(self).map_err(|e| format!("cannot encode the cluster file: {e}"))
+    }
+
     /// The other node's name.
     pub fn peer(&self) -> &str {
         self.nodes
@@ -271,7 +315,6 @@ pub fn init(spec: &InitSpec, out: &Path) -> Result<Vec<PathBuf>, String> {
             nodes: nodes.clone(),
             heartbeats: heartbeats.clone(),
         };
-        cf.validate()?;
         let dir = out.join(&n.name);
         let certs = dir.join("certs");
         std::fs::create_dir_all(&certs)
@@ -294,7 +337,7 @@ pub fn init(spec: &InitSpec, out: &Path) -> Result<Vec<PathBuf>, String> {
                     .map_err(|e| format!("cannot restrict {}: {e}", to.display()))?;
             }
         }
-        let text = toml::to_string_pretty(&cf).map_err(|e| format!("cannot encode: {e}"))?;
+        let text = cf.to_toml()?;
         let file = dir.join("cluster.toml");
         if file.exists() {
             return Err(format!(

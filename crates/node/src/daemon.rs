@@ -509,6 +509,28 @@ fn script_kind(s: Script) -> ScriptKind {
     }
 }
 
+/// Drop the module's virtual IPs now (idempotent), logging failures: `why` says when.
+fn drop_vips(name: &str, vips: &[VipSpec], why: &str) {
+    for v in vips {
+        if let Err(e) = mirrorkit_vip::release(v) {
+            error!(module = %name, "cannot drop the virtual IP {v} ({why}): {e}");
+        }
+    }
+}
+
+/// Cut the application off at once: no virtual IP, the mount's FUSE connection aborted (every
+/// request of the application fails), then writers held by the link released (nothing they
+/// release reaches the application as a success).
+fn cut_off(name: &str, m: &ModuleRt, why: &str) {
+    drop_vips(name, &m.vips, why);
+    if let Some(mt) = &m.mounted {
+        if let Some(dev) = m.fuse_dev {
+            crate::fence::abort_fuse(dev);
+        }
+        mt.core.link.fence();
+    }
+}
+
 impl Daemon {
     fn now(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -547,23 +569,12 @@ impl Daemon {
             return;
         };
         if let Some(r) = &m.runner {
-            let n = r.kill_all();
-            if n > 0 {
-                warn!(module = %name, killed = n, "killed processes left by a previous daemon of this node");
-            }
+            // Processes left by a previous daemon of this node (the runner logs what it kills;
+            // it may wait up to 2 s for them to die).
+            tokio::task::block_in_place(|| r.kill_all());
         }
-        for v in &m.vips {
-            match mirrorkit_vip::is_held(v) {
-                Ok(true) => {
-                    warn!(module = %name, vip = %v, "dropping a virtual IP left by a previous daemon of this node");
-                    if let Err(e) = mirrorkit_vip::release(v) {
-                        error!(module = %name, vip = %v, "cannot drop the virtual IP: {e}");
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => warn!(module = %name, vip = %v, "cannot check the virtual IP: {e}"),
-            }
-        }
+        // Releasing is idempotent: the vip crate logs an address it actually removes.
+        drop_vips(name, &m.vips, "left by a previous daemon of this node");
         if let Some(dir) = &m.data_dir {
             if let Err(e) = mirrorkit_engine::mount::detach_stale_mount(dir) {
                 error!(module = %name, dir = %dir.display(), "cannot detach a stale mount: {e}");
@@ -857,6 +868,14 @@ impl Daemon {
         };
         match action {
             Action::Persist(d) => {
+                // The mounted link holds exactly what is on disk: when it already stored this
+                // state (the end of a resync), there is nothing to write again.
+                if m.mounted
+                    .as_ref()
+                    .is_some_and(|mt| mt.core.link.data_state() == d)
+                {
+                    return;
+                }
                 let file = StateFile::new(&m.state_dir);
                 loop {
                     match tokio::task::block_in_place(|| file.store(&d)) {
@@ -998,35 +1017,15 @@ impl Daemon {
                     let _ = tx.send(Input::Machine(module, Event::Done { op, result }));
                 });
             }
-            Action::Fence => {
-                for v in &m.vips {
-                    if let Err(e) = mirrorkit_vip::release(v) {
-                        error!(module = %name, "fence: cannot drop the virtual IP {v}: {e}");
-                    }
-                }
-                if let Some(mt) = &m.mounted {
-                    if let Some(dev) = m.fuse_dev {
-                        crate::fence::abort_fuse(dev);
-                    }
-                    mt.core.link.fence();
-                }
-            }
+            Action::Fence => cut_off(name, m, "fence"),
             Action::ForceStop => {
                 if let Some(r) = &m.runner {
-                    let n = r.kill_all();
-                    warn!(module = %name, killed = n, "forcestop: killed the module's processes");
+                    tokio::task::block_in_place(|| r.kill_all());
                 }
-                for v in &m.vips {
-                    if let Err(e) = mirrorkit_vip::release(v) {
-                        error!(module = %name, "forcestop: cannot drop the virtual IP {v}: {e}");
-                    }
-                }
+                cut_off(name, m, "forcestop");
                 if let Some(mt) = m.mounted.take() {
-                    if let Some(dev) = m.fuse_dev.take() {
-                        crate::fence::abort_fuse(dev);
-                    }
-                    mt.core.link.fence();
                     crate::fence::detach(&mt.dir);
+                    m.fuse_dev = None;
                     drop(mt);
                 }
                 if let Some(t) = m.primary_task.take() {

@@ -6,7 +6,7 @@
 //!
 //! Layout: `config` (the cluster file, `cluster init`), `daemon` (the event loop and the
 //! actions), `api` (control socket, client and status table), `fence` (cutting the application
-//! off a mount at once).
+//! off a mount at once), `demo_module` (the demo module on a cluster of one machine).
 //!
 //! Never does: decide anything itself (the machine does), or touch replicated data except
 //! through the engine.
@@ -14,4 +14,5 @@
 pub mod api;
 pub mod config;
 pub mod daemon;
+pub mod demo_module;
 pub mod fence;

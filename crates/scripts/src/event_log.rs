@@ -488,3 +488,45 @@ mod tests {
         assert_eq!(texts(&log.tail(5).unwrap()), ["back"]);
     }
 }
+
+/// An entry's time (Unix milliseconds) as `YYYY-MM-DD HH:MM:SS.mmm UTC`, for people.
+pub fn utc_text(time_ms: u64) -> String {
+    let secs = i64::try_from(time_ms / 1000).unwrap_or(i64::MAX);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        time_ms % 1000
+    )
+}
+
+/// The (year, month, day) of a day counted from 1970-01-01, proleptic Gregorian (Howard
+/// Hinnant's civil_from_days).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+#[cfg(test)]
+mod date_tests {
+    #[test]
+    fn dates_and_times() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(super::civil_from_days(20_786), (2026, 11, 29));
+        assert_eq!(
+            super::utc_text(1_700_000_000_123),
+            "2023-11-14 22:13:20.123 UTC"
+        );
+    }
+}

@@ -28,7 +28,8 @@ mod runner;
 mod tracker;
 
 pub use event_log::{
-    rotated_path, Entry, EventLog, Kind, Level, ENTRY_TEXT_MAX_BYTES, ROTATE_BYTES,
+    civil_from_days, rotated_path, utc_text, Entry, EventLog, Kind, Level, ENTRY_TEXT_MAX_BYTES,
+    ROTATE_BYTES,
 };
 pub use output::{FAILURE_TAIL_LINES, KEPT_BYTES_MAX, KEPT_LINES_MAX, LINE_MAX_BYTES};
 pub use runner::{

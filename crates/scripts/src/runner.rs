@@ -203,8 +203,12 @@ impl Runner {
     /// SIGKILL every process the module's scripts started, the application included, at once
     /// (`forcestop`, self-fencing). Blocks up to [`tracker::KILL_ALL_WAIT_MS`] while they die.
     /// Returns how many processes were killed.
+    /// (Logged, as a warning and in the event log, when it killed anything.)
     pub fn kill_all(&self) -> usize {
         let killed = self.tracker.kill_all();
+        if killed == 0 {
+            return 0;
+        }
         let text = format!(
             "killed {killed} process{} of the module with SIGKILL ({})",
             if killed == 1 { "" } else { "es" },
