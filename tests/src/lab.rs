@@ -10,7 +10,8 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mirrorkit_node::config::ClusterFile;
@@ -140,6 +141,48 @@ pub fn http_within(
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// A client that posts numbered notes as fast as it can, from the client namespace, and keeps
+/// those the application acknowledged (201: the note is fsynced).
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Writer {
+    /// Start posting `<prefix>-<n>` to `addr` from namespace `ns`.
+    pub fn start(ns: &Path, addr: SocketAddr, prefix: &str) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ns, prefix, flag) = (ns.to_owned(), prefix.to_owned(), stop.clone());
+        let handle = std::thread::spawn(move || {
+            let file = std::fs::File::open(&ns).expect("namespace");
+            // SAFETY: a valid namespace fd; only this thread changes namespace.
+            let r =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            let mut acked = Vec::new();
+            let mut n = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                let note = format!("{prefix}-{n}");
+                n += 1;
+                let r = http_within(addr, "POST", "/notes", &note, Duration::from_millis(200));
+                if matches!(r, Ok((201, _))) {
+                    acked.push(note);
+                } else {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            acked
+        });
+        Writer { stop, handle }
+    }
+
+    /// Stop; the notes the application acknowledged.
+    pub fn stop(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("writer thread")
+    }
 }
 
 /// A module of the lab: the demo module, copied with its own name, port and virtual IP.

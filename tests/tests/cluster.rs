@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use mirrorkit_tests::lab::{require_lab, Lab, LabModule};
+use mirrorkit_tests::lab::{require_lab, Lab, LabModule, Writer};
 use mirrorkit_tests::tree;
 
 const BOOT: Duration = Duration::from_secs(90);
@@ -65,11 +65,30 @@ fn failover_return_and_swap_both_ways() {
     post(&lab, &m, "one");
     post(&lab, &m, "two");
 
-    // Failover.
+    // Failover, while a client writes: every note acknowledged before, during or after it
+    // is served by the new primary.
+    let writer = Writer::start(&lab.client.path(), m.vip_addr(), "w");
+    std::thread::sleep(Duration::from_millis(500));
     let killed = Instant::now();
     lab.kill9(0);
     lab.wait_states("demo", [None, Some("ALONE")], MOVE);
     let served = wait_notes(&lab, &m, &["one", "two"], MOVE);
+    std::thread::sleep(Duration::from_millis(500));
+    let acked = writer.stop();
+    assert!(
+        acked.len() >= 5,
+        "the writer got too few acknowledgements to prove anything: {acked:?}"
+    );
+    let all = notes(&lab, &m).expect("notes after failover");
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|n| !all.lines().any(|l| l.ends_with(n.as_str())))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged notes lost in the failover: {lost:?} of {}",
+        acked.len()
+    );
     eprintln!(
         "failover: beta ALONE and serving after {:?} ({:?} after ALONE)",
         killed.elapsed(),
@@ -107,10 +126,42 @@ fn failover_return_and_swap_both_ways() {
     let table = ok(lab.cli(1, &["status"]), "status");
     assert!(table.contains("demo") && table.contains("PRIM"), "{table}");
 
+    // A verb for a module that does not exist: a clear refusal, nothing changes.
+    let out = lab.cli(1, &["swap", "nosuch"]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("no module \"nosuch\""),
+        "{text}"
+    );
+    lab.wait_states("demo", [Some("SECOND"), Some("PRIM")], MOVE);
+
     // A clean stop of the primary's daemon hands over.
     lab.stop(1, MOVE);
     lab.wait_states("demo", [Some("ALONE"), None], MOVE);
     wait_notes(&lab, &m, &["one", "two", "three", "four"], MOVE);
+    post(&lab, &m, "five");
+
+    // Never start on stale data: beta (which handed over, then missed "five") starts alone
+    // and must wait, not serve its older copy.
+    lab.stop(0, MOVE);
+    lab.start(1);
+    lab.wait_states("demo", [None, Some("WAIT")], MOVE);
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(lab.state(1, "demo").as_deref(), Some("WAIT"));
+    assert!(
+        !lab.holds_vip(1, &m),
+        "a node on stale data took the virtual IP"
+    );
+    let status = lab.status(1).expect("status");
+    let reason = status["modules"][0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(reason.contains("waits for alpha"), "{reason}");
+    // The node with the newest data returns: it leads, with every note.
+    lab.start(0);
+    lab.wait_states("demo", [Some("PRIM"), Some("SECOND")], MOVE);
+    wait_notes(&lab, &m, &["one", "two", "three", "four", "five"], MOVE);
 }
 
 /// Two modules, each preferring another node: each runs primary on its own node.

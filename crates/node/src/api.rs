@@ -197,3 +197,56 @@ where
     });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A malformed request gets an error naming the problem; the handler never sees it.
+    #[tokio::test]
+    async fn malformed_requests_are_answered_with_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("run/mirrorkit.sock");
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let s = seen.clone();
+        serve(&sock, move |_req| {
+            let s = s.clone();
+            async move {
+                s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Reply::Error("handled".into())
+            }
+        })
+        .await
+        .expect("serve");
+        let mode = std::fs::metadata(&sock).expect("socket").permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        for bad in [
+            "not json\n",
+            "{\"op\":\"launch\"}\n",
+            "{\"op\":\"verb\",\"module\":\"m\"}\n",
+        ] {
+            let stream = tokio::net::UnixStream::connect(&sock)
+                .await
+                .expect("connect");
+            let (r, mut w) = stream.into_split();
+            w.write_all(bad.as_bytes()).await.expect("send");
+            let mut answer = String::new();
+            BufReader::new(r)
+                .read_line(&mut answer)
+                .await
+                .expect("read");
+            match serde_json::from_str::<Reply>(&answer).expect("a reply") {
+                Reply::Error(e) => assert!(e.starts_with("malformed request"), "{bad}: {e}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // A well-formed one reaches the handler.
+        let r = call(&sock, &Request::Status).await.expect("call");
+        assert!(matches!(r, Reply::Error(e) if e == "handled"));
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+}
