@@ -9,12 +9,12 @@
 //! | --- | --- | --- | --- |
 //! | STOP | module stopped here | boot; `stop`, `forcestop`; a failed promotion or restart | `start`, `restart`, `second`, `prim` |
 //! | STARTING | started, choosing a role | `start`, `restart` from STOP/WAIT/SECOND | the peer's status arrives, or `peer_wait_ms` passes |
-//! | WAIT | started, may not be primary now; the reason says why and what to do | stale or outdated data (see below); split brain; the peer has newer data; `second`; witness refusal; failing checker | the cause goes (re-decided on every peer status and every `retry_ms`); `prim`; `stop` |
+//! | WAIT | started, may not be primary now; the reason says why and what to do | stale or outdated data (see below); split brain; the peer has newer data; `second`; witness refusal; this node's own check (network) fails | the cause goes (re-decided on every peer status and every `retry_ms`); `prim`; `stop` |
 //! | PROMOTING | becoming primary: the peer's consent (if in view), the witness's grant, persist the new generation, the witness's confirmation, mount, virtual IP, `prestart`+`start_prim` | elected with the peer in view; failover; alone on trusted data; the peer handed over; `prim` | every step done (ALONE or PRIM); a step failed (DEMOTING, then STOP); the witness refused, or the peer claimed too and won (WAIT, SECOND, or decided again) |
 //! | ALONE | primary, peer not in sync: changes recorded for its resync | promotion done; the mirror's session with the peer ended (after a new generation is persisted and, with a witness, confirmed) | the mirror reports the peer in sync (PRIM); demotion |
 //! | PRIM | primary, peer in sync | the mirror reports the peer in sync | the session ends (ALONE); demotion |
-//! | RESTARTING | primary, application restarting in place | `restart` on a primary; a checker with policy restart | the scripts ran (ALONE/PRIM); they failed (DEMOTING, then STOP) |
-//! | DEMOTING | leaving the primary role: `stop_prim`+`poststop`, barrier (handover only), unmount, release the virtual IP, release the witness | `stop`; `swap`; `second`; failback; a checker's failover; the witness grant lost (after `Fence`); yielding to another primary; a failed promotion | the steps ran (each failure logged, an unmount failure fenced): STOP, SECOND, WAIT, or decided again |
+//! | RESTARTING | primary, application restarting in place | `restart` on a primary; a checker with policy restart, or policy failover when the peer cannot take over | the scripts ran (ALONE/PRIM); they failed (DEMOTING, then STOP) |
+//! | DEMOTING | leaving the primary role: `stop_prim`+`poststop`, barrier (handover only), unmount, release the virtual IP, release the witness | `stop`; `swap`; `second`; failback; a checker's failover; this node's own check failing with the peer able to take over; the witness grant lost (after `Fence`); yielding to another primary; a failed promotion | the steps ran (each failure logged, an unmount failure fenced): STOP, SECOND, WAIT, or decided again |
 //! | SECOND | secondary: receiver running; in sync, resyncing (with progress), or waiting for the primary's mirror | the peer is primary and its data is newer or equal; after a handover | the peer is lost (failover if this copy was in sync, else WAIT); the peer stops being primary (decided again); `stop`; `swap` |
 //!
 //! # Decisions
@@ -61,6 +61,12 @@
 //! - **Failback** (`Config::failback`): a primary that is not the default primary hands over to
 //!   it as soon as it is in sync again, unless this primary term began with a handover (an
 //!   operator's `swap` is not undone).
+//! - **Checkers**: an application checker's `Restart` restarts in place; its `Failover` hands
+//!   the application to a peer that can take over (a secondary in sync, eligible), else
+//!   restarts in place and says why: never onto stale data, never a stop on its own. A node
+//!   checker (`Event::NodeHealth`) makes this node ineligible while it fails: it does not take
+//!   the primary role (not even by failover), and as PRIM it hands over as soon as the peer can
+//!   take over (else it stays, with a warning in its reason).
 //!
 //! # Verbs and the states they end in
 //!
@@ -261,8 +267,8 @@ pub struct Machine {
     pending: Option<Pending>,
     /// Started with `second`: never leads until it has followed a primary.
     second_only: bool,
-    /// A checker failed and no peer could take over: may not lead until restarted.
-    checker_block: Option<String>,
+    /// A node checker fails (`Event::NodeHealth`): not eligible while it does.
+    health_block: Option<String>,
     /// The peer was lost while this secondary held every write it acknowledged.
     failover_eligible: bool,
     /// A failed claim: no new promotion attempt before this time (with its reason).
@@ -333,7 +339,7 @@ impl Machine {
             peer: PeerView::default(),
             pending: None,
             second_only: false,
-            checker_block: None,
+            health_block: None,
             failover_eligible: false,
             hold_off: None,
             held: Held::default(),
@@ -417,6 +423,7 @@ impl Machine {
             Event::CheckerFailed { checker, policy } => {
                 self.on_checker_failed(now, checker, policy, &mut out)
             }
+            Event::NodeHealth { problem } => self.on_node_health(now, problem, &mut out),
             Event::Witness(w) => self.on_witness(now, w, &mut out),
             Event::Timer(t) => self.on_timer(now, t, &mut out),
         }
@@ -471,7 +478,7 @@ impl Machine {
     fn eligible(&self) -> bool {
         !matches!(self.phase, Phase::Stop | Phase::Demoting(_))
             && !self.second_only
-            && self.checker_block.is_none()
+            && self.health_block.is_none()
             && !self.handover
     }
 
@@ -659,10 +666,9 @@ impl Machine {
         if self.second_only {
             return Some(self.second_only_reason());
         }
-        self.checker_block.as_ref().map(|c| {
+        self.health_block.as_ref().map(|p| {
             format!(
-                "checker {c} failed and {} could not take over: the application is stopped here. Fix the cause, then `restart` the module on this node.",
-                self.cfg.peer
+                "this node's own check fails ({p}): it does not take the application until the check passes again"
             )
         })
     }
@@ -842,7 +848,6 @@ impl Machine {
 
     fn follow(&mut self, now: u64, out: &mut Vec<Action>) {
         self.second_only = false;
-        self.checker_block = None;
         self.hold_off = None;
         self.split_brain = false;
         if matches!(self.phase, Phase::Second) {
@@ -1063,13 +1068,24 @@ impl Machine {
     fn primary_reason(&self, prim: bool) -> String {
         let peer = &self.cfg.peer;
         if prim {
-            return format!("primary; {peer} is in sync: every write is on both nodes");
+            let mut r = format!("primary; {peer} is in sync: every write is on both nodes");
+            if let Some(h) = &self.health_block {
+                r.push_str(&format!(
+                    ". WARNING: this node's own check fails ({h}); the application stays here because {peer} cannot take over now"
+                ));
+            }
+            return r;
         }
         let mut r = format!(
             "primary without {peer} in sync: the application runs here, changes are recorded, and {peer} is brought up to date when it returns as secondary"
         );
         if let Some(p) = self.progress {
             r.push_str(&format!(" (resync of {peer}: {}%)", p.percent()));
+        }
+        if let Some(h) = &self.health_block {
+            r.push_str(&format!(
+                ". WARNING: this node's own check fails ({h}); the application stays here because {peer} cannot take over (it is not a secondary in sync with passing checks)"
+            ));
         }
         if self.split_brain {
             r.push_str(&format!(
@@ -1358,6 +1374,25 @@ impl Machine {
             self.cfg.peer
         );
         self.log(out, Level::Info, why.clone());
+        self.start_demotion(now, Goal::Handover, true, why, out);
+    }
+
+    /// A primary whose node checks fail hands the application to a peer that can take over.
+    fn maybe_give_away(&mut self, now: u64, out: &mut Vec<Action>) {
+        let Some(h) = self.health_block.clone() else {
+            return;
+        };
+        if !matches!(self.phase, Phase::Prim)
+            || self.pending.is_some()
+            || !self.peer_can_take_over()
+        {
+            return;
+        }
+        let why = format!(
+            "this node's own check fails ({h}): handing the application over to {}",
+            self.cfg.peer
+        );
+        self.log(out, Level::Warn, why.clone());
         self.start_demotion(now, Goal::Handover, true, why, out);
     }
 }

@@ -48,7 +48,27 @@ pub enum ClusterCmd {
         state: PathBuf,
         #[arg(long, default_value = "/run/mirrorkit")]
         run: PathBuf,
+        /// A witness on a third machine: NAME=ADDRESS[:PORT] (default port 7450). Its
+        /// certificate and OUT/NAME/witness.toml are written too.
+        #[arg(long)]
+        witness: Option<String>,
     },
+}
+
+fn parse_witness(s: &str) -> Result<(String, std::net::SocketAddr)> {
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--witness {s:?}: expected NAME=ADDRESS[:PORT]"))?;
+    let addr = match addr.parse::<std::net::SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            let ip: IpAddr = addr.parse().with_context(|| {
+                format!("--witness {s:?}: {addr:?} is neither ADDRESS nor ADDRESS:PORT")
+            })?;
+            std::net::SocketAddr::new(ip, config::DEFAULT_WITNESS_PORT)
+        }
+    };
+    Ok((name.to_owned(), addr))
 }
 
 fn parse_node(s: &str) -> Result<InitNode> {
@@ -77,6 +97,7 @@ pub fn cluster(cmd: ClusterCmd) -> Result<()> {
             modules,
             state,
             run,
+            witness,
         } => {
             let nodes: Vec<InitNode> =
                 nodes.iter().map(|n| parse_node(n)).collect::<Result<_>>()?;
@@ -110,13 +131,15 @@ pub fn cluster(cmd: ClusterCmd) -> Result<()> {
                 state,
                 run,
                 data_root: None,
+                witness: witness.as_deref().map(parse_witness).transpose()?,
             };
             for f in config::init(&spec, &out).map_err(|e| anyhow!(e))? {
                 println!("wrote {}", f.display());
             }
             println!(
-                "Copy each node's folder to it: cluster.toml to {}, certs/ to the `certs` path in it. The CA's key stays in {} (keep it offline).",
+                "Copy each node's folder to it: cluster.toml to {} (witness.toml to {} on the witness), certs/ to the `certs` path in it. The CA's key stays in {} (keep it offline).",
                 config::DEFAULT_CLUSTER_FILE,
+                config::DEFAULT_WITNESS_FILE,
                 out.join("ca").display()
             );
             Ok(())

@@ -20,6 +20,10 @@
 //! name = "lan"
 //! alpha = "10.0.0.1:7410"
 //! beta = "10.0.0.2:7410"
+//!
+//! [witness]                            # optional: arbitrates the primary role (split brain)
+//! name = "witness"                     # the name in its certificate
+//! address = "10.0.0.3:7450"
 //! ```
 
 use std::collections::BTreeMap;
@@ -34,6 +38,17 @@ pub const DEFAULT_CLUSTER_FILE: &str = "/etc/mirrorkit/cluster.toml";
 pub const DEFAULT_REPLICATION_PORT: u16 = 7400;
 /// Default heartbeat port of the first network (QUIC, UDP); the next networks use the next ports.
 pub const DEFAULT_HEARTBEAT_PORT: u16 = 7410;
+/// Default port of the witness (QUIC, UDP).
+pub const DEFAULT_WITNESS_PORT: u16 = 7450;
+
+/// The cluster's witness, as the nodes see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessRef {
+    /// The name its certificate carries (signed by the cluster CA).
+    pub name: String,
+    pub address: SocketAddr,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +80,10 @@ pub struct ClusterFile {
     pub nodes: BTreeMap<String, NodeAddrs>,
     #[serde(rename = "heartbeat")]
     pub heartbeats: Vec<HeartbeatNet>,
+    /// The witness: with one, a node is primary only while the witness grants it (no split
+    /// brain); without, a cut link makes two primaries (documented in operations.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<WitnessRef>,
 }
 
 /// A cluster file that cannot be used, with the file and what to fix.
@@ -136,6 +155,16 @@ impl ClusterFile {
                 ));
             }
         }
+        if let Some(w) = &self.witness {
+            mirrorkit_net::pki::validate_node_name(&w.name)
+                .map_err(|e| format!("[witness] name: {e}"))?;
+            if self.nodes.contains_key(&w.name) {
+                return Err(format!(
+                    "[witness] name = {:?} is a node's name: the witness needs a certificate of its own",
+                    w.name
+                ));
+            }
+        }
         for (field, p) in [
             ("certs", &self.certs),
             ("modules", &self.modules),
@@ -184,6 +213,7 @@ impl ClusterFile {
                     .map(|(n, a)| ((*n).to_owned(), SocketAddr::new(*a, DEFAULT_HEARTBEAT_PORT)))
                     .collect(),
             }],
+            witness: None,
         }
     }
 
@@ -256,13 +286,18 @@ pub struct InitSpec {
     pub state: PathBuf,
     pub run: PathBuf,
     pub data_root: Option<PathBuf>,
+    /// A witness: its name and address. Its certificate and `witness.toml` are written too.
+    pub witness: Option<(String, SocketAddr)>,
 }
 
 /// Write `<out>/<node>/cluster.toml` and `<out>/<node>/certs/{ca.pem,<node>.pem,<node>.key}` for
 /// both nodes, from one new cluster CA (whose key is kept in `<out>/ca/` only: it signs no
 /// more certificates unless an operator uses it). Refuses to overwrite anything.
 pub fn init(spec: &InitSpec, out: &Path) -> Result<Vec<PathBuf>, String> {
-    let names: Vec<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();
+    let mut names: Vec<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();
+    if let Some((w, _)) = &spec.witness {
+        names.push(w.as_str());
+    }
     let ca_dir = out.join("ca");
     mirrorkit_net::pki::generate_cluster(&ca_dir, &spec.cluster, &names, false).map_err(|e| {
         format!(
@@ -314,46 +349,80 @@ pub fn init(spec: &InitSpec, out: &Path) -> Result<Vec<PathBuf>, String> {
             data_root: spec.data_root.clone(),
             nodes: nodes.clone(),
             heartbeats: heartbeats.clone(),
+            witness: spec.witness.as_ref().map(|(name, address)| WitnessRef {
+                name: name.clone(),
+                address: *address,
+            }),
         };
         let dir = out.join(&n.name);
-        let certs = dir.join("certs");
-        std::fs::create_dir_all(&certs)
-            .map_err(|e| format!("cannot create {}: {e}", certs.display()))?;
-        for f in [
-            "ca.pem".to_owned(),
-            format!("{}.pem", n.name),
-            format!("{}.key", n.name),
-        ] {
-            let from = ca_dir.join(&f);
-            let to = certs.join(&f);
-            if to.exists() {
-                return Err(format!("{} exists: refusing to overwrite it", to.display()));
-            }
-            std::fs::copy(&from, &to)
-                .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))?;
-            if f.ends_with(".key") {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
-                    .map_err(|e| format!("cannot restrict {}: {e}", to.display()))?;
-            }
-        }
+        copy_certs(&ca_dir, &dir.join("certs"), &n.name)?;
         let text = cf.to_toml()?;
-        let file = dir.join("cluster.toml");
-        if file.exists() {
-            return Err(format!(
-                "{} exists: refusing to overwrite it",
-                file.display()
-            ));
-        }
         let header = format!(
             "# mirrorkit cluster file of node {} (cluster {}), written by `mirrorkit cluster init`.\n# Install it as {DEFAULT_CLUSTER_FILE} on {}, with certs/ in the `certs` directory below.\n\n",
             n.name, spec.cluster, n.name
         );
-        std::fs::write(&file, header + &text)
-            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-        written.push(file);
+        written.push(write_new(&dir.join("cluster.toml"), &(header + &text))?);
+    }
+    if let Some((w, address)) = &spec.witness {
+        let dir = out.join(w);
+        copy_certs(&ca_dir, &dir.join("certs"), w)?;
+        let listen = SocketAddr::new(
+            if address.is_ipv4() {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            },
+            address.port(),
+        );
+        let nodes: Vec<String> = spec.nodes.iter().map(|n| format!("{:?}", n.name)).collect();
+        let text = format!(
+            "# mirrorkit witness of cluster {cluster}, written by `mirrorkit cluster init`.\n# Install it as {DEFAULT_WITNESS_FILE} on the witness machine (reachable at {address} from both nodes),\n# with certs/ in the `certs` directory below; run `mirrorkit witness`.\n\ncluster = {cluster:?}\nname = {w:?}\nlisten = \"{listen}\"\ncerts = \"/etc/mirrorkit/certs\"\nstate_dir = \"/var/lib/mirrorkit-witness\"\nnodes = [{}]\n",
+            nodes.join(", "),
+            cluster = spec.cluster,
+        );
+        written.push(write_new(&dir.join("witness.toml"), &text)?);
     }
     Ok(written)
+}
+
+/// Where `mirrorkit witness` looks for its file unless told otherwise.
+pub const DEFAULT_WITNESS_FILE: &str = "/etc/mirrorkit/witness.toml";
+
+/// Copy the CA certificate and `name`'s certificate and key into `certs` (key mode 0600).
+fn copy_certs(ca_dir: &Path, certs: &Path, name: &str) -> Result<(), String> {
+    std::fs::create_dir_all(certs)
+        .map_err(|e| format!("cannot create {}: {e}", certs.display()))?;
+    for f in [
+        "ca.pem".to_owned(),
+        format!("{name}.pem"),
+        format!("{name}.key"),
+    ] {
+        let from = ca_dir.join(&f);
+        let to = certs.join(&f);
+        if to.exists() {
+            return Err(format!("{} exists: refusing to overwrite it", to.display()));
+        }
+        std::fs::copy(&from, &to)
+            .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))?;
+        if f.ends_with(".key") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("cannot restrict {}: {e}", to.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Write a new file, refusing to overwrite one.
+fn write_new(file: &Path, text: &str) -> Result<PathBuf, String> {
+    if file.exists() {
+        return Err(format!(
+            "{} exists: refusing to overwrite it",
+            file.display()
+        ));
+    }
+    std::fs::write(file, text).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    Ok(file.to_owned())
 }
 
 #[cfg(test)]
@@ -387,6 +456,7 @@ mod tests {
             state: dir.join("state"),
             run: "/run/mirrorkit".into(),
             data_root: None,
+            witness: Some(("witness".into(), "10.0.0.3:7450".parse().unwrap())),
         }
     }
 
@@ -394,7 +464,8 @@ mod tests {
     fn init_writes_two_valid_files_with_their_certificates() {
         let tmp = tempfile::tempdir().unwrap();
         let files = init(&spec(tmp.path()), tmp.path()).unwrap();
-        assert_eq!(files.len(), 2);
+        assert_eq!(files.len(), 3);
+        assert!(files[2].ends_with("witness/witness.toml"), "{files:?}");
         let a = ClusterFile::load(&files[0]).unwrap();
         let b = ClusterFile::load(&files[1]).unwrap();
         assert_eq!((a.node.as_str(), a.peer()), ("alpha", "beta"));
@@ -408,6 +479,12 @@ mod tests {
         mirrorkit_net::pki::NodeIdentity::load(&tmp.path().join("alpha/certs"), "alpha").unwrap();
         mirrorkit_net::pki::NodeIdentity::load(&tmp.path().join("beta/certs"), "beta").unwrap();
         assert!(!tmp.path().join("alpha/certs/beta.key").exists());
+        assert_eq!(a.witness.as_ref().map(|w| w.name.as_str()), Some("witness"));
+        mirrorkit_net::pki::NodeIdentity::load(&tmp.path().join("witness/certs"), "witness")
+            .unwrap();
+        let w = std::fs::read_to_string(&files[2]).unwrap();
+        assert!(w.contains("listen = \"0.0.0.0:7450\""), "{w}");
+        assert!(w.contains("nodes = [\"alpha\", \"beta\"]"), "{w}");
         // Never overwrites.
         assert!(init(&spec(tmp.path()), tmp.path()).is_err());
     }
@@ -432,6 +509,10 @@ mod tests {
                 "run",
             ),
             (text.replace("cluster = ", "clustr = "), "unknown field"),
+            (
+                text.replace("name = \"witness\"", "name = \"alpha\""),
+                "[witness] name = \"alpha\" is a node's name",
+            ),
         ];
         for (bad, want) in cases {
             std::fs::write(&files[0], &bad).unwrap();

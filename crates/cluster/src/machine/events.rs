@@ -183,6 +183,7 @@ impl Machine {
                     }
                 }
                 self.maybe_failback(now, out);
+                self.maybe_give_away(now, out);
             }
         }
     }
@@ -555,16 +556,63 @@ impl Machine {
                 self.start_demotion(now, Goal::Handover, true, why, out);
             }
             CheckerPolicy::Failover => {
-                self.checker_block = Some(checker.clone());
-                let reason = self.not_eligible_reason().unwrap_or_default();
-                self.start_demotion(
-                    now,
-                    Goal::Wait(reason),
-                    false,
-                    format!("checker {checker} failed"),
-                    out,
+                // Never onto stale data, and never stop the application on our own: the best
+                // left is a fresh start here.
+                let why = format!(
+                    "checker {checker} failed and {peer} cannot take over (it is not a secondary in sync with passing checks)"
                 );
+                self.log(out, Level::Warn, why.clone());
+                self.restart_in_place(now, why, out);
             }
+        }
+    }
+
+    pub(super) fn on_node_health(
+        &mut self,
+        now: u64,
+        problem: Option<String>,
+        out: &mut Vec<Action>,
+    ) {
+        if problem == self.health_block {
+            return;
+        }
+        let was = self.health_block.take();
+        self.health_block = problem.clone();
+        match (&was, &problem) {
+            (_, Some(p)) => self.log(out, Level::Warn, format!("own check fails: {p}")),
+            (Some(w), None) => self.log(
+                out,
+                Level::Info,
+                format!("own check passes again (was: {w})"),
+            ),
+            (None, None) => {}
+        }
+        match self.phase {
+            Phase::Alone | Phase::Prim => {
+                let reason = self.primary_reason(matches!(self.phase, Phase::Prim));
+                self.set_reason(now, reason, out);
+                self.maybe_give_away(now, out);
+            }
+            Phase::Wait => self.decide(now, out),
+            Phase::Second => {
+                if let Some(r) = self.not_eligible_reason().filter(|_| problem.is_some()) {
+                    let base = self
+                        .reason
+                        .split(". NOT ELIGIBLE: ")
+                        .next()
+                        .unwrap_or("")
+                        .to_owned();
+                    self.set_reason(now, format!("{base}. NOT ELIGIBLE: {r}"), out);
+                } else if let Some(base) = self
+                    .reason
+                    .split(". NOT ELIGIBLE: ")
+                    .next()
+                    .map(str::to_owned)
+                {
+                    self.set_reason(now, base, out);
+                }
+            }
+            _ => {}
         }
     }
 

@@ -335,6 +335,12 @@ pub enum Event {
         checker: String,
         policy: CheckerPolicy,
     },
+    /// This node's own checks (its network: gateway, interface): `Some(problem)` while one
+    /// fails, `None` once they pass again. A node with a problem is not eligible: it does not
+    /// take the primary role, and as primary gives it to a peer that can take over.
+    NodeHealth {
+        problem: Option<String>,
+    },
     Witness(WitnessEvent),
     Timer(Timer),
 }

@@ -236,7 +236,6 @@ impl Machine {
         self.gate = Gate::Open;
         self.handover = false;
         self.second_only = false;
-        self.checker_block = None;
         self.hold_off = None;
         self.failover_eligible = false;
         self.swap_deadline_ms = None;

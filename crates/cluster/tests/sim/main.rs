@@ -100,6 +100,10 @@ fn chaos(w: &mut World) {
             };
             w.checker_failed(i, policy);
         }
+        97 => {
+            let failing = !w.nodes[i].health_trouble;
+            w.set_health(i, failing);
+        }
         _ => {
             let t = &mut w.nodes[i].script_trouble;
             *t = !*t;
@@ -122,6 +126,7 @@ fn quiesce(w: &mut World) -> Result<(), String> {
     for i in 0..2 {
         w.set_witness_link(i, true);
         w.nodes[i].script_trouble = false;
+        w.set_health(i, false);
         w.restart(i);
     }
     w.setup.p_script_fail = 0.0;

@@ -305,22 +305,65 @@ fn checker_failover_hands_over_and_checker_restart_restarts_in_place() {
 }
 
 #[test]
-fn checker_failover_without_a_peer_in_sync_waits_with_its_reason() {
+fn checker_failover_without_a_peer_in_sync_restarts_in_place_and_says_why() {
     let mut w = in_sync(Setup::plain());
     w.crash(BETA);
     run(&mut w, 5_000);
     expect(&w, ALPHA, StateKind::Alone);
     w.checker_failed(ALPHA, CheckerPolicy::Failover);
-    run(&mut w, 5_000);
-    expect(&w, ALPHA, StateKind::Wait);
+    expect(&w, ALPHA, StateKind::Restarting);
     assert!(
-        w.reason(ALPHA).contains("checker app-port failed"),
+        w.reason(ALPHA)
+            .contains("checker app-port failed and beta cannot take over"),
         "{}",
         w.reason(ALPHA)
     );
-    w.verb(ALPHA, Verb::Restart, "op");
-    run(&mut w, 10_000);
+    run(&mut w, 5_000);
     expect(&w, ALPHA, StateKind::Alone);
+}
+
+#[test]
+fn a_primary_whose_own_check_fails_hands_over_and_takes_back_only_once_it_passes() {
+    let mut w = in_sync(Setup::plain());
+    let ids = writes(&mut w, ALPHA, 5);
+    w.set_health(ALPHA, true);
+    run(&mut w, 10_000);
+    expect(&w, ALPHA, StateKind::Second);
+    expect(&w, BETA, StateKind::Prim);
+    holds(&w, BETA, &ids);
+    // alpha may not take over while its check fails: beta dies, alpha waits and says why.
+    w.crash(BETA);
+    run(&mut w, 5_000);
+    expect(&w, ALPHA, StateKind::Wait);
+    assert!(
+        w.reason(ALPHA).contains("own check fails"),
+        "{}",
+        w.reason(ALPHA)
+    );
+    w.set_health(ALPHA, false);
+    run(&mut w, 5_000);
+    expect(&w, ALPHA, StateKind::Alone);
+}
+
+#[test]
+fn a_primary_whose_own_check_fails_stays_when_the_peer_cannot_take_over() {
+    let mut w = in_sync(Setup::plain());
+    w.set_health(BETA, true);
+    run(&mut w, 2_000);
+    w.set_health(ALPHA, true);
+    run(&mut w, 5_000);
+    expect(&w, ALPHA, StateKind::Prim);
+    assert!(w.reason(ALPHA).contains("WARNING"), "{}", w.reason(ALPHA));
+    assert!(
+        w.reason(BETA).contains("NOT ELIGIBLE"),
+        "{}",
+        w.reason(BETA)
+    );
+    // Once beta's check passes, alpha hands over.
+    w.set_health(BETA, false);
+    run(&mut w, 10_000);
+    expect(&w, BETA, StateKind::Prim);
+    expect(&w, ALPHA, StateKind::Second);
 }
 
 #[test]

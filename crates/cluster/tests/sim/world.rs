@@ -306,6 +306,8 @@ pub struct Node {
     pub verbs: VecDeque<(Verb, u64)>,
     /// Scripts fail while set.
     pub script_trouble: bool,
+    /// This node's own checks (network) fail.
+    pub health_trouble: bool,
     last_mirror_at: u64,
     last_msg_at: u64,
     /// The module's scripts run one batch at a time: the next batch starts then.
@@ -339,6 +341,7 @@ impl Node {
             wc: Client::default(),
             verbs: VecDeque::new(),
             script_trouble: false,
+            health_trouble: false,
             last_mirror_at: 0,
             last_msg_at: 0,
             scripts_free_at: 0,
@@ -542,6 +545,27 @@ impl World {
         }
         self.note(|| format!("{} RESTART", NAMES[i]));
         self.boot(i);
+        if self.nodes[i].health_trouble {
+            self.set_health(i, true);
+        }
+    }
+
+    /// This node's own checks start or stop failing (the shell reports it at once, and again
+    /// after a restart while they still fail).
+    pub fn set_health(&mut self, i: usize, failing: bool) {
+        self.nodes[i].health_trouble = failing;
+        if !self.nodes[i].alive {
+            return;
+        }
+        self.note(|| {
+            format!(
+                "{} own check {}",
+                NAMES[i],
+                if failing { "FAILS" } else { "passes" }
+            )
+        });
+        let problem = failing.then(|| "checker gw (ping 10.0.0.1): no reply".to_owned());
+        self.deliver(i, Event::NodeHealth { problem });
     }
 
     pub fn cut(&mut self) {
