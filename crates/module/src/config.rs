@@ -83,6 +83,28 @@ pub const MAX_RESTARTS_MAX: u32 = 100;
 pub const DEFAULT_RESTART_WINDOW_MS: u64 = 600_000;
 pub const RESTART_WINDOW_MS_RANGE: RangeInclusive<u64> = 1_000..=604_800_000;
 
+/// Longest a notification (its command, or its webhook request) may take, unless `timeout_ms`
+/// says otherwise.
+pub const DEFAULT_NOTIFY_TIMEOUT_MS: u64 = 10_000;
+pub const NOTIFY_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 100..=120_000;
+/// Notifications of one module waiting to be delivered; past this, the oldest are dropped (and
+/// that is logged).
+pub const NOTIFY_QUEUE_MAX: usize = 100;
+/// Longest webhook URL.
+pub const WEBHOOK_URL_MAX_BYTES: usize = 2048;
+/// The variables a notification command gets (docs/modules.md, "`[notify]`"), on top of the
+/// module's `[env]`. The same values, as JSON, are on its standard input.
+pub const NOTIFY_ENV_VARS: &[&str] = &[
+    "MIRRORKIT_NOTIFY_CLUSTER",
+    "MIRRORKIT_NOTIFY_MODULE",
+    "MIRRORKIT_NOTIFY_NODE",
+    "MIRRORKIT_NOTIFY_OLD_STATE",
+    "MIRRORKIT_NOTIFY_NEW_STATE",
+    "MIRRORKIT_NOTIFY_REASON",
+    "MIRRORKIT_NOTIFY_TIME",
+    "MIRRORKIT_NOTIFY_TIME_MS",
+];
+
 /// Everything one `module.toml` declares, validated.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -113,6 +135,9 @@ pub struct ModuleConfig {
     pub env: BTreeMap<String, String>,
     #[serde(default, rename = "checker", skip_serializing_if = "Vec::is_empty")]
     pub checkers: Vec<Checker>,
+    /// `[notify]`: what to tell, and how, when the module's state changes on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
 }
 
 fn yes() -> bool {
@@ -393,11 +418,14 @@ impl From<ScriptSpec> for Script {
 }
 
 /// What a checker does when a check failed `retries + 1` times in a row.
+///
+/// The default depends on the checker's [`CheckerScope`] ([`default_check_action`]):
+/// `Restart` for application checkers, `Failover` for node checkers (which may not restart).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckAction {
     /// Restart the module on this node (stop then start), up to `max_restarts` times within
-    /// `restart_window_ms`; the next failure fails over.
+    /// `restart_window_ms`; the next failure fails over. Application checkers only.
     #[default]
     Restart,
     /// Fail over to the other node at once.
@@ -425,6 +453,10 @@ pub enum Probe {
     Tcp { address: SocketAddr },
     /// A script of the module folder exits 0 within the timeout.
     Script { path: PathBuf },
+    /// An ICMP echo reply comes back from `target` within the timeout (a node checker).
+    Ping { target: IpAddr },
+    /// The network interface exists, is up and has a carrier (a node checker).
+    Interface { interface: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -436,18 +468,73 @@ pub enum ProcessTarget {
 }
 
 impl Probe {
-    pub const KIND_NAMES: &'static [&'static str] = &["process", "tcp", "script"];
+    pub const KIND_NAMES: &'static [&'static str] =
+        &["process", "tcp", "script", "ping", "interface"];
+    /// The kinds of node checkers, which watch the node's own network.
+    pub const NODE_KIND_NAMES: &'static [&'static str] = &["ping", "interface"];
 
     pub fn kind_name(&self) -> &'static str {
         match self {
             Probe::Process(_) => "process",
             Probe::Tcp { .. } => "tcp",
             Probe::Script { .. } => "script",
+            Probe::Ping { .. } => "ping",
+            Probe::Interface { .. } => "interface",
+        }
+    }
+
+    pub fn scope(&self) -> CheckerScope {
+        CheckerScope::of_kind(self.kind_name())
+    }
+}
+
+/// What a checker watches, which decides where it runs and what its failures lead to
+/// (docs/modules.md, "`[[checker]]`").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckerScope {
+    /// `process`, `tcp`, `script`: the application; runs on the primary only, while the
+    /// application runs; restarts it or fails over.
+    Application,
+    /// `ping`, `interface`: the node's own network; runs on every node where the module is
+    /// started; on the primary it gives the role away, elsewhere it makes the node ineligible.
+    Node,
+}
+
+impl CheckerScope {
+    /// The scope of a checker kind (`"ping"` → `Node`); unknown kinds are `Application`.
+    pub fn of_kind(kind: &str) -> CheckerScope {
+        if Probe::NODE_KIND_NAMES.contains(&kind) {
+            CheckerScope::Node
+        } else {
+            CheckerScope::Application
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckerScope::Application => "application",
+            CheckerScope::Node => "node",
         }
     }
 }
 
-/// One `[[checker]]`: declared and validated now; run by the cluster manager.
+impl fmt::Display for CheckerScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The action of a checker that does not say: application checkers restart, node checkers fail
+/// over (restarting the application does not bring a network back).
+pub fn default_check_action(scope: CheckerScope) -> CheckAction {
+    match scope {
+        CheckerScope::Application => CheckAction::Restart,
+        CheckerScope::Node => CheckAction::Failover,
+    }
+}
+
+/// One `[[checker]]`, run by `mirrorkit-checkers`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawChecker", into = "RawChecker")]
 pub struct Checker {
@@ -457,10 +544,18 @@ pub struct Checker {
     pub timeout_ms: u64,
     /// Failed checks tolerated in a row; the action runs on failure number `retries + 1`.
     pub retries: u32,
+    /// Always [`CheckAction::Failover`] for node checkers.
     pub action: CheckAction,
     /// With `action = "restart"`: local restarts within `restart_window_ms` before failing over.
+    /// (The defaults, unused, otherwise.)
     pub max_restarts: u32,
     pub restart_window_ms: u64,
+}
+
+impl Checker {
+    pub fn scope(&self) -> CheckerScope {
+        self.probe.scope()
+    }
 }
 
 /// A checker as written in TOML: one flat table whose `kind` says which other fields apply.
@@ -477,6 +572,10 @@ struct RawChecker {
     address: Option<SocketAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     script: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    interface: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     interval_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -501,21 +600,44 @@ impl TryFrom<RawChecker> for Checker {
             r.pid_file,
             r.address,
             r.script,
+            r.target,
+            r.interface,
         ) {
-            ("process", Some(name), None, None, None) => Probe::Process(ProcessTarget::Name(name)),
-            ("process", None, Some(file), None, None) => {
+            ("process", Some(name), None, None, None, None, None) => {
+                Probe::Process(ProcessTarget::Name(name))
+            }
+            ("process", None, Some(file), None, None, None, None) => {
                 Probe::Process(ProcessTarget::PidFile(file))
             }
-            ("tcp", None, None, Some(address), None) => Probe::Tcp { address },
-            ("script", None, None, None, Some(path)) => Probe::Script { path },
+            ("tcp", None, None, Some(address), None, None, None) => Probe::Tcp { address },
+            ("script", None, None, None, Some(path), None, None) => Probe::Script { path },
+            ("ping", None, None, None, None, Some(target), None) => Probe::Ping { target },
+            ("interface", None, None, None, None, None, Some(interface)) => {
+                Probe::Interface { interface }
+            }
             (kind, ..) => {
                 return Err(format!(
                     "checker {:?}: kind {kind:?} with the wrong kind-specific fields \
-                     (process: process_name or pid_file; tcp: address; script: script)",
+                     (process: process_name or pid_file; tcp: address; script: script; \
+                     ping: target; interface: interface)",
                     r.name
                 ))
             }
         };
+        let scope = probe.scope();
+        let action = r.action.unwrap_or(default_check_action(scope));
+        if scope == CheckerScope::Node
+            && (action == CheckAction::Restart
+                || r.max_restarts.is_some()
+                || r.restart_window_ms.is_some())
+        {
+            return Err(format!(
+                "checker {:?}: a {} checker never restarts the application: no action = \
+                 \"restart\", max_restarts or restart_window_ms",
+                r.name,
+                probe.kind_name()
+            ));
+        }
         let interval_ms = r.interval_ms.unwrap_or(DEFAULT_CHECK_INTERVAL_MS);
         Ok(Checker {
             name: r.name,
@@ -525,7 +647,7 @@ impl TryFrom<RawChecker> for Checker {
                 .timeout_ms
                 .unwrap_or_else(|| default_check_timeout_ms(interval_ms)),
             retries: r.retries.unwrap_or(DEFAULT_CHECK_RETRIES),
-            action: r.action.unwrap_or_default(),
+            action,
             max_restarts: r.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS),
             restart_window_ms: r.restart_window_ms.unwrap_or(DEFAULT_RESTART_WINDOW_MS),
         })
@@ -541,6 +663,8 @@ impl From<Checker> for RawChecker {
             pid_file: None,
             address: None,
             script: None,
+            target: None,
+            interface: None,
             interval_ms: Some(c.interval_ms),
             timeout_ms: Some(c.timeout_ms),
             retries: Some(c.retries),
@@ -557,6 +681,8 @@ impl From<Checker> for RawChecker {
             Probe::Process(ProcessTarget::PidFile(p)) => raw.pid_file = Some(p),
             Probe::Tcp { address } => raw.address = Some(address),
             Probe::Script { path } => raw.script = Some(path),
+            Probe::Ping { target } => raw.target = Some(target),
+            Probe::Interface { interface } => raw.interface = Some(interface),
         }
         raw
     }
@@ -565,4 +691,145 @@ impl From<Checker> for RawChecker {
 /// A check may not outlast its interval, so the default timeout shrinks with short intervals.
 pub fn default_check_timeout_ms(interval_ms: u64) -> u64 {
     DEFAULT_CHECK_TIMEOUT_MS.min(interval_ms)
+}
+
+/// `[notify]`: a command and/or a webhook told of every state change of the module on this node
+/// (docs/modules.md, "`[notify]`"). At least one of the two is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawNotify", into = "RawNotify")]
+pub struct Notify {
+    /// A file of the module folder, relative to it (checked like a script).
+    pub command: Option<PathBuf>,
+    /// Receives an HTTP POST of the notification as JSON.
+    pub webhook: Option<WebhookUrl>,
+    /// Longest one delivery (the command's run, or the webhook's request) may take.
+    pub timeout_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    command: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    webhook: Option<WebhookUrl>,
+    #[serde(default = "default_notify_timeout_ms")]
+    timeout_ms: u64,
+}
+
+fn default_notify_timeout_ms() -> u64 {
+    DEFAULT_NOTIFY_TIMEOUT_MS
+}
+
+impl TryFrom<RawNotify> for Notify {
+    type Error = String;
+
+    fn try_from(r: RawNotify) -> Result<Self, String> {
+        if r.command.is_none() && r.webhook.is_none() {
+            return Err("[notify] needs a command, a webhook, or both".to_owned());
+        }
+        Ok(Notify {
+            command: r.command,
+            webhook: r.webhook,
+            timeout_ms: r.timeout_ms,
+        })
+    }
+}
+
+impl From<Notify> for RawNotify {
+    fn from(n: Notify) -> Self {
+        RawNotify {
+            command: n.command,
+            webhook: n.webhook,
+            timeout_ms: n.timeout_ms,
+        }
+    }
+}
+
+/// A validated `http://` or `https://` URL for a webhook (see
+/// [`crate::rules::parse_webhook_url`]): `SCHEME://[USERINFO@]HOST[:PORT][/PATH][?QUERY]`,
+/// ASCII, without white space, control characters or fragment. The host may be a name (it is
+/// resolved when a notification is sent), an IPv4 address or a bracketed IPv6 address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WebhookUrl {
+    pub(crate) text: String,
+    pub(crate) https: bool,
+    pub(crate) userinfo: Option<String>,
+    /// Without brackets for IPv6.
+    pub(crate) host: String,
+    pub(crate) port: Option<u16>,
+    /// Starts with `/`; `/` when the URL has no path.
+    pub(crate) path_and_query: String,
+}
+
+impl WebhookUrl {
+    /// The URL as written in `module.toml`. It may hold credentials: log [`Self::redacted`].
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn is_https(&self) -> bool {
+        self.https
+    }
+
+    /// `user` or `user:password` before the `@`, as written (percent-encoded).
+    pub fn userinfo(&self) -> Option<&str> {
+        self.userinfo.as_deref()
+    }
+
+    /// The host: a name, an IPv4 address, or an IPv6 address without its brackets.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port: written, or 443 for https and 80 for http.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(if self.https { 443 } else { 80 })
+    }
+
+    /// The path and query to request: starts with `/`.
+    pub fn path_and_query(&self) -> &str {
+        &self.path_and_query
+    }
+
+    /// The URL with the password of its userinfo, if any, replaced by `***`: for logs.
+    pub fn redacted(&self) -> String {
+        let scheme = if self.https { "https://" } else { "http://" };
+        match (&self.userinfo, self.text.get(scheme.len()..)) {
+            (Some(info), Some(rest)) if info.contains(':') => {
+                let user = info.split(':').next().unwrap_or_default();
+                let after = rest.get(info.len()..).unwrap_or_default();
+                format!("{scheme}{user}:***{after}")
+            }
+            _ => self.text.clone(),
+        }
+    }
+}
+
+impl fmt::Display for WebhookUrl {
+    /// The redacted form: a password never reaches a log through `Display`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl FromStr for WebhookUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        crate::rules::parse_webhook_url(s)
+    }
+}
+
+impl Serialize for WebhookUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for WebhookUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }

@@ -1,6 +1,6 @@
 //! `mirrorkit-module`: modules, the unit an operator declares. A module is a folder holding
-//! `module.toml` (replicated directories, virtual IPs, scripts, checkers, preferences) and the
-//! scripts it names. The full reference is `docs/modules.md`.
+//! `module.toml` (replicated directories, virtual IPs, scripts, checkers, notifications,
+//! preferences) and the scripts it names. The full reference is `docs/modules.md`.
 //!
 //! This crate owns the schema ([`ModuleConfig`]), its validation, and watching a module folder
 //! for changes. Validation reports every problem of a folder at once, each with file, line,

@@ -36,6 +36,15 @@ impl LoadedModule {
             .map(|s| self.dir.join(&s.path))
     }
 
+    /// The absolute path of the `[notify]` command, if any.
+    pub fn notify_command_path(&self) -> Option<PathBuf> {
+        self.config
+            .notify
+            .as_ref()
+            .and_then(|n| n.command.as_ref())
+            .map(|c| self.dir.join(c))
+    }
+
     /// A problem about `field` of this module's file.
     pub fn problem(&self, field: &str, message: impl Into<String>) -> Problem {
         self.positions.problem(field, message)
@@ -172,6 +181,11 @@ fn check_on_disk(
             if let Err(m) = check_module_file(dir, named, path) {
                 problems.push(positions.problem(&format!("checker[{i}].script"), m));
             }
+        }
+    }
+    if let Some(command) = config.notify.as_ref().and_then(|n| n.command.as_ref()) {
+        if let Err(m) = check_module_file(dir, named, command) {
+            problems.push(positions.problem("notify.command", m));
         }
     }
     for (i, m) in config.mirrors.iter().enumerate() {

@@ -28,6 +28,7 @@ pub(crate) const TOP_FIELDS: &[&str] = &[
     "scripts",
     "env",
     "checker",
+    "notify",
 ];
 pub(crate) const MIRROR_FIELDS: &[&str] = &["dir", "include", "exclude"];
 pub(crate) const VIP_FIELDS: &[&str] = &["address", "interface"];
@@ -47,6 +48,8 @@ pub(crate) const CHECKER_FIELDS: &[&str] = &[
     "pid_file",
     "address",
     "script",
+    "target",
+    "interface",
     "interval_ms",
     "timeout_ms",
     "retries",
@@ -60,7 +63,10 @@ const CHECKER_KIND_FIELDS: &[(&str, &str)] = &[
     ("pid_file", "process"),
     ("address", "tcp"),
     ("script", "script"),
+    ("target", "ping"),
+    ("interface", "interface"),
 ];
+pub(crate) const NOTIFY_FIELDS: &[&str] = &["command", "webhook", "timeout_ms"];
 
 /// The outcome of reading one module file: the configuration when there was no problem.
 pub(crate) struct Parsed {
@@ -241,6 +247,7 @@ fn read_module(
     let scripts = read_scripts(w, root);
     let env = read_env(w, root);
     let checkers = read_checkers(w, root);
+    let notify = read_notify(w, root);
 
     Some(ModuleConfig {
         name: name?.value,
@@ -254,6 +261,7 @@ fn read_module(
         scripts: scripts?,
         env: env?,
         checkers: checkers?,
+        notify: notify?,
     })
 }
 
@@ -662,6 +670,9 @@ fn read_checker(w: &mut Walker<'_>, t: &Table<'_, '_>) -> Option<Checker> {
             })
         });
     let probe = kind.and_then(|kind| read_probe(w, t, kind));
+    // An unknown kind was reported above; the other fields are then read as an application
+    // checker's, the most common.
+    let scope = kind.map_or(CheckerScope::Application, CheckerScope::of_kind);
 
     let interval = if t.has("interval_ms") {
         w.integer(t, "interval_ms", CHECK_INTERVAL_MS_RANGE, "milliseconds")
@@ -679,18 +690,48 @@ fn read_checker(w: &mut Walker<'_>, t: &Table<'_, '_>) -> Option<Checker> {
     let action = match w.string(t, "action") {
         Some(s) => {
             let field = t.field("action");
-            one_of(
+            let span = s.span.clone();
+            let action = one_of(
                 w,
                 s,
                 &field,
                 "action",
                 CheckAction::NAMES,
                 CheckAction::from_name,
-            )
+            );
+            match (action, kind) {
+                (Some(CheckAction::Restart), Some(kind)) if scope == CheckerScope::Node => {
+                    w.report(
+                        &span,
+                        &field,
+                        format!(
+                            "{} checker watches this node's network, and restarting the \
+                             application does not bring a network back: a node checker gives \
+                             the primary role to the peer (action = \"failover\", its default); \
+                             remove this line",
+                            with_article(kind)
+                        ),
+                    );
+                    None
+                }
+                _ => action,
+            }
         }
-        None => (!t.has("action")).then_some(CheckAction::Restart),
+        None => (!t.has("action")).then_some(default_check_action(scope)),
     };
-    let (max_restarts, window) = read_restart_policy(w, t, action, interval, retries);
+    let (max_restarts, window) = match kind {
+        Some(kind) if scope == CheckerScope::Node => refuse_restart_policy(
+            w,
+            t,
+            &format!(
+                "{} checker is a node checker, which never restarts the application \
+                 (restarting it does not bring a network back)",
+                with_article(kind)
+            ),
+            "",
+        ),
+        _ => read_restart_policy(w, t, action, interval, retries),
+    };
 
     Some(Checker {
         name: String::new(),
@@ -732,6 +773,19 @@ fn read_probe(w: &mut Walker<'_>, t: &Table<'_, '_>, kind: &str) -> Option<Probe
             )
             .and_then(|s| checked(w, s, &t.field("address"), rules::parse_tcp_address))
             .map(|a| Probe::Tcp { address: a.value }),
+        "ping" => w
+            .required_string(t, "target", "this ping checker", "target = \"10.0.0.1\"")
+            .and_then(|s| checked(w, s, &t.field("target"), rules::parse_ping_target))
+            .map(|a| Probe::Ping { target: a.value }),
+        "interface" => w
+            .required_string(
+                t,
+                "interface",
+                "this interface checker",
+                "interface = \"eth0\"",
+            )
+            .and_then(|s| valid(w, s, &t.field("interface"), rules::check_interface))
+            .map(|i| Probe::Interface { interface: i.value }),
         _ => w
             .required_string(t, "script", "this script checker", "script = \"check\"")
             .and_then(|s| checked(w, s, &t.field("script"), rules::parse_module_file))
@@ -804,23 +858,11 @@ fn read_restart_policy(
     retries: Option<u64>,
 ) -> (Option<u32>, Option<u64>) {
     if action == Some(CheckAction::Failover) {
-        let mut ok = true;
-        for key in ["max_restarts", "restart_window_ms"] {
-            if let Some(v) = t.get(key) {
-                w.report(
-                    &v.span(),
-                    &t.field(key),
-                    format!(
-                        "{key} applies to action = \"restart\", and this checker fails over at \
-                         once: remove {key}, or set action = \"restart\""
-                    ),
-                );
-                ok = false;
-            }
-        }
-        return (
-            ok.then_some(DEFAULT_MAX_RESTARTS),
-            ok.then_some(DEFAULT_RESTART_WINDOW_MS),
+        return refuse_restart_policy(
+            w,
+            t,
+            "this checker fails over at once",
+            ", or set action = \"restart\"",
         );
     }
     let max_restarts = if t.has("max_restarts") {
@@ -871,4 +913,82 @@ fn read_restart_policy(
         }
     }
     (max_restarts, window.map(|w| w.value))
+}
+
+/// "a ping", "an interface".
+fn with_article(word: &str) -> String {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        format!("an {word}")
+    } else {
+        format!("a {word}")
+    }
+}
+
+/// `max_restarts` and `restart_window_ms` refused on a checker that never restarts (`why`, and
+/// `or` the other way out); the defaults, unused, when neither is written.
+fn refuse_restart_policy(
+    w: &mut Walker<'_>,
+    t: &Table<'_, '_>,
+    why: &str,
+    or: &str,
+) -> (Option<u32>, Option<u64>) {
+    let mut ok = true;
+    for key in ["max_restarts", "restart_window_ms"] {
+        if let Some(v) = t.get(key) {
+            w.report(
+                &v.span(),
+                &t.field(key),
+                format!("{key} applies to action = \"restart\", and {why}: remove {key}{or}"),
+            );
+            ok = false;
+        }
+    }
+    (
+        ok.then_some(DEFAULT_MAX_RESTARTS),
+        ok.then_some(DEFAULT_RESTART_WINDOW_MS),
+    )
+}
+
+/// `Some(None)`: no `[notify]`; `Some(Some(notify))`: valid; `None`: a problem was reported.
+fn read_notify(w: &mut Walker<'_>, root: &Table<'_, '_>) -> Option<Option<Notify>> {
+    if !root.has("notify") {
+        return Some(None);
+    }
+    let t = w.table(root, "notify", "notify".to_owned())?;
+    w.unknown_keys(&t, NOTIFY_FIELDS, "[notify]");
+    let command = if t.has("command") {
+        w.string(&t, "command")
+            .and_then(|s| checked(w, s, &t.field("command"), rules::parse_module_file))
+            .map(|p| Some(p.value))
+    } else {
+        Some(None)
+    };
+    let webhook = if t.has("webhook") {
+        w.string(&t, "webhook")
+            .and_then(|s| checked(w, s, &t.field("webhook"), rules::parse_webhook_url))
+            .map(|u| Some(u.value))
+    } else {
+        Some(None)
+    };
+    let timeout_ms = if t.has("timeout_ms") {
+        w.integer(&t, "timeout_ms", NOTIFY_TIMEOUT_MS_RANGE, "milliseconds")
+            .map(|v| v.value)
+    } else {
+        Some(DEFAULT_NOTIFY_TIMEOUT_MS)
+    };
+    if !t.has("command") && !t.has("webhook") {
+        w.report(
+            &t.span(),
+            "notify",
+            "[notify] names nothing to notify: add command = \"notify\" (a file of the module \
+             folder, run on every state change) and/or webhook = \"https://ops.example/hook\", \
+             or remove [notify]",
+        );
+        return None;
+    }
+    Some(Some(Notify {
+        command: command?,
+        webhook: webhook?,
+        timeout_ms: timeout_ms?,
+    }))
 }

@@ -5,9 +5,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 
 use crate::config::{
-    IpPrefix, DESCRIPTION_MAX_CHARS, ENV_NAME_MAX_BYTES, ENV_VALUE_MAX_BYTES,
+    IpPrefix, WebhookUrl, DESCRIPTION_MAX_CHARS, ENV_NAME_MAX_BYTES, ENV_VALUE_MAX_BYTES,
     INTERFACE_NAME_MAX_BYTES, NAME_MAX_BYTES, NODE_NAME_MAX_BYTES, PATH_MAX_BYTES,
-    PROCESS_NAME_MAX_BYTES, RESERVED_ENV_PREFIX,
+    PROCESS_NAME_MAX_BYTES, RESERVED_ENV_PREFIX, WEBHOOK_URL_MAX_BYTES,
 };
 
 /// Module and checker names: `[a-z][a-z0-9_-]*`, at most 32 bytes. They become file names, URL
@@ -437,6 +437,242 @@ pub fn parse_tcp_address(s: &str) -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
+/// A ping checker's `target`: an IPv4 or IPv6 address (no host name, no prefix) that can answer
+/// an echo request: not unspecified, multicast, broadcast, IPv4-mapped, or IPv6 link-local
+/// (which would need an interface to be reached).
+pub fn parse_ping_target(s: &str) -> Result<IpAddr, String> {
+    if let Some((addr, _)) = s.split_once('/') {
+        if addr.parse::<IpAddr>().is_ok() {
+            return Err(format!(
+                "{s:?} has a prefix length: write the address alone ({addr:?})"
+            ));
+        }
+    }
+    let ip: IpAddr = s.parse().map_err(|_| {
+        format!(
+            "{s:?} is not an IPv4 or IPv6 address (such as \"10.0.0.1\" or \"2001:db8::1\"); \
+             host names are not resolved, so that a check never waits on DNS"
+        )
+    })?;
+    let why = match ip {
+        IpAddr::V4(a) if a.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V4(a) if a.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(a) if a.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V6(a) if a.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V6(a) if a.is_multicast() => Some("a multicast address"),
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
+            Some("an IPv4-mapped address (write the IPv4 address itself)")
+        }
+        IpAddr::V6(a) if (a.segments()[0] & 0xffc0) == 0xfe80 => Some(
+            "an IPv6 link-local address, which is only reachable through a named interface: \
+             write a global or unique-local address of that host",
+        ),
+        _ => None,
+    };
+    match why {
+        Some(why) => Err(format!(
+            "{ip} is {why}: a ping target is one host that answers echo requests, such as the \
+             default gateway"
+        )),
+        None => Ok(ip),
+    }
+}
+
+/// `[notify]`'s `webhook`: `http://` or `https://`, a host (name, IPv4, or `[IPv6]`), an optional
+/// port and path (with query); optional `user[:password]@` (sent as written). ASCII only, with
+/// `%XX` escapes; no white space, control characters or fragment.
+pub fn parse_webhook_url(s: &str) -> Result<WebhookUrl, String> {
+    const EXAMPLE: &str = "\"https://ops.example/hook\"";
+    if s.is_empty() {
+        return Err(format!(
+            "the URL is empty: write the webhook's full address, such as {EXAMPLE}"
+        ));
+    }
+    if s.len() > WEBHOOK_URL_MAX_BYTES {
+        return Err(format!(
+            "the URL is {} bytes long; at most {WEBHOOK_URL_MAX_BYTES}",
+            s.len()
+        ));
+    }
+    if let Some(c) = s.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{s:?} contains {c:?}: a URL holds no white space or control character \
+             (percent-encode it: a space is %20)"
+        ));
+    }
+    if let Some(c) = s.chars().find(|c| !c.is_ascii()) {
+        return Err(format!(
+            "{s:?} contains {c:?}: write it percent-encoded (its UTF-8 bytes as %XX), or the \
+             host name in its ASCII (xn--) form"
+        ));
+    }
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return Err(format!(
+            "{s:?} has no scheme: write the full URL, such as \"https://{s}\""
+        ));
+    };
+    let https = match scheme {
+        "https" => true,
+        "http" => false,
+        _ if scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("http") => {
+            return Err(format!(
+                "{s:?}: write the scheme in lower case ({:?})",
+                scheme.to_ascii_lowercase()
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "{s:?}: the scheme {scheme:?} is not supported: a webhook is an http:// or \
+                 https:// URL"
+            ))
+        }
+    };
+    if let Some((_, fragment)) = rest.split_once('#') {
+        return Err(format!(
+            "{s:?} has a fragment (#{fragment}), which is never sent to the server: remove it"
+        ));
+    }
+    let cut = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(cut);
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((info, hp)) => (Some(info), hp),
+        None => (None, authority),
+    };
+    if let Some(info) = userinfo {
+        if info.is_empty() {
+            return Err(format!("{s:?}: nothing before '@': remove the '@'"));
+        }
+        check_url_chars(s, info, "!$&'()*+,;=:")?;
+    }
+    let (host, port) = split_host_port(s, hostport)?;
+    let path_and_query = match path.strip_prefix('?') {
+        Some(_) => format!("/{path}"),
+        None if path.is_empty() => "/".to_owned(),
+        None => path.to_owned(),
+    };
+    check_url_chars(s, &path_and_query, "!$&'()*+,;=:@/?")?;
+    Ok(WebhookUrl {
+        text: s.to_owned(),
+        https,
+        userinfo: userinfo.map(str::to_owned),
+        host,
+        port,
+        path_and_query,
+    })
+}
+
+/// The host and port of a URL's authority; the host without brackets.
+fn split_host_port(url: &str, hostport: &str) -> Result<(String, Option<u16>), String> {
+    let (host, port) = if let Some(inner) = hostport.strip_prefix('[') {
+        let Some((v6, after)) = inner.split_once(']') else {
+            return Err(format!("{url:?}: '[' without ']' around the IPv6 address"));
+        };
+        let ip: Ipv6Addr = v6
+            .parse()
+            .map_err(|_| format!("{url:?}: {v6:?} is not an IPv6 address"))?;
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(format!("{url:?}: {ip} cannot be connected to"));
+        }
+        let port = match after {
+            "" => None,
+            _ => match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None => return Err(format!("{url:?}: expected ':PORT' after ']'")),
+            },
+        };
+        (v6.to_owned(), port)
+    } else {
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        };
+        if host.is_empty() {
+            return Err(format!(
+                "{url:?} has no host: write one, such as {:?}",
+                "https://ops.example/hook"
+            ));
+        }
+        if host.contains(':') {
+            return Err(format!(
+                "{url:?}: write an IPv6 host between brackets (\"http://[2001:db8::1]:8080/\")"
+            ));
+        }
+        check_url_host(url, host)?;
+        (host.to_owned(), port)
+    };
+    let port = match port {
+        None => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(0) => return Err(format!("{url:?}: port 0 cannot be connected to")),
+            Ok(n) if !p.starts_with('+') => Some(n),
+            _ => {
+                return Err(format!(
+                    "{url:?}: the port {p:?} is not a number from 1 to 65535"
+                ))
+            }
+        },
+    };
+    Ok((host, port))
+}
+
+/// A URL's host name or IPv4 address.
+fn check_url_host(url: &str, host: &str) -> Result<(), String> {
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let ip: Ipv4Addr = host
+            .parse()
+            .map_err(|_| format!("{url:?}: {host:?} is not a valid IPv4 address"))?;
+        if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+            return Err(format!("{url:?}: {ip} cannot be connected to"));
+        }
+        return Ok(());
+    }
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if host.len() > 253 || !host.split('.').all(valid_label) {
+        return Err(format!(
+            "{url:?}: {host:?} is not a valid host name (labels of letters, digits and '-', \
+             separated by dots) nor an IP address"
+        ));
+    }
+    Ok(())
+}
+
+/// `part` of `url` holds only unreserved characters, `%XX` escapes and `extra`.
+fn check_url_chars(url: &str, part: &str, extra: &str) -> Result<(), String> {
+    let bytes = part.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = |j: usize| bytes.get(j).is_some_and(u8::is_ascii_hexdigit);
+            if !(hex(i + 1) && hex(i + 2)) {
+                return Err(format!(
+                    "{url:?} has a '%' that is not followed by two hexadecimal digits: write \
+                     %25 for a '%' itself"
+                ));
+            }
+            i += 3;
+            continue;
+        }
+        let unreserved = b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+        if !unreserved && !extra.as_bytes().contains(&b) {
+            return Err(format!(
+                "{url:?} contains {:?}, which a URL cannot hold there: percent-encode it \
+                 (%{b:02X})",
+                char::from(b)
+            ));
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,5 +797,77 @@ mod tests {
         assert!(err(parse_tcp_address("localhost:8080")).contains("not resolved"));
         assert!(err(parse_tcp_address("127.0.0.1:0")).contains("port 0"));
         assert!(err(parse_tcp_address("0.0.0.0:80")).contains("127.0.0.1"));
+    }
+    #[test]
+    fn ping_targets() {
+        assert_eq!(
+            parse_ping_target("10.0.0.1"),
+            Ok("10.0.0.1".parse().expect("ip"))
+        );
+        assert!(parse_ping_target("2001:db8::1").is_ok());
+        assert!(parse_ping_target("127.0.0.1").is_ok());
+        assert!(err(parse_ping_target("gateway")).contains("not resolved"));
+        assert!(err(parse_ping_target("10.0.0.1/24")).contains("write the address alone"));
+        assert!(err(parse_ping_target("0.0.0.0")).contains("unspecified"));
+        assert!(err(parse_ping_target("::")).contains("unspecified"));
+        assert!(err(parse_ping_target("224.0.0.1")).contains("multicast"));
+        assert!(err(parse_ping_target("ff02::1")).contains("multicast"));
+        assert!(err(parse_ping_target("255.255.255.255")).contains("broadcast"));
+        assert!(err(parse_ping_target("fe80::1")).contains("link-local"));
+        assert!(err(parse_ping_target("::ffff:10.0.0.1")).contains("IPv4-mapped"));
+    }
+
+    #[test]
+    fn webhook_urls() {
+        let u = parse_webhook_url("https://ops.example/hook").expect("valid");
+        assert!(u.is_https());
+        assert_eq!(
+            (u.host(), u.port(), u.path_and_query()),
+            ("ops.example", 443, "/hook")
+        );
+        assert_eq!(u.userinfo(), None);
+        let u = parse_webhook_url("http://10.0.0.5:8080").expect("valid");
+        assert_eq!(
+            (u.host(), u.port(), u.path_and_query()),
+            ("10.0.0.5", 8080, "/")
+        );
+        let u = parse_webhook_url("http://[2001:db8::5]:9000/a/b?x=1&y=%20").expect("valid");
+        assert_eq!(
+            (u.host(), u.port(), u.path_and_query()),
+            ("2001:db8::5", 9000, "/a/b?x=1&y=%20")
+        );
+        let u = parse_webhook_url("https://bot:s3cret@hooks.example?token=abc").expect("valid");
+        assert_eq!(u.userinfo(), Some("bot:s3cret"));
+        assert_eq!(u.path_and_query(), "/?token=abc");
+        assert_eq!(u.redacted(), "https://bot:***@hooks.example?token=abc");
+        assert_eq!(u.to_string(), u.redacted());
+        assert_eq!(u.as_str(), "https://bot:s3cret@hooks.example?token=abc");
+        let u = parse_webhook_url("https://s:@h.example/").expect("valid");
+        assert_eq!(u.redacted(), "https://s:***@h.example/");
+
+        assert!(err(parse_webhook_url("")).contains("empty"));
+        assert!(err(parse_webhook_url("ops.example/hook")).contains("\"https://ops.example/hook\""));
+        assert!(err(parse_webhook_url("HTTPS://ops.example/")).contains("lower case"));
+        assert!(err(parse_webhook_url("ftp://ops.example/")).contains("not supported"));
+        assert!(err(parse_webhook_url("https://ops.example/a b")).contains("%20"));
+        assert!(err(parse_webhook_url("https://ops.example/\u{7}")).contains("control"));
+        assert!(err(parse_webhook_url("https://ops.example/é")).contains("percent-encoded"));
+        assert!(err(parse_webhook_url("https://ops.example/#top")).contains("fragment"));
+        assert!(err(parse_webhook_url("https:///hook")).contains("no host"));
+        assert!(err(parse_webhook_url("https://ops.example:0/")).contains("port 0"));
+        assert!(err(parse_webhook_url("https://ops.example:99999/")).contains("1 to 65535"));
+        assert!(err(parse_webhook_url("https://ops.example:/")).contains("1 to 65535"));
+        assert!(err(parse_webhook_url("https://2001:db8::1/")).contains("between brackets"));
+        assert!(err(parse_webhook_url("https://[2001:db8::1/")).contains("without ']'"));
+        assert!(err(parse_webhook_url("https://[zz]/")).contains("not an IPv6"));
+        assert!(err(parse_webhook_url("https://300.1.1.1/")).contains("not a valid IPv4"));
+        assert!(err(parse_webhook_url("https://0.0.0.0/")).contains("cannot be connected"));
+        assert!(err(parse_webhook_url("https://-bad.example/")).contains("not a valid host name"));
+        assert!(err(parse_webhook_url("https://a..b/")).contains("not a valid host name"));
+        assert!(err(parse_webhook_url("https://ops.example/100%")).contains("%25"));
+        assert!(err(parse_webhook_url("https://ops.example/a<b")).contains("%3C"));
+        assert!(err(parse_webhook_url("https://@ops.example/")).contains("remove the '@'"));
+        let long = format!("https://ops.example/{}", "a".repeat(WEBHOOK_URL_MAX_BYTES));
+        assert!(err(parse_webhook_url(&long)).contains("at most 2048"));
     }
 }

@@ -103,6 +103,24 @@ script = "check"
 timeout_ms = 4000
 max_restarts = 5
 restart_window_ms = 3600000
+
+[[checker]]
+name = "gateway"
+kind = "ping"
+target = "192.0.2.1"
+interval_ms = 1000
+timeout_ms = 500
+retries = 3
+
+[[checker]]
+name = "uplink"
+kind = "interface"
+interface = "eth0"
+
+[notify]
+command = "bin/notify"
+webhook = "https://ops.example/hook"
+timeout_ms = 5000
 "#;
 
 #[test]
@@ -162,6 +180,38 @@ fn a_full_module_reads_back_every_field() {
         (deep.timeout_ms, deep.max_restarts, deep.restart_window_ms),
         (4000, 5, 3_600_000)
     );
+    assert_eq!(deep.scope(), CheckerScope::Application);
+    let gateway = &c.checkers[3];
+    assert_eq!(
+        gateway.probe,
+        Probe::Ping {
+            target: "192.0.2.1".parse().expect("ip")
+        }
+    );
+    assert_eq!(gateway.scope(), CheckerScope::Node);
+    // Node checkers fail over by default: they never restart the application.
+    assert_eq!(gateway.action, CheckAction::Failover);
+    assert_eq!(
+        (gateway.interval_ms, gateway.timeout_ms, gateway.retries),
+        (1000, 500, 3)
+    );
+    let uplink = &c.checkers[4];
+    assert_eq!(
+        uplink.probe,
+        Probe::Interface {
+            interface: "eth0".into()
+        }
+    );
+    assert_eq!(uplink.scope(), CheckerScope::Node);
+    assert_eq!(uplink.action, CheckAction::Failover);
+    assert_eq!(uplink.timeout_ms, DEFAULT_CHECK_TIMEOUT_MS);
+
+    let notify = c.notify.expect("[notify]");
+    assert_eq!(notify.command, Some(PathBuf::from("bin/notify")));
+    let webhook = notify.webhook.expect("webhook");
+    assert_eq!(webhook.as_str(), "https://ops.example/hook");
+    assert_eq!((webhook.host(), webhook.port()), ("ops.example", 443));
+    assert_eq!(notify.timeout_ms, 5000);
 }
 
 #[test]
@@ -174,6 +224,7 @@ fn a_minimal_module_takes_the_defaults() {
     assert_eq!(c.heartbeat, HeartbeatProfile::Default);
     assert!(c.mirrors.is_empty() && c.vips.is_empty() && c.checkers.is_empty());
     assert_eq!(c.scripts, Scripts::default());
+    assert_eq!(c.notify, None);
 }
 
 #[test]
@@ -720,6 +771,258 @@ fn checker_timing_is_consistent() {
     valid(&format!("{TCP}interval_ms = 600000\nmax_restarts = 0\n"));
 }
 
+const PING: &str =
+    "name = \"m\"\n[[checker]]\nname = \"gw\"\nkind = \"ping\"\ntarget = \"10.0.0.1\"\n";
+const IFACE: &str =
+    "name = \"m\"\n[[checker]]\nname = \"nic\"\nkind = \"interface\"\ninterface = \"eth0\"\n";
+
+#[test]
+fn node_checkers_watch_an_address_or_an_interface() {
+    let c = valid(PING);
+    assert_eq!(
+        c.checkers[0].probe,
+        Probe::Ping {
+            target: "10.0.0.1".parse().expect("ip")
+        }
+    );
+    assert_eq!(c.checkers[0].action, CheckAction::Failover);
+    assert_eq!(c.checkers[0].scope(), CheckerScope::Node);
+    let c = valid(&format!("{IFACE}action = \"failover\"\n"));
+    assert_eq!(c.checkers[0].action, CheckAction::Failover);
+    valid("name = \"m\"\n[[checker]]\nname = \"gw6\"\nkind = \"ping\"\ntarget = \"2001:db8::1\"\n");
+
+    only(
+        "name = \"m\"\n[[checker]]\nname = \"gw\"\nkind = \"ping\"\n",
+        2,
+        "checker[0].target",
+        "this ping checker has no \"target\"",
+    );
+    only(
+        "name = \"m\"\n[[checker]]\nname = \"nic\"\nkind = \"interface\"\n",
+        2,
+        "checker[0].interface",
+        "this interface checker has no \"interface\"",
+    );
+    // The field path names the checker's index in the file.
+    let src =
+        format!("{TCP}[[checker]]\nname = \"gw\"\nkind = \"ping\"\ntarget = \"gateway.lan\"\n");
+    only(&src, 9, "checker[1].target", "host names are not resolved");
+    only(
+        "name = \"m\"\n[[checker]]\nname = \"gw\"\nkind = \"ping\"\ntarget = \"224.0.0.1\"\n",
+        5,
+        "checker[0].target",
+        "multicast",
+    );
+    only(
+        "name = \"m\"\n[[checker]]\nname = \"gw\"\nkind = \"ping\"\ntarget = \"0.0.0.0\"\n",
+        5,
+        "checker[0].target",
+        "unspecified",
+    );
+    only(
+        "name = \"m\"\n[[checker]]\nname = \"nic\"\nkind = \"interface\"\ninterface = \"eth0:1\"\n",
+        5,
+        "checker[0].interface",
+        "alias",
+    );
+    only(
+        "name = \"m\"\n[[checker]]\nname = \"nic\"\nkind = \"interface\"\ninterface = \"averyveryverylongname\"\n",
+        5,
+        "checker[0].interface",
+        "at most 15",
+    );
+    // Kind-specific fields stay with their kind.
+    only(
+        &format!("{TCP}target = \"10.0.0.1\"\n"),
+        6,
+        "checker[0].target",
+        "applies to kind = \"ping\" checkers, and this one is kind = \"tcp\"",
+    );
+    only(
+        &format!("{PING}interface = \"eth0\"\n"),
+        6,
+        "checker[0].interface",
+        "applies to kind = \"interface\" checkers, and this one is kind = \"ping\"",
+    );
+    only(
+        &format!("{IFACE}address = \"127.0.0.1:80\"\n"),
+        6,
+        "checker[0].address",
+        "applies to kind = \"tcp\" checkers, and this one is kind = \"interface\"",
+    );
+}
+
+#[test]
+fn node_checkers_never_restart_the_application() {
+    only(
+        &format!("{PING}action = \"restart\"\n"),
+        6,
+        "checker[0].action",
+        "restarting the application does not bring a network back",
+    );
+    only(
+        &format!("{IFACE}action = \"restart\"\n"),
+        6,
+        "checker[0].action",
+        "action = \"failover\", its default",
+    );
+    only(
+        &format!("{PING}max_restarts = 2\n"),
+        6,
+        "checker[0].max_restarts",
+        "a ping checker is a node checker, which never restarts the application",
+    );
+    only(
+        &format!("{IFACE}restart_window_ms = 60000\n"),
+        6,
+        "checker[0].restart_window_ms",
+        "an interface checker is a node checker",
+    );
+    let ps = problems(&format!(
+        "{PING}action = \"restart\"\nmax_restarts = 1\nrestart_window_ms = 60000\n"
+    ));
+    let fields: Vec<&str> = ps.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "checker[0].action",
+            "checker[0].max_restarts",
+            "checker[0].restart_window_ms"
+        ],
+        "{}",
+        render(&ps)
+    );
+    // Timing rules are the same as for application checkers.
+    only(
+        &format!("{PING}interval_ms = 1000\ntimeout_ms = 3000\n"),
+        7,
+        "checker[0].timeout_ms",
+        "longer than interval_ms (1000)",
+    );
+}
+
+const NOTIFY: &str = "name = \"m\"\n[notify]\n";
+
+#[test]
+fn notify_takes_a_command_and_or_a_webhook() {
+    let c = valid(&format!("{NOTIFY}command = \"./notify\"\n"));
+    let n = c.notify.expect("notify");
+    assert_eq!(n.command, Some(PathBuf::from("notify")));
+    assert_eq!(n.webhook, None);
+    assert_eq!(n.timeout_ms, DEFAULT_NOTIFY_TIMEOUT_MS);
+    let c = valid(&format!(
+        "{NOTIFY}webhook = \"http://[2001:db8::5]:8080/hook?k=v\"\ntimeout_ms = 120000\n"
+    ));
+    let n = c.notify.expect("notify");
+    assert_eq!(n.command, None);
+    let w = n.webhook.expect("webhook");
+    assert!(!w.is_https());
+    assert_eq!((w.host(), w.port()), ("2001:db8::5", 8080));
+    assert_eq!(w.path_and_query(), "/hook?k=v");
+    assert_eq!(n.timeout_ms, 120_000);
+    // Inline form.
+    valid("name = \"m\"\nnotify = { webhook = \"https://ops.example/hook\" }\n");
+    // A password in the URL is accepted (it is sent as written) but kept out of Display.
+    let c = valid(&format!(
+        "{NOTIFY}webhook = \"https://bot:s3cret@ops.example/hook\"\n"
+    ));
+    let w = c.notify.and_then(|n| n.webhook).expect("webhook");
+    assert_eq!(w.userinfo(), Some("bot:s3cret"));
+    assert_eq!(w.to_string(), "https://bot:***@ops.example/hook");
+}
+
+#[test]
+fn notify_problems_name_their_field() {
+    only(NOTIFY, 2, "notify", "names nothing to notify");
+    only(
+        &format!("{NOTIFY}timeout_ms = 5000\n"),
+        2,
+        "notify",
+        "names nothing to notify",
+    );
+    only(
+        &format!("{NOTIFY}webhook = \"ops.example/hook\"\n"),
+        3,
+        "notify.webhook",
+        "has no scheme: write the full URL, such as \"https://ops.example/hook\"",
+    );
+    only(
+        &format!("{NOTIFY}webhook = \"https://ops.example/my hook\"\n"),
+        3,
+        "notify.webhook",
+        "%20",
+    );
+    only(
+        &format!("{NOTIFY}webhook = \"ftp://ops.example/\"\n"),
+        3,
+        "notify.webhook",
+        "not supported",
+    );
+    only(
+        &format!("{NOTIFY}webhook = \"https://ops.example/hook\"\nwebhok = \"x\"\n"),
+        4,
+        "notify.webhok",
+        "did you mean \"webhook\"?",
+    );
+    only(
+        &format!("{NOTIFY}command = \"/usr/local/bin/notify\"\n"),
+        3,
+        "notify.command",
+        "is absolute",
+    );
+    only(
+        &format!("{NOTIFY}command = \"../notify\"\n"),
+        3,
+        "notify.command",
+        "'..'",
+    );
+    only(
+        &format!("{NOTIFY}command = \"n\"\ntimeout_ms = 50\n"),
+        4,
+        "notify.timeout_ms",
+        "from 100 to 120000",
+    );
+    only(
+        &format!("{NOTIFY}command = \"n\"\ntimeout_ms = 120001\n"),
+        4,
+        "notify.timeout_ms",
+        "from 100 to 120000",
+    );
+    only(
+        &format!("{NOTIFY}command = 5\n"),
+        3,
+        "notify.command",
+        "expected a string",
+    );
+    only(
+        "name = \"m\"\nnotify = \"https://ops.example/hook\"\n",
+        2,
+        "notify",
+        "expected a table",
+    );
+    only(
+        "name = \"m\"\n[[notify]]\ncommand = \"n\"\n",
+        2,
+        "notify",
+        "write [notify] once",
+    );
+    // Every problem of the table at once.
+    let ps = problems(&format!(
+        "{NOTIFY}command = \"/n\"\nwebhook = \"https://\"\ntimeout_ms = 0\n"
+    ));
+    let fields: Vec<(u32, &str)> = ps.iter().map(|p| (p.line, p.field.as_str())).collect();
+    assert_eq!(
+        fields,
+        [
+            (3, "notify.command"),
+            (4, "notify.webhook"),
+            (5, "notify.timeout_ms")
+        ],
+        "{}",
+        render(&ps)
+    );
+}
+
 #[test]
 fn every_problem_is_reported_at_once_in_file_order() {
     let src = r#"name = "Bad Name"
@@ -847,6 +1150,31 @@ fn scripts_are_checked_on_disk_at_their_line() {
 }
 
 #[test]
+fn the_notify_command_is_checked_on_disk_at_its_line() {
+    let tmp = module_dir("name = \"m\"\n\n[notify]\ncommand = \"notify\"\n");
+    let ps = check_module_dir(tmp.path(), None).expect_err("missing");
+    only_problem(
+        &ps,
+        4,
+        "notify.command",
+        "notify does not exist in the module folder",
+    );
+    write(&tmp.path().join("notify"), "#!/bin/sh\n", 0o644);
+    let ps = check_module_dir(tmp.path(), None).expect_err("not executable");
+    only_problem(&ps, 4, "notify.command", "not executable: run chmod +x");
+    write(&tmp.path().join("notify"), "#!/bin/sh\n", 0o755);
+    let m = load_module(tmp.path(), None).expect("valid");
+    let dir = fs::canonicalize(tmp.path()).expect("canonical");
+    assert_eq!(m.notify_command_path(), Some(dir.join("notify")));
+}
+
+#[track_caller]
+fn only_problem(ps: &[Problem], line: u32, field: &str, text: &str) {
+    has(ps, line, field, text);
+    assert_eq!(ps.len(), 1, "expected one problem, got:\n{}", render(ps));
+}
+
+#[test]
 fn world_writable_module_files_are_refused() {
     let tmp = module_dir("name = \"m\"\n");
     fs::set_permissions(
@@ -925,7 +1253,9 @@ fn the_reference_documents_every_field_and_variable() {
         crate::parse::SCRIPT_TABLE_FIELDS,
         crate::parse::SCRIPT_SLOTS,
         crate::parse::CHECKER_FIELDS,
+        crate::parse::NOTIFY_FIELDS,
         SCRIPT_ENV_VARS,
+        NOTIFY_ENV_VARS,
         Probe::KIND_NAMES,
         CheckAction::NAMES,
     ];
@@ -965,6 +1295,10 @@ fn the_reference_documents_every_field_and_variable() {
         DEFAULT_RESTART_WINDOW_MS,
         *SCRIPT_TIMEOUT_MS_RANGE.end(),
         *RESTART_WINDOW_MS_RANGE.end(),
+        DEFAULT_NOTIFY_TIMEOUT_MS,
+        *NOTIFY_TIMEOUT_MS_RANGE.start(),
+        *NOTIFY_TIMEOUT_MS_RANGE.end(),
+        NOTIFY_QUEUE_MAX as u64,
     ] {
         assert!(
             doc.contains(&value.to_string()),

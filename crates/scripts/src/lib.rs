@@ -13,7 +13,10 @@
 //!   script exits: a background process holding the pipes never delays the run;
 //! - past its `timeout_ms`, a script's process group gets SIGTERM, then SIGKILL after a grace;
 //! - a failure is a [`ScriptFailure`] whose `detail` says which script, what happened, and its
-//!   last lines of output: the reason the cluster manager shows (state WAIT, the log, the CLI).
+//!   last lines of output: the reason the cluster manager shows (state WAIT, the log, the CLI);
+//! - a script checker runs through [`Runner::run_checker`]: the same environment with
+//!   `MIRRORKIT_SCRIPT=checker` and `MIRRORKIT_CHECKER`, SIGKILL to its process group at its
+//!   timeout or when the check is dropped, and its output kept only when the check fails.
 //!
 //! The [`EventLog`] is the module's history for operators: JSON lines under the state
 //! directory, rotated at a bound, readable by the CLI without the daemon. Writing to it never

@@ -3,8 +3,6 @@
 
 use std::collections::VecDeque;
 
-use mirrorkit_module::ScriptKind;
-
 use crate::event_log::{EventLog, Kind, Level};
 
 /// A longer line is cut there (and the rest of it, up to its newline, dropped).
@@ -93,7 +91,11 @@ fn take_line(pending: &mut Vec<u8>) -> String {
 pub(crate) struct Output<'a> {
     log: &'a EventLog,
     module: &'a str,
-    script: ScriptKind,
+    /// What ran, at the start of each stored line: the slot (`start_prim`), or `checker NAME`.
+    label: &'a str,
+    /// `Some`: the lines to store are held here, and reach the event log only through
+    /// [`Self::release`] (a checker script's output is kept when its check fails).
+    held: Option<Vec<String>>,
     stdout: LineSplitter,
     stderr: LineSplitter,
     kept_lines: usize,
@@ -106,11 +108,12 @@ pub(crate) struct Output<'a> {
 }
 
 impl<'a> Output<'a> {
-    pub(crate) fn new(log: &'a EventLog, module: &'a str, script: ScriptKind) -> Self {
+    pub(crate) fn new(log: &'a EventLog, module: &'a str, label: &'a str) -> Self {
         Output {
             log,
             module,
-            script,
+            label,
+            held: None,
             stdout: LineSplitter::default(),
             stderr: LineSplitter::default(),
             kept_lines: 0,
@@ -119,6 +122,28 @@ impl<'a> Output<'a> {
             not_kept_lines: 0,
             stdout_tail: VecDeque::new(),
             stderr_tail: VecDeque::new(),
+        }
+    }
+
+    /// Like [`Self::new`], but the lines are stored only if [`Self::release`] is called.
+    pub(crate) fn held(log: &'a EventLog, module: &'a str, label: &'a str) -> Self {
+        Output {
+            held: Some(Vec::new()),
+            ..Self::new(log, module, label)
+        }
+    }
+
+    /// Store the held lines in the event log (once; later lines are stored directly).
+    pub(crate) fn release(&mut self) {
+        for text in self.held.take().unwrap_or_default() {
+            self.log.append(Level::Info, Kind::Script, &text);
+        }
+    }
+
+    fn store(&mut self, text: String) {
+        match &mut self.held {
+            Some(held) => held.push(text),
+            None => self.log.append(Level::Info, Kind::Script, &text),
         }
     }
 
@@ -144,16 +169,13 @@ impl<'a> Output<'a> {
         self.close(Stream::Stdout);
         self.close(Stream::Stderr);
         if self.not_kept_lines > 0 {
-            self.log.append(
-                Level::Info,
-                Kind::Script,
-                &format!(
-                    "{} ... {} more lines not kept (at most {KEPT_LINES_MAX} lines or {} KiB per run)",
-                    self.script,
-                    self.not_kept_lines,
-                    KEPT_BYTES_MAX / 1024
-                ),
+            let text = format!(
+                "{} ... {} more lines not kept (at most {KEPT_LINES_MAX} lines or {} KiB per run)",
+                self.label,
+                self.not_kept_lines,
+                KEPT_BYTES_MAX / 1024
             );
+            self.store(text);
             self.not_kept_lines = 0;
         }
     }
@@ -187,7 +209,7 @@ impl<'a> Output<'a> {
     fn line(&mut self, stream: Stream, line: String) {
         tracing::debug!(
             module = self.module,
-            script = %self.script,
+            script = self.label,
             stream = stream.as_str(),
             "{line}"
         );
@@ -201,11 +223,8 @@ impl<'a> Output<'a> {
         } else {
             self.kept_lines += 1;
             self.kept_bytes += line.len();
-            self.log.append(
-                Level::Info,
-                Kind::Script,
-                &format!("{} {}: {line}", self.script, stream.as_str()),
-            );
+            let text = format!("{} {}: {line}", self.label, stream.as_str());
+            self.store(text);
         }
         let tail = match stream {
             Stream::Stdout => &mut self.stdout_tail,
@@ -259,7 +278,7 @@ mod tests {
     fn bounded_storage_and_tail() {
         let dir = tempfile::tempdir().unwrap();
         let log = EventLog::open(&dir.path().join("events.log")).unwrap();
-        let mut output = Output::new(&log, "demo", ScriptKind::StartPrim);
+        let mut output = Output::new(&log, "demo", "start_prim");
         let text: String = (0..KEPT_LINES_MAX + 50)
             .map(|i| format!("l{i}\n"))
             .collect();
@@ -277,5 +296,22 @@ mod tests {
         assert!(entries[KEPT_LINES_MAX]
             .text
             .starts_with("start_prim ... 51 more lines not kept"));
+    }
+
+    #[test]
+    fn held_output_is_stored_only_when_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(&dir.path().join("events.log")).unwrap();
+        let mut output = Output::held(&log, "demo", "checker http");
+        output.feed(Stream::Stdout, b"fine\n");
+        output.finish();
+        drop(output);
+        assert!(log.tail(10).unwrap().is_empty());
+        let mut output = Output::held(&log, "demo", "checker http");
+        output.feed(Stream::Stderr, b"refused\n");
+        output.finish();
+        output.release();
+        let texts: Vec<String> = log.tail(10).unwrap().into_iter().map(|e| e.text).collect();
+        assert_eq!(texts, ["checker http stderr: refused"]);
     }
 }

@@ -128,6 +128,44 @@ pub struct Runner {
     tracker: Tracker,
 }
 
+/// What a run is for: a script slot, or a script checker (by name).
+#[derive(Clone, Copy)]
+enum What<'a> {
+    Script(ScriptKind),
+    Checker(&'a str),
+}
+
+impl What<'_> {
+    /// `MIRRORKIT_SCRIPT`.
+    fn slot(self) -> &'static str {
+        match self {
+            What::Script(kind) => kind.key(),
+            What::Checker(_) => "checker",
+        }
+    }
+}
+
+/// SIGKILL to a script's process group if the run is dropped (a checker stopped in the middle of
+/// a check) before the script was reaped: while it is not reaped, its PID, which names the group,
+/// cannot be reused.
+struct KillGroupOnDrop {
+    pgid: Option<i32>,
+}
+
+impl KillGroupOnDrop {
+    fn disarm(&mut self) {
+        self.pgid = None;
+    }
+}
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.pgid {
+            tracker::signal_group(pgid, libc::SIGKILL);
+        }
+    }
+}
+
 /// How a script run ended.
 enum Ended {
     Exited(ExitStatus),
@@ -235,6 +273,107 @@ impl Runner {
         Ok(())
     }
 
+    /// Run the script checker `checker` (its `script`, relative to the module folder) once, with
+    /// the script environment plus `MIRRORKIT_SCRIPT=checker`, `MIRRORKIT_CHECKER=<checker>` and
+    /// `MIRRORKIT_ROLE=primary` (script checkers run on the primary). Passes when it exits 0
+    /// within `timeout_ms`; at the timeout its process group gets SIGKILL at once.
+    ///
+    /// Its output goes to `tracing` (debug), and to the event log only when the check fails;
+    /// nothing else is written to the event log (the caller logs what the result changes).
+    /// Dropping the returned future (a checker stopped mid-check) kills the script's process
+    /// group. The error is the detail for operators: what happened and the last output lines.
+    pub async fn run_checker(
+        &self,
+        checker: &str,
+        script: &Path,
+        timeout_ms: u64,
+    ) -> Result<(), String> {
+        let path = self.env.module_dir.join(script);
+        let shown = path.display();
+        self.tracker.prune();
+        let mut child = self
+            .spawn(What::Checker(checker), &path, ScriptRole::Primary)
+            .map_err(|e| {
+                format!(
+                    "{shown} could not be started: {}",
+                    describe_spawn_error(&e, &path)
+                )
+            })?;
+        let pgid = child.id().and_then(|pid| i32::try_from(pid).ok());
+        let mut guard = KillGroupOnDrop { pgid };
+        let mut stdout = child.stdout.take();
+        let mut stderr = child.stderr.take();
+        let label = format!("checker {checker}");
+        let mut output = Output::held(&self.log, &self.env.module, &label);
+        let timeout = Duration::from_millis(timeout_ms);
+        let ended = {
+            let guard = &mut guard;
+            let wait = async {
+                let ended = match tokio::time::timeout(timeout, child.wait()).await {
+                    Ok(Ok(status)) => Ended::Exited(status),
+                    Ok(Err(e)) => Ended::WaitFailed(e),
+                    Err(_elapsed) => {
+                        if let Some(pgid) = pgid {
+                            tracker::signal_group(pgid, libc::SIGKILL);
+                        }
+                        let reap = Duration::from_millis(KILL_REAP_WAIT_MS);
+                        match tokio::time::timeout(reap, child.wait()).await {
+                            Ok(Ok(_)) => Ended::TimedOut(Stopped::Kill),
+                            _ => Ended::TimedOut(Stopped::Unkillable),
+                        }
+                    }
+                };
+                // Reaped (its PID may be reused from now on), or no longer ours to wait for;
+                // one still there after SIGKILL keeps the guard.
+                if !matches!(ended, Ended::TimedOut(Stopped::Unkillable)) {
+                    guard.disarm();
+                }
+                ended
+            };
+            let pump = pump(&mut stdout, &mut stderr, &mut output);
+            tokio::pin!(wait, pump);
+            let mut pumped = false;
+            let ended = loop {
+                tokio::select! {
+                    ended = &mut wait => break ended,
+                    () = &mut pump, if !pumped => pumped = true,
+                }
+            };
+            if !pumped {
+                let drain = Duration::from_millis(OUTPUT_DRAIN_MS);
+                let _ = tokio::time::timeout(drain, &mut pump).await;
+            }
+            ended
+        };
+        output.finish();
+        discard_rest(&self.env.module, &label, stdout, stderr);
+        let what = match ended {
+            Ended::Exited(status) if status.success() => return Ok(()),
+            Ended::Exited(status) => match (status.code(), status.signal()) {
+                (Some(code), _) => format!("exited with status {code}"),
+                (None, Some(signal)) => format!("was killed by {}", signal_name(signal)),
+                (None, None) => format!("ended with {status}"),
+            },
+            Ended::WaitFailed(e) => format!("could not be waited for: {e}"),
+            Ended::TimedOut(Stopped::Unkillable) => format!(
+                "timed out after {} and was still there {} after SIGKILL (stuck in the kernel?)",
+                fmt_ms(timeout_ms),
+                fmt_ms(KILL_REAP_WAIT_MS)
+            ),
+            Ended::TimedOut(_) => format!(
+                "timed out after {}: killed with SIGKILL",
+                fmt_ms(timeout_ms)
+            ),
+        };
+        output.release();
+        let mut detail = format!("{shown} {what}");
+        if let Some(tail) = output.failure_tail() {
+            detail.push_str(": ");
+            detail.push_str(&tail);
+        }
+        Err(detail)
+    }
+
     async fn run_one(
         &self,
         kind: ScriptKind,
@@ -256,7 +395,7 @@ impl Runner {
             ),
         );
         let started = Instant::now();
-        let mut child = match self.spawn(kind, &path, role) {
+        let mut child = match self.spawn(What::Script(kind), &path, role) {
             Ok(child) => child,
             Err(e) => {
                 let detail = format!(
@@ -269,7 +408,7 @@ impl Runner {
         let pgid = child.id().and_then(|pid| i32::try_from(pid).ok());
         let mut stdout = child.stdout.take();
         let mut stderr = child.stderr.take();
-        let mut output = Output::new(&self.log, &self.env.module, kind);
+        let mut output = Output::new(&self.log, &self.env.module, kind.key());
         let ended = {
             let supervise = supervise(
                 &mut child,
@@ -293,7 +432,7 @@ impl Runner {
             ended
         };
         output.finish();
-        discard_rest(&self.env.module, kind, stdout, stderr);
+        discard_rest(&self.env.module, kind.key(), stdout, stderr);
         let took = fmt_ms(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
 
         let (what, exit_status) = match ended {
@@ -355,19 +494,19 @@ impl Runner {
     }
 
     /// Start the script in a session of its own, in the module's cgroup when there is one.
-    fn spawn(&self, kind: ScriptKind, path: &Path, role: ScriptRole) -> io::Result<Child> {
+    fn spawn(&self, what: What<'_>, path: &Path, role: ScriptRole) -> io::Result<Child> {
         let Some(procs) = self.tracker.join_file() else {
-            return self.spawn_tracked(kind, path, role);
+            return self.spawn_tracked(what, path, role);
         };
         match self
-            .command(kind, path, role, Some(procs.as_raw_fd()))
+            .command(what, path, role, Some(procs.as_raw_fd()))
             .spawn()
         {
             Ok(child) => Ok(child),
             Err(first) => {
                 // Either the script cannot be executed, or the child could not join the cgroup:
                 // nothing ran yet, so try once without the cgroup to tell which.
-                let child = self.spawn_tracked(kind, path, role)?;
+                let child = self.spawn_tracked(what, path, role)?;
                 self.tracker
                     .disable_cgroup(&format!("a script could not join it: {first}"));
                 Ok(child)
@@ -375,8 +514,8 @@ impl Runner {
         }
     }
 
-    fn spawn_tracked(&self, kind: ScriptKind, path: &Path, role: ScriptRole) -> io::Result<Child> {
-        let child = self.command(kind, path, role, None).spawn()?;
+    fn spawn_tracked(&self, what: What<'_>, path: &Path, role: ScriptRole) -> io::Result<Child> {
+        let child = self.command(what, path, role, None).spawn()?;
         if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
             self.tracker.track_session(pid);
         }
@@ -385,7 +524,7 @@ impl Runner {
 
     fn command(
         &self,
-        kind: ScriptKind,
+        what: What<'_>,
         path: &Path,
         role: ScriptRole,
         cgroup_procs_fd: Option<i32>,
@@ -402,7 +541,7 @@ impl Runner {
             .env("MIRRORKIT_MODULE", &env.module)
             .env("MIRRORKIT_NODE", &env.node)
             .env("MIRRORKIT_ROLE", role.as_str())
-            .env("MIRRORKIT_SCRIPT", kind.key())
+            .env("MIRRORKIT_SCRIPT", what.slot())
             .env("MIRRORKIT_RUN_DIR", &env.run_dir)
             .env("MIRRORKIT_VIP", env.vips.join(" "))
             .env(
@@ -419,6 +558,9 @@ impl Runner {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(false);
+        if let What::Checker(name) = what {
+            cmd.env("MIRRORKIT_CHECKER", name);
+        }
         // SAFETY: the closure runs between fork and exec, where only async-signal-safe calls are
         // allowed: it calls write(2) and setsid(2) and touches no memory but a static byte.
         unsafe {
@@ -567,7 +709,7 @@ async fn read_some<R: AsyncRead + Unpin>(
 /// reading would block them once the pipe is full. Each reader ends when the last writer does.
 fn discard_rest(
     module: &str,
-    script: ScriptKind,
+    script: &str,
     stdout: Option<ChildStdout>,
     stderr: Option<ChildStderr>,
 ) {
@@ -576,7 +718,7 @@ fn discard_rest(
     }
     tracing::debug!(
         module,
-        script = %script,
+        script,
         "the script exited but processes it started still hold its output open; their output is discarded"
     );
     if let Some(mut stdout) = stdout {

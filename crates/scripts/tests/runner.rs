@@ -593,3 +593,127 @@ async fn a_runner_is_shared_between_tasks() {
         .iter()
         .any(|e| e.text == "start_both stdout: shared"));
 }
+
+#[tokio::test]
+async fn a_checker_script_sees_its_name_and_keeps_its_output_only_when_it_fails() {
+    let f = fixture("checker", true, &[("SHOP_PORT", "8080")]);
+    f.script(
+        "check",
+        r#"echo "$MIRRORKIT_SCRIPT $MIRRORKIT_CHECKER $MIRRORKIT_ROLE $SHOP_PORT" > "$MIRRORKIT_RUN_DIR/seen"
+echo "checking"
+[ ! -e "$MIRRORKIT_RUN_DIR/broken" ] || { echo "db not ready" >&2; exit 1; }"#,
+    );
+    f.runner
+        .run_checker("deep", Path::new("check"), 2_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(f.run_dir.join("seen")).unwrap(),
+        "checker deep primary 8080\n"
+    );
+    // A passing check leaves nothing in the event log.
+    assert!(f.log_texts().is_empty(), "{:?}", f.log_texts());
+
+    fs::write(f.run_dir.join("broken"), "").unwrap();
+    let detail = f
+        .runner
+        .run_checker("deep", Path::new("check"), 2_000)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        detail,
+        format!(
+            "{} exited with status 1: db not ready",
+            f.module_dir.join("check").display()
+        )
+    );
+    // Two pipes: their lines may come in either order.
+    let mut texts = f.log_texts();
+    texts.sort();
+    assert_eq!(
+        texts,
+        [
+            "checker deep stderr: db not ready",
+            "checker deep stdout: checking"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_checker_script_is_killed_at_its_timeout() {
+    let f = fixture("checkhang", false, &[]);
+    f.script(
+        "hang",
+        "echo $$ > \"$MIRRORKIT_RUN_DIR/pid\"\nsleep 100 &\necho $! > \"$MIRRORKIT_RUN_DIR/child\"\ntrap '' TERM\necho hanging\nwait",
+    );
+    let started = Instant::now();
+    let detail = f
+        .runner
+        .run_checker("hang", Path::new("hang"), 300)
+        .await
+        .unwrap_err();
+    // SIGKILL at once: no grace after the timeout.
+    assert!(
+        started.elapsed() < Duration::from_millis(2_000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        detail.ends_with("timed out after 300 ms: killed with SIGKILL: hanging"),
+        "{detail}"
+    );
+    assert!(eventually(5_000, || is_gone(f.read_pid("pid"))));
+    // The whole process group.
+    assert!(eventually(5_000, || is_gone(f.read_pid("child"))));
+}
+
+#[tokio::test]
+async fn a_checker_stopped_mid_check_kills_its_script() {
+    let f = fixture("checkabort", false, &[]);
+    f.script(
+        "slow",
+        "echo $$ > \"$MIRRORKIT_RUN_DIR/pid\"\nsleep 100 &\necho $! > \"$MIRRORKIT_RUN_DIR/child\"\nwait",
+    );
+    let run = f.runner.run_checker("slow", Path::new("slow"), 60_000);
+    // Run until both pids are written, then drop the check.
+    let dropped = tokio::time::timeout(Duration::from_millis(10_000), async {
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                r = &mut run => return Err(r),
+                () = tokio::time::sleep(Duration::from_millis(20)) => {
+                    if f.run_dir.join("child").is_file()
+                        && !fs::read_to_string(f.run_dir.join("child")).unwrap().is_empty()
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(matches!(dropped, Ok(Ok(()))), "{dropped:?}");
+    let (pid, child) = (f.read_pid("pid"), f.read_pid("child"));
+    assert!(eventually(5_000, || is_gone(pid)), "script {pid} survived");
+    assert!(
+        eventually(5_000, || is_gone(child)),
+        "child {child} survived"
+    );
+}
+
+#[tokio::test]
+async fn a_checker_script_that_cannot_start_says_why() {
+    let f = fixture("checkmissing", false, &[]);
+    let detail = f
+        .runner
+        .run_checker("c", Path::new("nope"), 1_000)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        detail,
+        format!(
+            "{} could not be started: no such file",
+            f.module_dir.join("nope").display()
+        )
+    );
+}
