@@ -55,7 +55,13 @@
 //!   primary, waits for the witness's grant, first for the generation held, then for the new
 //!   one, before anything is acknowledged. A primary whose grant is lost fences itself
 //!   (`Fence`: no more acknowledged writes, no virtual IP) before the witness may grant the
-//!   peer, then demotes to WAIT. Without a witness, a cut link makes both nodes primary (the
+//!   peer, then demotes to WAIT. One exception keeps a witness outage from stopping a
+//!   healthy cluster: a PRIM/ALONE whose witness is *unreachable* while the peer is in view
+//!   (and not claiming) goes on **unarbitrated** (the peer takes over only with a grant, which
+//!   it asks for only once it lost this node), retries the witness every `retry_ms`, and
+//!   fences itself at the first sign of losing the peer: `PeerFading` (silence shorter than
+//!   the peer's own detection time), `PeerLost`, the peer claiming, or a new generation to
+//!   confirm. Without a witness, a cut link makes both nodes primary (the
 //!   secondary fails over, the primary goes on alone); the split brain is reported when the
 //!   link heals and resolved as above.
 //! - **Failback** (`Config::failback`): a primary that is not the default primary hands over to
@@ -285,6 +291,10 @@ pub struct Machine {
     gate: Gate,
     witness_held: bool,
     witness_op: Option<OpId>,
+    /// With a witness: primary, the witness's grant lost while the peer is in view. The peer
+    /// cannot take over without the witness either; this node leaves at the first sign of
+    /// losing the peer (`PeerFading`, `PeerLost`, the peer claiming, a new generation).
+    unarbitrated: bool,
     handover: bool,
     /// This primary term may fail back (it did not begin with a handover).
     failback_ok: bool,
@@ -350,6 +360,7 @@ impl Machine {
             gate: Gate::Open,
             witness_held: false,
             witness_op: None,
+            unarbitrated: false,
             handover: false,
             failback_ok: true,
             swap_deadline_ms: None,
@@ -418,6 +429,15 @@ impl Machine {
             }
             Event::PeerSeen => self.on_peer_seen(now, &mut out),
             Event::PeerLost => self.on_peer_lost(now, &mut out),
+            Event::PeerFading => {
+                if self.unarbitrated {
+                    let what = format!(
+                        "lost sight of {} while the witness is unreachable",
+                        self.cfg.peer
+                    );
+                    self.self_fence(now, what, &mut out);
+                }
+            }
             Event::Done { op, result } => self.on_done(now, op, result, &mut out),
             Event::Mirror(m) => self.on_mirror(now, m, &mut out),
             Event::CheckerFailed { checker, policy } => {
@@ -630,6 +650,7 @@ impl Machine {
         }
         self.witness_held = false;
         self.witness_op = None;
+        self.unarbitrated = false;
     }
 
     fn stop_receiver(&mut self, out: &mut Vec<Action>) {

@@ -77,6 +77,10 @@ impl Machine {
         self.peer.fresh = false;
         let peer = self.cfg.peer.clone();
         self.log(out, Level::Warn, format!("lost {peer} (no heartbeat)"));
+        if self.unarbitrated {
+            let what = format!("lost {peer} while the witness is unreachable");
+            return self.self_fence(now, what, out);
+        }
         if let Gate::Tell { .. } = self.gate {
             // It cannot hear this node any more: a partition, where, without a witness, both
             // nodes may go on (the documented split brain).
@@ -157,6 +161,10 @@ impl Machine {
                 }
             }
             Phase::Promoting(_) | Phase::Alone | Phase::Prim | Phase::Restarting(_) => {
+                if p.state.is_primary() && self.unarbitrated {
+                    let what = format!("{peer} claims the primary role while this node holds no grant of the witness");
+                    return self.self_fence(now, what, out);
+                }
                 if p.state.is_primary() {
                     return self.dual_primary(now, &p, out);
                 }
@@ -459,6 +467,13 @@ impl Machine {
                     return;
                 }
                 self.witness_held = true;
+                if std::mem::take(&mut self.unarbitrated) {
+                    self.log(
+                        out,
+                        Level::Info,
+                        "the witness grants the primary role again".to_owned(),
+                    );
+                }
                 match self.awaiting() {
                     Some(Awaiting {
                         step: Step::Claim,
@@ -487,17 +502,54 @@ impl Machine {
                 out,
             ),
             WitnessEvent::Unreachable { op } => {
-                self.witness_lost(now, op, "the witness is unreachable".to_owned(), out)
+                self.witness_lost_as(now, op, "the witness is unreachable".to_owned(), true, out)
             }
         }
     }
 
     pub(super) fn witness_lost(&mut self, now: u64, op: OpId, what: String, out: &mut Vec<Action>) {
+        self.witness_lost_as(now, op, what, false, out)
+    }
+
+    /// `unreachable`: the witness did not answer (it may be down); otherwise it refused.
+    pub(super) fn witness_lost_as(
+        &mut self,
+        now: u64,
+        op: OpId,
+        what: String,
+        unreachable: bool,
+        out: &mut Vec<Action>,
+    ) {
         if self.witness_op != Some(op) {
             return;
         }
         let peer = self.cfg.peer.clone();
         self.witness_held = false;
+        // The witness is unreachable (down, or cut off from this node) while the peer is in
+        // view: the peer takes over only with the witness's grant, which it asks for only
+        // once it lost this node. Go on, unarbitrated, and leave at the first sign of losing
+        // the peer, early enough that the peer cannot have declared this node lost yet.
+        let in_view =
+            self.peer.seen && self.peer.reachable().is_some_and(|p| !p.state.is_primary());
+        if unreachable
+            && in_view
+            && self.held.any()
+            && matches!(self.phase, Phase::Alone | Phase::Prim)
+            && matches!(self.gate, Gate::Open)
+        {
+            self.witness_op = None;
+            if !self.unarbitrated {
+                self.unarbitrated = true;
+                let text = format!(
+                    "{what}: the application goes on, since {peer} is in view and cannot take over without the witness either; this node leaves the primary role as soon as it loses sight of {peer} while the witness is unreachable"
+                );
+                self.log(out, Level::Warn, text);
+            }
+            let at = now + self.cfg.retry_ms;
+            self.retry_at_ms = Some(at);
+            self.arm(out, Timer::Retry, at);
+            return;
+        }
         if self.held.any() {
             // Without the grant, the witness may grant the peer as soon as this node's lease
             // runs out: stop acknowledging writes now, then leave the role.
@@ -522,6 +574,15 @@ impl Machine {
             );
             self.abort_promotion(now, reason, out);
         }
+    }
+
+    /// Unarbitrated primary losing the peer: fence now, then leave the role (WAIT).
+    pub(super) fn self_fence(&mut self, now: u64, what: String, out: &mut Vec<Action>) {
+        self.unarbitrated = false;
+        let op = self.op();
+        // Reuse the lost-grant path: it fences, logs and demotes.
+        self.witness_op = Some(op);
+        self.witness_lost_as(now, op, what, false, out);
     }
 
     pub(super) fn on_checker_failed(
@@ -630,6 +691,9 @@ impl Machine {
             Timer::Retry => {
                 if self.retry_at_ms.is_some_and(|at| at <= now) {
                     self.retry_at_ms = None;
+                    if self.unarbitrated && self.witness_op.is_none() {
+                        self.claim(now, false, out);
+                    }
                     if matches!(self.phase, Phase::Wait) {
                         self.decide(now, out);
                         if matches!(self.phase, Phase::Wait) && self.retry_at_ms.is_none() {

@@ -325,6 +325,10 @@ pub enum Event {
     PeerSeen,
     /// The heartbeat layer lost the peer (after its profile's detection time).
     PeerLost,
+    /// The heartbeat layer has not heard the peer for a while, but for less than the time
+    /// after which the peer itself may declare this node lost (its detection time less two
+    /// heartbeat intervals): with a witness, a primary that holds no grant must leave now.
+    PeerFading,
     /// An asynchronous action finished.
     Done {
         op: OpId,

@@ -261,6 +261,41 @@ fn isolated_primary_with_witness_fences_itself_and_the_peer_takes_over() {
     expect(&w, BETA, StateKind::Prim);
 }
 
+#[test]
+fn witness_down_with_the_nodes_fine_moves_nothing_and_a_later_cut_leaves_no_primary() {
+    let setup = Setup {
+        witness: true,
+        ..Setup::plain()
+    };
+    let mut w = in_sync(setup);
+    w.set_witness_link(ALPHA, false);
+    w.set_witness_link(BETA, false);
+    run(&mut w, 20_000);
+    expect(&w, ALPHA, StateKind::Prim);
+    expect(&w, BETA, StateKind::Second);
+    let ids = writes(&mut w, ALPHA, 5);
+    // Now the link too: nobody may be primary without the witness.
+    w.cut();
+    run(&mut w, 10_000);
+    expect(&w, ALPHA, StateKind::Wait);
+    expect(&w, BETA, StateKind::Wait);
+    // The witness returns: exactly one leads, with every acknowledged write.
+    w.set_witness_link(ALPHA, true);
+    w.set_witness_link(BETA, true);
+    run(&mut w, 15_000);
+    let primaries: Vec<usize> = (0..2)
+        .filter(|&i| w.state(i) == Some(StateKind::Alone))
+        .collect();
+    assert_eq!(
+        primaries.len(),
+        1,
+        "{:?} {:?}",
+        w.state(ALPHA),
+        w.state(BETA)
+    );
+    holds(&w, primaries[0], &ids);
+}
+
 fn failback(on: bool) -> World {
     let setup = Setup {
         failback: on,

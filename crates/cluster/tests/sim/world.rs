@@ -37,6 +37,8 @@ fn trace_lines() -> usize {
 const HB_LOST_MS: u64 = 1_000;
 const HB_SEEN_MS: u64 = 200;
 const HB_JITTER_MS: u64 = 300;
+/// The early warning (`PeerFading`): always before the peer can have declared this node lost.
+const HB_FADE_MS: u64 = 600;
 /// Witness: lease length, renewal period, how long a claim may go unanswered.
 const LEASE_MS: u64 = 2_000;
 const RENEW_MS: u64 = 400;
@@ -176,6 +178,11 @@ enum Payload {
         msg: PeerMsg,
     },
     Heartbeat {
+        node: usize,
+        inc: u32,
+        epoch: u64,
+    },
+    Fading {
         node: usize,
         inc: u32,
         epoch: u64,
@@ -738,6 +745,14 @@ impl World {
                             Event::PeerLost
                         },
                     );
+                }
+            }
+            Payload::Fading { node, inc, epoch } => {
+                if self.nodes[node].inc == inc
+                    && self.hb_epoch[node] == epoch
+                    && self.nodes[node].believes_peer
+                {
+                    self.deliver(node, Event::PeerFading);
                 }
             }
             Payload::Timer {
@@ -1324,6 +1339,17 @@ impl World {
                     epoch,
                 },
             );
+            if !visible {
+                let at = self.now + HB_FADE_MS + self.rng.gen_range(0..HB_JITTER_MS);
+                self.schedule(
+                    at,
+                    Payload::Fading {
+                        node: i,
+                        inc,
+                        epoch,
+                    },
+                );
+            }
         }
     }
 }
