@@ -194,6 +194,12 @@ pub struct LabModule {
     pub vip: u8,
     pub default_primary: Option<String>,
     pub heartbeat: &'static str,
+    /// The shipped demo module's checkers (port, process).
+    pub checkers: bool,
+    /// More TOML for module.toml (checkers, `[notify]`).
+    pub extra: String,
+    /// More executable files of the module folder: name and content.
+    pub files: Vec<(String, String)>,
 }
 
 impl LabModule {
@@ -204,6 +210,9 @@ impl LabModule {
             vip,
             default_primary: None,
             heartbeat: "default",
+            checkers: false,
+            extra: String::new(),
+            files: Vec::new(),
         }
     }
 
@@ -229,10 +238,22 @@ pub struct LabNode {
     child: Option<Child>,
 }
 
+/// The witness of a lab built `with_witness`: its own namespace on the LAN, at `.3`.
+pub struct LabWitness {
+    pub ns: Netns,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+/// The witness's address in the LAN.
+pub const WITNESS_ADDR: &str = "10.77.0.3:7450";
+
 pub struct Lab {
     pub dir: tempfile::TempDir,
     pub client: Netns,
     pub nodes: Vec<LabNode>,
+    pub witness: Option<LabWitness>,
     pub modules: Vec<LabModule>,
     keep: bool,
     /// Unique per lab: names its namespaces, its cluster and so its scripts' cgroups.
@@ -251,6 +272,54 @@ fn workspace_root() -> PathBuf {
 impl Lab {
     /// Build the namespaces, certificates, cluster files and module folders; no daemon runs yet.
     pub fn new(modules: Vec<LabModule>) -> Lab {
+        Lab::build(modules, false)
+    }
+
+    /// As `new`, with a witness in a third server namespace (not started yet).
+    pub fn with_witness(modules: Vec<LabModule>) -> Lab {
+        Lab::build(modules, true)
+    }
+
+    /// Plug a namespace's `eth0` into the LAN bridge (port `port`) with address `addr`/24.
+    fn plug(client: &Netns, ns: &Netns, port: &str, addr: &str) {
+        ip(&[
+            "-n",
+            &client.name,
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns.name,
+        ]);
+        ip(&[
+            "-n",
+            &client.name,
+            "link",
+            "set",
+            port,
+            "master",
+            "br0",
+            "up",
+        ]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+    }
+
+    fn build(modules: Vec<LabModule>, with_witness: bool) -> Lab {
         let dir = tempfile::Builder::new()
             .prefix("mirrorkit-lab-")
             .tempdir()
@@ -279,7 +348,11 @@ impl Lab {
                 "--cluster",
                 "lab",
                 "--nodes",
-                "alpha,beta",
+                if with_witness {
+                    "alpha,beta,witness"
+                } else {
+                    "alpha,beta"
+                },
                 "--dir",
             ])
             .arg(dir.path().join("certs")));
@@ -309,47 +382,27 @@ impl Lab {
                 app: &demo_app,
                 heartbeat: m.heartbeat,
                 default_primary: m.default_primary.as_deref(),
+                checkers: m.checkers,
+                extra: &m.extra,
             });
             std::fs::write(md.join("module.toml"), toml).expect("module.toml");
+            for (f, text) in &m.files {
+                use std::os::unix::fs::PermissionsExt;
+                let p = md.join(f);
+                std::fs::write(&p, text).expect("module file");
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+                    .expect("chmod");
+            }
         }
         let mut nodes = Vec::new();
         for (i, name) in NODES.iter().enumerate() {
             let ns = Netns::new(format!("mkl-{tag}-{}", &name[..1]));
-            let port = format!("v{}", &name[..1]);
-            ip(&[
-                "-n",
-                &client.name,
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &ns.name,
-            ]);
-            ip(&[
-                "-n",
-                &client.name,
-                "link",
-                "set",
-                &port,
-                "master",
-                "br0",
-                "up",
-            ]);
-            ip(&[
-                "-n",
-                &ns.name,
-                "addr",
-                "add",
-                &format!("{LAN_PREFIX}.{}/24", i + 1),
-                "dev",
-                "eth0",
-            ]);
-            ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
+            Lab::plug(
+                &client,
+                &ns,
+                &format!("v{}", &name[..1]),
+                &format!("{LAN_PREFIX}.{}", i + 1),
+            );
             let base = dir.path().join(name);
             for m in &modules {
                 std::fs::create_dir_all(base.join("data").join(m.dir().trim_start_matches('/')))
@@ -360,16 +413,21 @@ impl Lab {
                 .enumerate()
                 .map(|(k, n)| (*n, format!("{LAN_PREFIX}.{}", k + 1).parse().expect("ip")))
                 .collect();
-            let cfg = ClusterFile::on_one_machine(
+            let mut cf = ClusterFile::on_one_machine(
                 &format!("lab-{tag}"),
                 name,
                 &addrs,
                 dir.path(),
                 &dir.path().join("certs"),
                 &mods,
-            )
-            .to_toml()
-            .expect("cluster file");
+            );
+            if with_witness {
+                cf.witness = Some(mirrorkit_node::config::WitnessRef {
+                    name: "witness".into(),
+                    address: WITNESS_ADDR.parse().expect("witness address"),
+                });
+            }
+            let cfg = cf.to_toml().expect("cluster file");
             let config = base.join("cluster.toml");
             std::fs::write(&config, cfg).expect("cluster file");
             nodes.push(LabNode {
@@ -381,10 +439,30 @@ impl Lab {
                 child: None,
             });
         }
+        let witness = with_witness.then(|| {
+            let ns = Netns::new(format!("mkl-{tag}-w"));
+            Lab::plug(&client, &ns, "vw", &format!("{LAN_PREFIX}.3"));
+            let base = dir.path().join("witness");
+            std::fs::create_dir_all(&base).expect("witness dir");
+            let config = base.join("witness.toml");
+            let text = format!(
+                "cluster = \"lab-{tag}\"\nname = \"witness\"\nlisten = \"{WITNESS_ADDR}\"\ncerts = \"{}\"\nstate_dir = \"{}\"\nnodes = [\"alpha\", \"beta\"]\n",
+                dir.path().join("certs").display(),
+                base.join("state").display()
+            );
+            std::fs::write(&config, text).expect("witness.toml");
+            LabWitness {
+                ns,
+                config,
+                log: base.join("witness.log"),
+                child: None,
+            }
+        });
         Lab {
             dir,
             client,
             nodes,
+            witness,
             modules,
             keep: std::env::var_os("MIRRORKIT_KEEP_LAB").is_some(),
             tag,
@@ -421,6 +499,90 @@ impl Lab {
             .spawn()
             .expect("start daemon");
         n.child = Some(child);
+    }
+
+    /// Start the witness (`mirrorkit witness`) in its namespace.
+    pub fn start_witness(&mut self) {
+        let bin = mirrorkit_bin();
+        let w = self.witness.as_mut().expect("a lab with a witness");
+        assert!(w.child.is_none(), "the witness already runs");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&w.log)
+            .expect("log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", w.ns.path().display()))
+            .arg(&bin)
+            .args(["witness", "--config"])
+            .arg(&w.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start witness");
+        w.child = Some(child);
+    }
+
+    /// SIGKILL the witness.
+    pub fn kill_witness(&mut self) {
+        if let Some(mut c) = self.witness.as_mut().and_then(|w| w.child.take()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn witness_log(&self) -> String {
+        self.witness
+            .as_ref()
+            .and_then(|w| std::fs::read_to_string(&w.log).ok())
+            .unwrap_or_default()
+    }
+
+    /// Cut the witness off the LAN, or plug it back.
+    pub fn set_witness_link(&self, up: bool) {
+        ip(&[
+            "-n",
+            &self.client.name,
+            "link",
+            "set",
+            "vw",
+            if up { "up" } else { "down" },
+        ]);
+    }
+
+    /// Cut (or restore) the path between the two nodes only: each drops what it sends to the
+    /// other (a blackhole route), while both still reach the client and the witness.
+    pub fn cut_between_nodes(&self, cut: bool) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            let other = format!("{LAN_PREFIX}.{}/32", 2 - i);
+            ip(&[
+                "-n",
+                &n.ns.name,
+                "route",
+                if cut { "add" } else { "del" },
+                "blackhole",
+                &other,
+            ]);
+        }
+    }
+
+    /// Node `i`'s status straight from its control socket (no process started: fast enough to
+    /// sample every few milliseconds).
+    pub fn status_now(&self, i: usize) -> Option<mirrorkit_node::api::NodeStatus> {
+        let cf = ClusterFile::load(&self.nodes[i].config).ok()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        match rt.block_on(mirrorkit_node::api::call(
+            &cf.socket(),
+            &mirrorkit_node::api::Request::Status,
+        )) {
+            Ok(mirrorkit_node::api::Reply::Status(s)) => Some(s),
+            _ => None,
+        }
     }
 
     /// SIGKILL node `i`'s daemon (what it started keeps running, as after a daemon crash).
@@ -568,6 +730,7 @@ impl Drop for Lab {
         for i in 0..self.nodes.len() {
             self.kill9(i);
         }
+        self.kill_witness();
         // What the daemons started (the application), and their mounts.
         let _ = Command::new("pkill")
             .arg("-f")

@@ -147,6 +147,20 @@ pub fn cluster(cmd: ClusterCmd) -> Result<()> {
     }
 }
 
+/// Run the witness until SIGTERM or SIGINT.
+pub fn witness(config: &std::path::Path) -> Result<()> {
+    let cfg = mirrorkit_witness::ServerConfig::load(config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("mirrorkit-witness")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(mirrorkit_witness::serve(cfg, crate::wait_for_signal()))?;
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    Ok(())
+}
+
 /// Run the node daemon until SIGTERM or SIGINT.
 pub fn daemon(c: &ConfigArg) -> Result<()> {
     let cf = ClusterFile::load(&c.config)?;

@@ -175,6 +175,8 @@ pub fn run(base: &Path) -> Result<()> {
         app: &app,
         heartbeat: "default",
         default_primary: None,
+        checkers: true,
+        extra: "",
     };
     std::fs::write(md.join("module.toml"), module_toml(&module))?;
     mirrorkit_net::pki::generate_cluster(&base.join("certs"), "demo", &NODES, true)?;

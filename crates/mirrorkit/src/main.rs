@@ -61,6 +61,13 @@ enum Cmd {
         #[command(flatten)]
         config: cluster_cmd::ConfigArg,
     },
+    /// Run the witness (on a third machine): it grants the primary role of each module to one
+    /// node at a time, so that a cut link never makes two primaries.
+    Witness {
+        /// The witness's file (written by `mirrorkit cluster init --witness`).
+        #[arg(long, default_value = mirrorkit_node::config::DEFAULT_WITNESS_FILE)]
+        config: PathBuf,
+    },
     /// Set up a cluster.
     Cluster {
         #[command(subcommand)]
@@ -223,6 +230,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Mirror { role } => run_mirror(role),
         Cmd::Daemon { config } => cluster_cmd::daemon(&config),
+        Cmd::Witness { config } => cluster_cmd::witness(&config),
         Cmd::Cluster { cmd } => cluster_cmd::cluster(cmd),
         Cmd::Start(a) => cluster_cmd::verb(&a.config, &a.module, Verb::Start),
         Cmd::Stop(a) => cluster_cmd::verb(&a.config, &a.module, Verb::Stop),

@@ -40,6 +40,9 @@ pub struct NodeStatus {
     pub cluster: String,
     pub node: String,
     pub peer: String,
+    /// The witness (name and address), when the cluster has one.
+    #[serde(default)]
+    pub witness: Option<String>,
     pub heartbeats: Vec<NetStatus>,
     pub modules: Vec<ModuleStatus>,
 }
@@ -70,6 +73,9 @@ pub struct ModuleStatus {
     pub peer_state: Option<StateKind>,
     pub peer_reason: Option<String>,
     pub peer_in_sync: Option<bool>,
+    /// This node's checkers of the module: state and last result.
+    #[serde(default)]
+    pub checkers: Vec<mirrorkit_checkers::CheckerStatus>,
 }
 
 /// Send one request to the daemon behind `socket` and read its reply.
@@ -140,6 +146,42 @@ pub fn table(s: &NodeStatus) -> String {
             "{:<16} {:<11} {:<11} {}\n",
             m.name, here, there, reason
         ));
+    }
+    let checkers: Vec<_> = s
+        .modules
+        .iter()
+        .flat_map(|m| m.checkers.iter().map(move |c| (&m.name, c)))
+        .collect();
+    if !checkers.is_empty() {
+        out.push_str(&format!(
+            "\n{:<16} {:<16} {:<11} {:<8} {}\n",
+            "MODULE", "CHECKER", "SCOPE", "STATE", "LAST RESULT"
+        ));
+        for (module, c) in checkers {
+            let state = serde_json::to_value(c.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "{:<16} {:<16} {:<11} {:<8} {}{}\n",
+                module,
+                c.name,
+                c.scope.as_str(),
+                state,
+                c.last_result,
+                if c.restarts_in_window > 0 {
+                    format!(" ({} restarts in the window)", c.restarts_in_window)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+    }
+    match &s.witness {
+        Some(w) => out.push_str(&format!("\nwitness: {w}\n")),
+        None => out.push_str(
+            "\nno witness: if the link between the nodes is cut, both may become primary (split brain); see docs/operations.md\n",
+        ),
     }
     out
 }

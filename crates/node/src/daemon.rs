@@ -40,6 +40,9 @@ enum Input {
         result: Result<(Mounted, Option<u64>), String>,
     },
     Liveness(HeartbeatProfile, bool),
+    /// No heartbeat from the peer for its profile's detection time less two intervals.
+    Fading(HeartbeatProfile),
+    Checker(String, mirrorkit_checkers::CheckerReport),
     Stop(oneshot::Sender<()>),
 }
 
@@ -66,6 +69,10 @@ struct ModuleRt {
     verb_waiters: Vec<(Verb, oneshot::Sender<Reply>)>,
     last_progress: Option<Progress>,
     peer: Option<mirrorkit_cluster::machine::PeerStatus>,
+    checkers: Option<mirrorkit_checkers::CheckerSet>,
+    /// The node checkers' problems last told to the machine.
+    health: Option<String>,
+    notifier: Option<mirrorkit_notify::Notifier>,
 }
 
 struct Daemon {
@@ -77,6 +84,22 @@ struct Daemon {
     endpoint: quinn::Endpoint,
     receivers: Receivers,
     heartbeat: mirrorkit_heartbeat::Heartbeat,
+    witness: Option<mirrorkit_witness::WitnessClient>,
+}
+
+/// With a witness: how long a grant lasts for a module of this heartbeat profile. A failover
+/// waits for the dead primary's lease to run out, so it is about the profile's detection time.
+fn witness_lease_ms(p: HeartbeatProfile) -> u32 {
+    match p {
+        HeartbeatProfile::Default => 2_000,
+        HeartbeatProfile::Fast => 800,
+    }
+}
+
+/// The early warning of a lost peer (`Event::PeerFading`): two heartbeat intervals before the
+/// peer itself may declare this node lost.
+fn fading_after_ms(p: HeartbeatProfile) -> u64 {
+    p.peer_lost_after_ms().saturating_sub(2 * p.interval_ms())
 }
 
 /// Run the node daemon until `stop` resolves; then stop every module as `stop` would (the
@@ -129,7 +152,7 @@ pub async fn run(
     };
     entries.sort();
     for dir in entries {
-        let (name, rt) = module_rt(&cf, &dir, &names);
+        let (name, rt) = module_rt(&cf, &dir, &names, &tx);
         modules.insert(name, rt);
     }
 
@@ -180,6 +203,19 @@ pub async fn run(
     let mut profiles: Vec<HeartbeatProfile> = modules.values().map(|m| m.profile).collect();
     profiles.sort_by_key(|p| p.peer_lost_after_ms());
     profiles.dedup();
+    for p in profiles.clone() {
+        let mut w = heartbeat.watch(fading_after_ms(p));
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(l) = w.recv().await {
+                if matches!(l, mirrorkit_heartbeat::Liveness::Lost { .. })
+                    && tx.send(Input::Fading(p)).is_err()
+                {
+                    break;
+                }
+            }
+        });
+    }
     for p in profiles {
         let mut w = heartbeat.watch(p.peer_lost_after_ms());
         let tx = tx.clone();
@@ -195,6 +231,29 @@ pub async fn run(
             }
         });
     }
+
+    let witness = match &cf.witness {
+        Some(w) => {
+            let (wtx, mut wrx) = mpsc::unbounded_channel();
+            let client = mirrorkit_witness::WitnessClient::start(
+                identity.clone(),
+                w.address,
+                w.name.clone(),
+                wtx,
+            );
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some((module, ev)) = wrx.recv().await {
+                    if tx.send(Input::Machine(module, Event::Witness(ev))).is_err() {
+                        break;
+                    }
+                }
+            });
+            info!(witness = %w.name, address = %w.address, "the witness arbitrates the primary role");
+            Some(client)
+        }
+        None => None,
+    };
 
     let receivers: Receivers = Arc::default();
     tokio::spawn(accept_loop(
@@ -230,6 +289,7 @@ pub async fn run(
         endpoint,
         receivers,
         heartbeat,
+        witness,
     };
     info!(node = %d.cf.node, peer = %peer, modules = d.modules.len(), socket = %d.cf.socket().display(), "mirrorkit daemon started");
     d.boot().await;
@@ -320,7 +380,13 @@ pub async fn run(
 }
 
 /// Load one module folder into its runtime record (invalid or unsupported: problems, no machine).
-fn module_rt(cf: &ClusterFile, dir: &std::path::Path, names: &[String]) -> (String, ModuleRt) {
+/// `tx` receives its checkers' reports.
+fn module_rt(
+    cf: &ClusterFile,
+    dir: &std::path::Path,
+    names: &[String],
+    tx: &mpsc::UnboundedSender<Input>,
+) -> (String, ModuleRt) {
     let fallback = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -344,6 +410,9 @@ fn module_rt(cf: &ClusterFile, dir: &std::path::Path, names: &[String]) -> (Stri
         verb_waiters: Vec::new(),
         last_progress: None,
         peer: None,
+        checkers: None,
+        health: None,
+        notifier: None,
     };
     let loaded = match load_module(dir, Some(names)) {
         Ok(l) => l,
@@ -380,9 +449,6 @@ fn module_rt(cf: &ClusterFile, dir: &std::path::Path, names: &[String]) -> (Stri
             "{}: start_both/stop_both are not run by this version of the daemon",
             loaded.file.display()
         ));
-    }
-    if !c.checkers.is_empty() {
-        warn!(module = %name, "checkers are declared but not run by this version of the daemon");
     }
     rt.vips = c
         .vips
@@ -424,12 +490,62 @@ fn module_rt(cf: &ClusterFile, dir: &std::path::Path, names: &[String]) -> (Stri
         cgroup_scope: Some(cf.cluster.clone()),
         ..mirrorkit_scripts::RunnerOptions::default()
     };
-    match Runner::with_options(env, log.clone(), options) {
-        Ok(r) => rt.runner = Some(Arc::new(r)),
+    let runner = match Runner::with_options(env.clone(), log.clone(), options) {
+        Ok(r) => Arc::new(r),
         Err(e) => {
             rt.problems.push(format!("cannot prepare the scripts: {e}"));
             return (name, rt);
         }
+    };
+    rt.runner = Some(runner.clone());
+    if !c.checkers.is_empty() {
+        let (ctx, mut crx) = mpsc::unbounded_channel();
+        rt.checkers = Some(mirrorkit_checkers::CheckerSet::new(
+            c.checkers.clone(),
+            runner,
+            ctx,
+        ));
+        let (tx, module) = (tx.clone(), name.clone());
+        tokio::spawn(async move {
+            while let Some(r) = crx.recv().await {
+                if tx.send(Input::Checker(module.clone(), r)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    if let Some(n) = &c.notify {
+        let mut vars: Vec<(String, String)> =
+            c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        vars.extend([
+            ("MIRRORKIT_MODULE".to_owned(), name.clone()),
+            ("MIRRORKIT_NODE".to_owned(), cf.node.clone()),
+            (
+                "MIRRORKIT_MODULE_DIR".to_owned(),
+                env.module_dir.display().to_string(),
+            ),
+            (
+                "MIRRORKIT_RUN_DIR".to_owned(),
+                env.run_dir.display().to_string(),
+            ),
+            ("MIRRORKIT_VIP".to_owned(), env.vips.join(" ")),
+        ]);
+        let ncfg = mirrorkit_notify::NotifyConfig {
+            command: loaded.notify_command_path(),
+            webhook: n.webhook.as_ref().map(|w| w.as_str().to_owned()),
+            timeout_ms: n.timeout_ms,
+            working_dir: Some(loaded.dir.clone()),
+            env: vars,
+        };
+        let (log, module) = (log.clone(), name.clone());
+        rt.notifier = Some(mirrorkit_notify::Notifier::start(ncfg, move |failure| {
+            warn!(module = %module, "notification failed: {failure}");
+            log.append(
+                LogLevel::Warn,
+                Kind::Log,
+                &format!("notification failed: {failure}"),
+            );
+        }));
     }
     let data = match StateFile::new(&rt.state_dir).load() {
         Ok(d) => d,
@@ -441,7 +557,7 @@ fn module_rt(cf: &ClusterFile, dir: &std::path::Path, names: &[String]) -> (Stri
     let mut mc = MachineConfig::new(&name, &cf.node, cf.peer());
     mc.default_primary = c.default_primary.clone();
     mc.failback = c.failback;
-    mc.witness = false;
+    mc.witness = cf.witness.is_some();
     // A batch runs each script with its own timeout; the machine's bound covers the longest
     // batch with the kill grace.
     let scripts_total: u64 = ScriptKind::ALL
@@ -669,6 +785,18 @@ impl Daemon {
                     .await;
                 }
             }
+            Input::Checker(module, report) => self.checker_report(&module, report).await,
+            Input::Fading(profile) => {
+                let names: Vec<String> = self
+                    .modules
+                    .iter()
+                    .filter(|(_, m)| m.profile == profile)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for n in names {
+                    self.feed(&n, Event::PeerFading).await;
+                }
+            }
             Input::Engine(e) => self.engine_event(e).await,
             Input::Mounted { module, op, result } => {
                 let result = match result {
@@ -793,6 +921,11 @@ impl Daemon {
             cluster: self.cf.cluster.clone(),
             node: self.cf.node.clone(),
             peer: self.cf.peer().to_owned(),
+            witness: self
+                .cf
+                .witness
+                .as_ref()
+                .map(|w| format!("{} ({})", w.name, w.address)),
             heartbeats: self
                 .heartbeat
                 .networks()
@@ -821,6 +954,7 @@ impl Daemon {
                             let (mode, reason) = mt.core.link.status();
                             format!("{}: {reason}", mode.as_str())
                         }),
+                        checkers: m.checkers.as_ref().map(|c| c.status()).unwrap_or_default(),
                         peer_state: m.peer.as_ref().map(|p| p.state),
                         peer_reason: m.peer.as_ref().map(|p| p.reason.clone()),
                         peer_in_sync: m.peer.as_ref().map(|p| p.in_sync),
@@ -854,10 +988,75 @@ impl Daemon {
                     &format!("{before} -> {after}: {reason}"),
                 );
             }
+            if let Some(n) = &m.notifier {
+                n.notify(mirrorkit_notify::Notification::new(
+                    self.cf.cluster.clone(),
+                    name,
+                    self.cf.node.clone(),
+                    before.name(),
+                    after.name(),
+                    reason,
+                ));
+            }
         }
         for a in actions {
             self.perform(name, a).await;
         }
+        self.checker_modes(name);
+    }
+
+    /// Application checkers run on a primary whose application is up (ALONE, PRIM); node
+    /// checkers wherever the module is started.
+    fn checker_modes(&mut self, name: &str) {
+        let Some(m) = self.modules.get(name) else {
+            return;
+        };
+        let (Some(c), Some(mc)) = (&m.checkers, &m.machine) else {
+            return;
+        };
+        let state = mc.state();
+        let app = matches!(state, StateKind::Alone | StateKind::Prim);
+        c.set_mode(app, state != StateKind::Stop);
+    }
+
+    async fn checker_report(&mut self, name: &str, r: mirrorkit_checkers::CheckerReport) {
+        use mirrorkit_checkers::Verdict;
+        let Some(m) = self.modules.get_mut(name) else {
+            return;
+        };
+        let ev = match r.verdict {
+            Verdict::Restart | Verdict::Failover => {
+                let policy = if matches!(r.verdict, Verdict::Restart) {
+                    mirrorkit_cluster::machine::CheckerPolicy::Restart
+                } else {
+                    mirrorkit_cluster::machine::CheckerPolicy::Failover
+                };
+                Event::CheckerFailed {
+                    checker: format!("{} ({})", r.checker, r.detail),
+                    policy,
+                }
+            }
+            Verdict::NodeProblem(_) | Verdict::NodeRecovered => {
+                let problems = m
+                    .checkers
+                    .as_ref()
+                    .map(|c| c.node_problems())
+                    .unwrap_or_default();
+                let problem = (!problems.is_empty()).then(|| {
+                    problems
+                        .iter()
+                        .map(|(c, d)| format!("checker {c}: {d}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                });
+                if problem == m.health {
+                    return;
+                }
+                m.health = problem.clone();
+                Event::NodeHealth { problem }
+            }
+        };
+        self.feed(name, ev).await;
     }
 
     async fn perform(&mut self, name: &str, action: Action) {
@@ -1081,8 +1280,28 @@ impl Daemon {
                     }
                 }
             },
-            Action::WitnessClaim { .. } | Action::WitnessRelease => {
-                error!(module = %name, "the state machine asked for a witness, but none is configured");
+            Action::WitnessClaim {
+                op,
+                current,
+                history,
+                force,
+            } => match &self.witness {
+                Some(w) => w.claim(
+                    name,
+                    op,
+                    current,
+                    history,
+                    force,
+                    witness_lease_ms(m.profile),
+                ),
+                None => {
+                    error!(module = %name, "the state machine asked for a witness, but none is configured");
+                }
+            },
+            Action::WitnessRelease => {
+                if let Some(w) = &self.witness {
+                    w.release(name);
+                }
             }
             Action::VerbDone { verb, who, result } => {
                 let text = match &result {

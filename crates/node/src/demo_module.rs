@@ -21,6 +21,10 @@ pub struct DemoModule<'a> {
     /// `default` or `fast`.
     pub heartbeat: &'a str,
     pub default_primary: Option<&'a str>,
+    /// The shipped module's two checkers (the port answers; the process is alive).
+    pub checkers: bool,
+    /// More TOML appended as is (tests: other checkers, `[notify]`).
+    pub extra: &'a str,
 }
 
 /// The module's `module.toml` (its scripts are the shipped `start_prim` and `stop_prim`).
@@ -46,7 +50,31 @@ pub fn module_toml(m: &DemoModule) -> String {
          stop_prim = {{ path = \"stop_prim\", timeout_ms = 30000 }}\n\n\
          [env]\n\
          DEMO_LISTEN = \"0.0.0.0:{port}\"\n\
-         DEMO_APP = \"{app}\"\n",
+         DEMO_APP = \"{app}\"\n\
+         {checkers}{extra}",
+        checkers = if m.checkers {
+            format!(
+                "\n[[checker]]\n\
+                 name = \"http\"\n\
+                 kind = \"tcp\"\n\
+                 address = \"127.0.0.1:{port}\"\n\
+                 interval_ms = 2000\n\
+                 timeout_ms = 1000\n\
+                 retries = 2\n\
+                 action = \"restart\"\n\n\
+                 [[checker]]\n\
+                 name = \"process\"\n\
+                 kind = \"process\"\n\
+                 pid_file = \"demo-app.pid\"\n\
+                 interval_ms = 2000\n\
+                 retries = 0\n\
+                 action = \"restart\"\n",
+                port = m.port
+            )
+        } else {
+            String::new()
+        },
+        extra = m.extra,
         name = m.name,
         port = m.port,
         heartbeat = m.heartbeat,
@@ -75,6 +103,8 @@ mod tests {
             app,
             heartbeat: "fast",
             default_primary: Some("beta"),
+            checkers: true,
+            extra: "",
         };
         let text = module_toml(&m);
         let nodes = ["alpha".to_owned(), "beta".to_owned()];
@@ -86,5 +116,7 @@ mod tests {
         assert_eq!(c.env["DEMO_LISTEN"], "0.0.0.0:8081");
         assert_eq!(c.vips[0].address.to_string(), "10.77.0.80/24");
         assert_eq!(c.heartbeat, mirrorkit_module::HeartbeatProfile::Fast);
+        assert_eq!(c.checkers.len(), 2);
+        assert_eq!(c.checkers[0].name, "http");
     }
 }
