@@ -568,6 +568,20 @@ impl Lab {
         }
     }
 
+    /// Cut (or restore) node `i`'s path to the client (a blackhole route to it): the node
+    /// loses its "router" while it still reaches its peer.
+    pub fn set_route_to_client(&self, i: usize, up: bool) {
+        let client = format!("{}/32", client_addr());
+        ip(&[
+            "-n",
+            &self.nodes[i].ns.name,
+            "route",
+            if up { "del" } else { "add" },
+            "blackhole",
+            &client,
+        ]);
+    }
+
     /// Node `i`'s status straight from its control socket (no process started: fast enough to
     /// sample every few milliseconds).
     pub fn status_now(&self, i: usize) -> Option<mirrorkit_node::api::NodeStatus> {

@@ -159,3 +159,56 @@ fn killed_application_restarts_in_place_then_fails_over_and_every_change_is_noti
         "{beta}"
     );
 }
+
+/// A node checker (`ping` of the LAN's router, here the client's address): the primary that
+/// cannot reach it hands the application over to the secondary; while its check fails it does
+/// not take the application back, not even when the other node dies; once the check passes
+/// again, it does.
+#[test]
+fn a_primary_that_loses_its_network_hands_over_and_takes_over_only_once_it_is_back() {
+    if !require_lab("a_primary_that_loses_its_network_hands_over") {
+        return;
+    }
+    let mut m = LabModule::demo("demo", 8080, 80);
+    m.extra = format!(
+        "\n[[checker]]\n\
+         name = \"gateway\"\n\
+         kind = \"ping\"\n\
+         target = \"{}\"\n\
+         interval_ms = 300\n\
+         timeout_ms = 200\n\
+         retries = 1\n",
+        mirrorkit_tests::lab::client_addr()
+    );
+    let mut lab = Lab::new(vec![m.clone()]);
+    lab.start(0);
+    lab.start(1);
+    lab.wait_states("demo", [Some("PRIM"), Some("SECOND")], BOOT);
+    let r = lab.http(m.vip_addr(), "POST", "/notes", "before");
+    assert!(matches!(r, Ok((201, _))), "{r:?}");
+
+    // alpha can no longer reach the router: it hands over.
+    lab.set_route_to_client(0, false);
+    lab.wait_states("demo", [Some("SECOND"), Some("PRIM")], MOVE);
+    let st = lab.status(0).expect("status");
+    assert!(
+        st["modules"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("checker gateway")),
+        "{st}"
+    );
+    // beta dies: alpha, still without its network, does not take over.
+    lab.kill9(1);
+    std::thread::sleep(Duration::from_secs(4));
+    let s = lab.state(0, "demo");
+    assert_eq!(s.as_deref(), Some("WAIT"), "{}", tail(&lab.log(0), 40));
+    assert!(!lab.holds_vip(0, &m));
+    // Its network back: it takes over, with the notes.
+    lab.set_route_to_client(0, true);
+    lab.wait_states("demo", [Some("ALONE"), None], MOVE);
+    let body = match lab.http(m.vip_addr(), "GET", "/notes", "") {
+        Ok((200, b)) => b,
+        other => panic!("GET through the virtual IP: {other:?}"),
+    };
+    assert!(body.contains("before"), "{body}");
+}

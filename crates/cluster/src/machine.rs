@@ -397,9 +397,15 @@ impl Machine {
 
     /// What the console and the CLI show.
     pub fn status(&self) -> Status {
+        let mut reason = self.reason.clone();
+        if let (Phase::Second, Some(r)) = (&self.phase, self.not_eligible_reason()) {
+            if self.health_block.is_some() {
+                reason.push_str(&format!(". NOT ELIGIBLE to take over: {r}"));
+            }
+        }
         Status {
             state: self.state(),
-            reason: self.reason.clone(),
+            reason,
             since_ms: self.since_ms,
             progress: self.progress,
             split_brain: self.split_brain,

@@ -655,24 +655,6 @@ impl Machine {
                 self.maybe_give_away(now, out);
             }
             Phase::Wait => self.decide(now, out),
-            Phase::Second => {
-                if let Some(r) = self.not_eligible_reason().filter(|_| problem.is_some()) {
-                    let base = self
-                        .reason
-                        .split(". NOT ELIGIBLE: ")
-                        .next()
-                        .unwrap_or("")
-                        .to_owned();
-                    self.set_reason(now, format!("{base}. NOT ELIGIBLE: {r}"), out);
-                } else if let Some(base) = self
-                    .reason
-                    .split(". NOT ELIGIBLE: ")
-                    .next()
-                    .map(str::to_owned)
-                {
-                    self.set_reason(now, base, out);
-                }
-            }
             _ => {}
         }
     }
