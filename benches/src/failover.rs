@@ -25,6 +25,10 @@ pub struct FailoverArgs {
     /// Swaps to time (each way counts one).
     #[arg(long, default_value_t = 6)]
     swaps: usize,
+    /// Run the cluster with a witness (a third namespace): a failover then also waits for the
+    /// dead primary's lease to run out at the witness.
+    #[arg(long)]
+    witness: bool,
 }
 
 const SETTLE: Duration = Duration::from_secs(90);
@@ -65,7 +69,14 @@ pub fn run(a: &FailoverArgs) -> Result<()> {
         };
         let mut m = LabModule::demo("demo", 8080, 80);
         m.heartbeat = hb;
-        let mut lab = Lab::new(vec![m.clone()]);
+        let mut lab = if a.witness {
+            let mut lab = Lab::with_witness(vec![m.clone()]);
+            lab.start_witness();
+            lab
+        } else {
+            Lab::new(vec![m.clone()])
+        };
+        let with = if a.witness { ", with a witness" } else { "" };
         lab.start(0);
         lab.start(1);
         lab.wait_states("demo", [Some("PRIM"), Some("SECOND")], SETTLE);
@@ -104,7 +115,7 @@ pub fn run(a: &FailoverArgs) -> Result<()> {
             times.iter().cloned().fold(0.0, f64::max),
         );
         println!(
-            "failover, {hb} profile, {} cycles: median {med:.3} s, p90 {p90:.3} s, max {max:.3} s",
+            "failover, {hb} profile{with}, {} cycles: median {med:.3} s, p90 {p90:.3} s, max {max:.3} s",
             times.len()
         );
         if hb == "default" || a.profiles.len() == 1 {
@@ -134,7 +145,7 @@ pub fn run(a: &FailoverArgs) -> Result<()> {
                 eprintln!("swap {s}: {took:.3} s (from the command to the other node PRIM with the peer SECOND in sync)");
             }
             println!(
-                "swap, {} swaps: median {:.3} s, max {:.3} s (includes the demo application's own stop and start)",
+                "swap{with}, {} swaps: median {:.3} s, max {:.3} s (includes the demo application's own stop and start)",
                 swaps.len(),
                 stats::median(&swaps),
                 swaps.iter().cloned().fold(0.0, f64::max)

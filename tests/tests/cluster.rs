@@ -231,3 +231,81 @@ fn cut_link_without_witness_then_heal() {
         "split brain not reported: {status:?}"
     );
 }
+
+/// With the fast profile (peer lost after 0.5 s), the application writes as fast as it can
+/// through the mirror for several seconds: replication saturates the link and both cores, and
+/// no heartbeat is missed long enough to fail over.
+#[test]
+fn no_false_failover_while_replication_saturates_the_link() {
+    if !require_lab("no_false_failover_while_replication_saturates_the_link") {
+        return;
+    }
+    let m = LabModule {
+        heartbeat: "fast",
+        ..LabModule::demo("demo", 8080, 80)
+    };
+    let mut lab = Lab::new(vec![m.clone()]);
+    lab.start(0);
+    lab.start(1);
+    lab.wait_states("demo", [Some("PRIM"), Some("SECOND")], BOOT);
+    let file = lab.data_dir(0, &m).join("bulk.bin");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || -> u64 {
+            use std::io::{Seek, Write};
+            let mut f = std::fs::File::create(&file).expect("create bulk.bin on the mirror");
+            let chunk = vec![0x5au8; 1 << 20];
+            let mut written = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // A 256 MiB file written over and over: the link, not the disk, is the limit.
+                if written % (256 << 20) == 0 {
+                    f.rewind().expect("rewind");
+                }
+                f.write_all(&chunk).expect("write through the mirror");
+                written += chunk.len() as u64;
+            }
+            f.sync_all().expect("fsync");
+            written
+        })
+    };
+    let start = Instant::now();
+    let mut samples = 0;
+    while start.elapsed() < Duration::from_secs(8) {
+        let s = [lab.status_now(0), lab.status_now(1)].map(|s| {
+            s.and_then(|s| s.modules.into_iter().next())
+                .and_then(|m| m.state)
+                .map(|k| k.name())
+        });
+        samples += 1;
+        assert_eq!(
+            s,
+            [Some("PRIM"), Some("SECOND")],
+            "the module moved under replication load after {:?}\n--- alpha:\n{}\n--- beta:\n{}",
+            start.elapsed(),
+            mirrorkit_tests::lab::tail(&lab.log(0), 40),
+            mirrorkit_tests::lab::tail(&lab.log(1), 40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().expect("writer");
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "replicated {} MiB in {secs:.1} s ({:.0} MiB/s) with the fast profile: {samples} samples, no state change",
+        written >> 20,
+        (written >> 20) as f64 / secs
+    );
+    assert!(
+        written >= 64 << 20,
+        "too little load to prove anything: {written} bytes"
+    );
+    for i in 0..2 {
+        let log = lab.log(i);
+        assert!(
+            !log.contains("peer lost"),
+            "node {i} lost its peer under load:\n{}",
+            mirrorkit_tests::lab::tail(&log, 40)
+        );
+    }
+}
