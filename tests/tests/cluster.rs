@@ -309,3 +309,95 @@ fn no_false_failover_while_replication_saturates_the_link() {
         );
     }
 }
+
+/// Module files are watched: an invalid change is refused with its problems in the status and
+/// the module keeps running; a valid change (a checker added) applies at once; a change of the
+/// virtual IP waits until the module is stopped on the node.
+#[test]
+fn module_file_changes_apply_live_and_invalid_ones_are_refused() {
+    if !require_lab("module_file_changes_apply_live_and_invalid_ones_are_refused") {
+        return;
+    }
+    let m = LabModule::demo("demo", 8080, 80);
+    let mut lab = Lab::new(vec![m.clone()]);
+    lab.start(0);
+    lab.start(1);
+    lab.wait_states("demo", [Some("PRIM"), Some("SECOND")], BOOT);
+    let file = lab.dir.path().join("modules/demo/module.toml");
+    let original = std::fs::read_to_string(&file).expect("module.toml");
+    let write = |text: &str| {
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, &file).expect("rename");
+    };
+    let module = |lab: &Lab, i: usize| lab.status(i).map(|s| s["modules"][0].clone());
+    let wait_for = |lab: &Lab, what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let both: Vec<_> = (0..2).map(|i| module(lab, i)).collect();
+            if both.iter().all(|m| m.as_ref().is_some_and(f)) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: {both:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    write(&format!("{original}\nbogus_field = 1\n"));
+    wait_for(&lab, "invalid change reported", &|m| {
+        m["config_problems"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p.as_str().is_some_and(|p| p.contains("bogus_field")))
+        })
+    });
+    assert_eq!(lab.state(0, "demo").as_deref(), Some("PRIM"));
+    post(&lab, &m, "still-running");
+
+    write(&format!(
+        "{original}\n[[checker]]\nname = \"http\"\nkind = \"tcp\"\naddress = \"127.0.0.1:8080\"\ninterval_ms = 500\n"
+    ));
+    wait_for(&lab, "checker added", &|m| {
+        m["config_problems"]
+            .as_array()
+            .is_some_and(|p| p.is_empty())
+            && m["checkers"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["name"] == "http"))
+    });
+    let st = lab.status(0).expect("status");
+    assert_eq!(
+        st["modules"][0]["checkers"][0]["running"], true,
+        "the primary runs its application checker: {st}"
+    );
+
+    let moved = original.replace(
+        &format!("{}.80/24", mirrorkit_tests::lab::LAN_PREFIX),
+        &format!("{}.82/24", mirrorkit_tests::lab::LAN_PREFIX),
+    );
+    assert_ne!(moved, original);
+    write(&moved);
+    wait_for(&lab, "virtual IP change pending", &|m| {
+        m["config_problems"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p.as_str().is_some_and(|p| p.starts_with("pending")))
+        })
+    });
+    assert!(
+        lab.holds_vip(0, &m),
+        "the virtual IP moved under a running application"
+    );
+    ok(lab.cli(1, &["stop", "demo"]), "stop on beta");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !module(&lab, 1).is_some_and(|m| {
+        m["config_problems"]
+            .as_array()
+            .is_some_and(|p| p.is_empty())
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "beta did not apply the change once stopped: {:?}",
+            module(&lab, 1)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

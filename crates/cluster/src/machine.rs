@@ -372,6 +372,20 @@ impl Machine {
         m
     }
 
+    /// A module file changed while the module runs: take the settings that may change at any
+    /// moment (preferences, timeouts); `module`, `node`, `peer` and `witness` stay as they are.
+    /// They apply to the next decision.
+    pub fn reconfigure(&mut self, cfg: &Config) {
+        self.cfg.default_primary = cfg.default_primary.clone();
+        self.cfg.failback = cfg.failback;
+        self.cfg.peer_wait_ms = cfg.peer_wait_ms;
+        self.cfg.script_timeout_ms = cfg.script_timeout_ms;
+        self.cfg.step_timeout_ms = cfg.step_timeout_ms;
+        self.cfg.swap_timeout_ms = cfg.swap_timeout_ms;
+        self.cfg.retry_ms = cfg.retry_ms;
+        self.cfg.status_resend_ms = cfg.status_resend_ms;
+    }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }

@@ -67,6 +67,10 @@ pub struct ModuleStatus {
     pub since_ms_ago: u64,
     pub progress: Option<Progress>,
     pub split_brain: bool,
+    /// Why the latest change of the module's file is not applied (it is invalid, or waits
+    /// for the module to stop here); empty when the running configuration is the file's.
+    #[serde(default)]
+    pub config_problems: Vec<String>,
     /// The replication link on this node, when mounted as primary: mode and reason.
     pub mirror: Option<String>,
     /// The peer's module, as it last said (state and reason), if heard since it was lost.

@@ -10,17 +10,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use mirrorkit_cluster::machine::{
-    Action, Config as MachineConfig, Event, Failure, Level, Machine, MirrorEvent, OpId, PeerMsg,
-    Progress, Script, StateKind, Timer, Verb,
+    Action, Event, Failure, Level, MirrorEvent, OpId, PeerMsg, Progress, Script, StateKind, Timer,
+    Verb,
 };
 use mirrorkit_engine::link::{LinkConfig, Mode};
 use mirrorkit_engine::managed::EngineEvent;
 use mirrorkit_engine::mount::Mounted;
 use mirrorkit_engine::primary::PeerAddr;
 use mirrorkit_engine::secondary::{Receiver, SecondaryConfig, SecondaryCounters};
-use mirrorkit_module::{load_module, HeartbeatProfile, LoadedModule, ScriptKind};
+use mirrorkit_module::{HeartbeatProfile, ScriptKind};
 use mirrorkit_net::pki::NodeIdentity;
-use mirrorkit_scripts::{EventLog, Kind, Level as LogLevel, Runner, ScriptEnv, ScriptRole};
+use mirrorkit_scripts::{Kind, Level as LogLevel, ScriptRole};
 use mirrorkit_store::StateFile;
 use mirrorkit_vip::VipSpec;
 use tokio::sync::{mpsc, oneshot};
@@ -28,9 +28,10 @@ use tracing::{error, info, warn};
 
 use crate::api::{self, ModuleStatus, NetStatus, NodeStatus, Reply, Request};
 use crate::config::ClusterFile;
+use crate::module_rt::{module_rt, ModuleRt};
 
 /// Everything the loop reacts to.
-enum Input {
+pub(crate) enum Input {
     Machine(String, Event),
     Engine(EngineEvent),
     Api(Request, oneshot::Sender<Reply>),
@@ -43,44 +44,19 @@ enum Input {
     /// No heartbeat from the peer for its profile's detection time less two intervals.
     Fading(HeartbeatProfile),
     Checker(String, mirrorkit_checkers::CheckerReport),
+    /// A module folder changed (`crate::reload`).
+    ModuleFile(PathBuf, mirrorkit_module::WatchUpdate),
     Stop(oneshot::Sender<()>),
 }
 
 type Receivers = Arc<Mutex<HashMap<String, Arc<Receiver>>>>;
 
-/// One module on this node.
-struct ModuleRt {
-    loaded: Option<LoadedModule>,
-    problems: Vec<String>,
-    machine: Option<Machine>,
-    timers: BTreeMap<Timer, u64>,
-    runner: Option<Arc<Runner>>,
-    log: Option<EventLog>,
-    profile: HeartbeatProfile,
-    vips: Vec<VipSpec>,
-    data_dir: Option<PathBuf>,
-    state_dir: PathBuf,
-    mounted: Option<Mounted>,
-    /// The mount's device, to abort its FUSE connection when fencing.
-    fuse_dev: Option<u64>,
-    primary_task: Option<tokio::task::JoinHandle<()>>,
-    receiver: Option<Arc<Receiver>>,
-    pending_resync: Option<oneshot::Sender<Result<(), String>>>,
-    verb_waiters: Vec<(Verb, oneshot::Sender<Reply>)>,
-    last_progress: Option<Progress>,
-    peer: Option<mirrorkit_cluster::machine::PeerStatus>,
-    checkers: Option<mirrorkit_checkers::CheckerSet>,
-    /// The node checkers' problems last told to the machine.
-    health: Option<String>,
-    notifier: Option<mirrorkit_notify::Notifier>,
-}
-
-struct Daemon {
-    cf: ClusterFile,
+pub(crate) struct Daemon {
+    pub(crate) cf: ClusterFile,
     start: Instant,
-    tx: mpsc::UnboundedSender<Input>,
+    pub(crate) tx: mpsc::UnboundedSender<Input>,
     engine_tx: mirrorkit_engine::managed::Events,
-    modules: BTreeMap<String, ModuleRt>,
+    pub(crate) modules: BTreeMap<String, ModuleRt>,
     endpoint: quinn::Endpoint,
     receivers: Receivers,
     heartbeat: mirrorkit_heartbeat::Heartbeat,
@@ -280,6 +256,10 @@ pub async fn run(
         .map_err(|e| anyhow!(e))?;
     }
 
+    for m in modules.values() {
+        crate::reload::watch(m.folder.clone(), names.clone(), tx.clone());
+    }
+
     let mut d = Daemon {
         cf,
         start: Instant::now(),
@@ -379,200 +359,6 @@ pub async fn run(
     Ok(())
 }
 
-/// Load one module folder into its runtime record (invalid or unsupported: problems, no machine).
-/// `tx` receives its checkers' reports.
-fn module_rt(
-    cf: &ClusterFile,
-    dir: &std::path::Path,
-    names: &[String],
-    tx: &mpsc::UnboundedSender<Input>,
-) -> (String, ModuleRt) {
-    let fallback = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut rt = ModuleRt {
-        loaded: None,
-        problems: Vec::new(),
-        machine: None,
-        timers: BTreeMap::new(),
-        runner: None,
-        log: None,
-        profile: HeartbeatProfile::Default,
-        vips: Vec::new(),
-        data_dir: None,
-        state_dir: cf.module_state(&fallback),
-        mounted: None,
-        fuse_dev: None,
-        primary_task: None,
-        receiver: None,
-        pending_resync: None,
-        verb_waiters: Vec::new(),
-        last_progress: None,
-        peer: None,
-        checkers: None,
-        health: None,
-        notifier: None,
-    };
-    let loaded = match load_module(dir, Some(names)) {
-        Ok(l) => l,
-        Err(problems) => {
-            for p in &problems {
-                error!(module_dir = %dir.display(), "invalid module, not started: {p}");
-            }
-            rt.problems = problems.iter().map(|p| p.to_string()).collect();
-            return (fallback, rt);
-        }
-    };
-    let c = &loaded.config;
-    let name = c.name.clone();
-    rt.state_dir = cf.module_state(&name);
-    rt.profile = c.heartbeat;
-    if c.mirrors.len() != 1 {
-        rt.problems.push(format!(
-            "{}: this version of the daemon runs modules with exactly one [[mirror]] (this one has {})",
-            loaded.file.display(),
-            c.mirrors.len()
-        ));
-    }
-    for m in &c.mirrors {
-        if m.include != [mirrorkit_module::INCLUDE_ALL] || !m.exclude.is_empty() {
-            rt.problems.push(format!(
-                "{}: mirror {}: include/exclude patterns are not applied by this version: refusing to run rather than replicate a different set than declared",
-                loaded.file.display(),
-                m.dir.display()
-            ));
-        }
-    }
-    if c.scripts.start_both.is_some() || c.scripts.stop_both.is_some() {
-        rt.problems.push(format!(
-            "{}: start_both/stop_both are not run by this version of the daemon",
-            loaded.file.display()
-        ));
-    }
-    rt.vips = c
-        .vips
-        .iter()
-        .map(|v| VipSpec {
-            addr: v.address.addr,
-            prefix_len: v.address.prefix_len,
-            interface: v.interface.clone(),
-        })
-        .collect();
-    rt.data_dir = c.mirrors.first().map(|m| cf.data_dir(&m.dir));
-    if !rt.problems.is_empty() {
-        for p in &rt.problems {
-            error!(module = %name, "module not started: {p}");
-        }
-        rt.loaded = Some(loaded);
-        return (name, rt);
-    }
-    let log = match EventLog::open(&rt.state_dir.join("events.log")) {
-        Ok(l) => l,
-        Err(e) => {
-            rt.problems.push(format!(
-                "cannot open the event log in {}: {e}",
-                rt.state_dir.display()
-            ));
-            return (name, rt);
-        }
-    };
-    let env = ScriptEnv {
-        module: name.clone(),
-        node: cf.node.clone(),
-        module_dir: loaded.dir.clone(),
-        run_dir: cf.module_run(&name),
-        vips: rt.vips.iter().map(|v| v.addr.to_string()).collect(),
-        mirror_dirs: rt.data_dir.iter().cloned().collect(),
-        env: c.env.clone(),
-    };
-    let options = mirrorkit_scripts::RunnerOptions {
-        cgroup_scope: Some(cf.cluster.clone()),
-        ..mirrorkit_scripts::RunnerOptions::default()
-    };
-    let runner = match Runner::with_options(env.clone(), log.clone(), options) {
-        Ok(r) => Arc::new(r),
-        Err(e) => {
-            rt.problems.push(format!("cannot prepare the scripts: {e}"));
-            return (name, rt);
-        }
-    };
-    rt.runner = Some(runner.clone());
-    if !c.checkers.is_empty() {
-        let (ctx, mut crx) = mpsc::unbounded_channel();
-        rt.checkers = Some(mirrorkit_checkers::CheckerSet::new(
-            c.checkers.clone(),
-            runner,
-            ctx,
-        ));
-        let (tx, module) = (tx.clone(), name.clone());
-        tokio::spawn(async move {
-            while let Some(r) = crx.recv().await {
-                if tx.send(Input::Checker(module.clone(), r)).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    if let Some(n) = &c.notify {
-        let mut vars: Vec<(String, String)> =
-            c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        vars.extend([
-            ("MIRRORKIT_MODULE".to_owned(), name.clone()),
-            ("MIRRORKIT_NODE".to_owned(), cf.node.clone()),
-            (
-                "MIRRORKIT_MODULE_DIR".to_owned(),
-                env.module_dir.display().to_string(),
-            ),
-            (
-                "MIRRORKIT_RUN_DIR".to_owned(),
-                env.run_dir.display().to_string(),
-            ),
-            ("MIRRORKIT_VIP".to_owned(), env.vips.join(" ")),
-        ]);
-        let ncfg = mirrorkit_notify::NotifyConfig {
-            command: loaded.notify_command_path(),
-            webhook: n.webhook.as_ref().map(|w| w.as_str().to_owned()),
-            timeout_ms: n.timeout_ms,
-            working_dir: Some(loaded.dir.clone()),
-            env: vars,
-        };
-        let (log, module) = (log.clone(), name.clone());
-        rt.notifier = Some(mirrorkit_notify::Notifier::start(ncfg, move |failure| {
-            warn!(module = %module, "notification failed: {failure}");
-            log.append(
-                LogLevel::Warn,
-                Kind::Log,
-                &format!("notification failed: {failure}"),
-            );
-        }));
-    }
-    let data = match StateFile::new(&rt.state_dir).load() {
-        Ok(d) => d,
-        Err(e) => {
-            rt.problems.push(e.to_string());
-            return (name, rt);
-        }
-    };
-    let mut mc = MachineConfig::new(&name, &cf.node, cf.peer());
-    mc.default_primary = c.default_primary.clone();
-    mc.failback = c.failback;
-    mc.witness = cf.witness.is_some();
-    // A batch runs each script with its own timeout; the machine's bound covers the longest
-    // batch with the kill grace.
-    let scripts_total: u64 = ScriptKind::ALL
-        .iter()
-        .filter_map(|k| c.scripts.get(*k).map(|s| s.timeout_ms))
-        .sum();
-    mc.script_timeout_ms = scripts_total + 2 * mirrorkit_module::SCRIPT_KILL_GRACE_MS + 5_000;
-    mc.peer_wait_ms = 3 * c.heartbeat.peer_lost_after_ms();
-    let seed = u64::from(std::process::id()) ^ (mirrorkit_engine::link::fresh_gen().0);
-    rt.machine = Some(Machine::new(mc, data, seed));
-    rt.log = Some(log);
-    rt.loaded = Some(loaded);
-    (name, rt)
-}
-
 /// Route each incoming replication connection to the receiver of the mirror it greets.
 async fn accept_loop(endpoint: quinn::Endpoint, peer: String, receivers: Receivers) {
     while let Some(conn) = mirrorkit_net::accept(&endpoint).await {
@@ -648,7 +434,7 @@ fn cut_off(name: &str, m: &ModuleRt, why: &str) {
 }
 
 impl Daemon {
-    fn now(&self) -> u64 {
+    pub(crate) fn now(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
@@ -680,7 +466,7 @@ impl Daemon {
     /// At boot this node holds no role: whatever a previous daemon of this node left (it was
     /// killed, or the node crashed) goes: the module's processes, its virtual IPs, a dead
     /// mount over its directory.
-    fn clean_slate(&mut self, name: &str) {
+    pub(crate) fn clean_slate(&mut self, name: &str) {
         let Some(m) = self.modules.get(name) else {
             return;
         };
@@ -786,6 +572,7 @@ impl Daemon {
                 }
             }
             Input::Checker(module, report) => self.checker_report(&module, report).await,
+            Input::ModuleFile(folder, update) => self.module_file(&folder, update).await,
             Input::Fading(profile) => {
                 let names: Vec<String> = self
                     .modules
@@ -950,6 +737,7 @@ impl Daemon {
                         since_ms_ago: st.as_ref().map_or(0, |s| now.saturating_sub(s.since_ms)),
                         progress: st.as_ref().and_then(|s| s.progress),
                         split_brain: st.as_ref().is_some_and(|s| s.split_brain),
+                        config_problems: m.config_problems.clone(),
                         mirror: m.mounted.as_ref().map(|mt| {
                             let (mode, reason) = mt.core.link.status();
                             format!("{}: {reason}", mode.as_str())
@@ -965,7 +753,7 @@ impl Daemon {
     }
 
     /// Give one event to a module's machine and perform the actions it asks for, in order.
-    async fn feed(&mut self, name: &str, ev: Event) {
+    pub(crate) async fn feed(&mut self, name: &str, ev: Event) {
         let now = self.now();
         let Some(m) = self.modules.get_mut(name) else {
             warn!(module = %name, "event for an unknown module ignored");
@@ -1003,11 +791,14 @@ impl Daemon {
             self.perform(name, a).await;
         }
         self.checker_modes(name);
+        if after == StateKind::Stop && before != StateKind::Stop {
+            self.apply_pending(name).await;
+        }
     }
 
     /// Application checkers run on a primary whose application is up (ALONE, PRIM); node
     /// checkers wherever the module is started.
-    fn checker_modes(&mut self, name: &str) {
+    pub(crate) fn checker_modes(&mut self, name: &str) {
         let Some(m) = self.modules.get(name) else {
             return;
         };

@@ -5,8 +5,10 @@
 //! uses.
 //!
 //! Layout: `config` (the cluster file, `cluster init`), `daemon` (the event loop and the
-//! actions), `api` (control socket, client and status table), `fence` (cutting the application
-//! off a mount at once), `demo_module` (the demo module on a cluster of one machine).
+//! actions), `module_rt` (a module's record and how a folder becomes one), `reload` (module files
+//! watched and changes applied), `api` (control socket, client and status table), `fence`
+//! (cutting the application off a mount at once), `demo_module` (the demo module on a cluster of
+//! one machine).
 //!
 //! Never does: decide anything itself (the machine does), or touch replicated data except
 //! through the engine.
@@ -16,3 +18,5 @@ pub mod config;
 pub mod daemon;
 pub mod demo_module;
 pub mod fence;
+mod module_rt;
+mod reload;

@@ -1,0 +1,302 @@
+//! One module on this node: what the daemon holds for it (its machine, scripts, checkers,
+//! notifier, mount or receiver) and how a module folder becomes that record.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mirrorkit_cluster::machine::{Config as MachineConfig, Machine, Progress, Timer, Verb};
+use mirrorkit_engine::mount::Mounted;
+use mirrorkit_engine::secondary::Receiver;
+use mirrorkit_module::{load_module, HeartbeatProfile, LoadedModule, ScriptKind};
+use mirrorkit_scripts::{EventLog, Kind, Level as LogLevel, Runner, ScriptEnv};
+use mirrorkit_store::StateFile;
+use mirrorkit_vip::VipSpec;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, warn};
+
+use crate::api::Reply;
+use crate::config::ClusterFile;
+use crate::daemon::Input;
+
+/// One module on this node.
+pub(crate) struct ModuleRt {
+    pub(crate) loaded: Option<LoadedModule>,
+    pub(crate) problems: Vec<String>,
+    pub(crate) machine: Option<Machine>,
+    pub(crate) timers: BTreeMap<Timer, u64>,
+    pub(crate) runner: Option<Arc<Runner>>,
+    pub(crate) log: Option<EventLog>,
+    pub(crate) profile: HeartbeatProfile,
+    pub(crate) vips: Vec<VipSpec>,
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) mounted: Option<Mounted>,
+    /// The mount's device, to abort its FUSE connection when fencing.
+    pub(crate) fuse_dev: Option<u64>,
+    pub(crate) primary_task: Option<tokio::task::JoinHandle<()>>,
+    pub(crate) receiver: Option<Arc<Receiver>>,
+    pub(crate) pending_resync: Option<oneshot::Sender<Result<(), String>>>,
+    pub(crate) verb_waiters: Vec<(Verb, oneshot::Sender<Reply>)>,
+    pub(crate) last_progress: Option<Progress>,
+    pub(crate) peer: Option<mirrorkit_cluster::machine::PeerStatus>,
+    /// The module's folder (watched for changes).
+    pub(crate) folder: PathBuf,
+    /// A valid change that waits for the module to stop on this node.
+    pub(crate) pending: Option<LoadedModule>,
+    /// Why the module file's latest change is not applied (invalid, or pending).
+    pub(crate) config_problems: Vec<String>,
+    pub(crate) checkers: Option<mirrorkit_checkers::CheckerSet>,
+    /// The node checkers' problems last told to the machine.
+    pub(crate) health: Option<String>,
+    pub(crate) notifier: Option<mirrorkit_notify::Notifier>,
+}
+
+/// Load one module folder into its runtime record (invalid or unsupported: problems, no machine).
+/// `tx` receives its checkers' reports.
+pub(crate) fn module_rt(
+    cf: &ClusterFile,
+    dir: &std::path::Path,
+    names: &[String],
+    tx: &mpsc::UnboundedSender<Input>,
+) -> (String, ModuleRt) {
+    let fallback = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut rt = ModuleRt {
+        loaded: None,
+        problems: Vec::new(),
+        machine: None,
+        timers: BTreeMap::new(),
+        runner: None,
+        log: None,
+        profile: HeartbeatProfile::Default,
+        vips: Vec::new(),
+        data_dir: None,
+        state_dir: cf.module_state(&fallback),
+        mounted: None,
+        fuse_dev: None,
+        primary_task: None,
+        receiver: None,
+        pending_resync: None,
+        verb_waiters: Vec::new(),
+        last_progress: None,
+        peer: None,
+        folder: dir.to_owned(),
+        pending: None,
+        config_problems: Vec::new(),
+        checkers: None,
+        health: None,
+        notifier: None,
+    };
+    let loaded = match load_module(dir, Some(names)) {
+        Ok(l) => l,
+        Err(problems) => {
+            for p in &problems {
+                error!(module_dir = %dir.display(), "invalid module, not started: {p}");
+            }
+            rt.problems = problems.iter().map(|p| p.to_string()).collect();
+            return (fallback, rt);
+        }
+    };
+    let c = &loaded.config;
+    let name = c.name.clone();
+    rt.state_dir = cf.module_state(&name);
+    rt.profile = c.heartbeat;
+    rt.problems = unsupported(&loaded);
+    rt.vips = vips_of(&loaded);
+    rt.data_dir = c.mirrors.first().map(|m| cf.data_dir(&m.dir));
+    if !rt.problems.is_empty() {
+        for p in &rt.problems {
+            error!(module = %name, "module not started: {p}");
+        }
+        rt.loaded = Some(loaded);
+        return (name, rt);
+    }
+    let log = match EventLog::open(&rt.state_dir.join("events.log")) {
+        Ok(l) => l,
+        Err(e) => {
+            rt.problems.push(format!(
+                "cannot open the event log in {}: {e}",
+                rt.state_dir.display()
+            ));
+            return (name, rt);
+        }
+    };
+    match parts(cf, &loaded, &rt.vips, rt.data_dir.as_ref(), &log, tx) {
+        Ok(p) => {
+            rt.runner = Some(p.runner);
+            rt.checkers = p.checkers;
+            rt.notifier = p.notifier;
+        }
+        Err(e) => {
+            rt.problems.push(e);
+            return (name, rt);
+        }
+    }
+    let data = match StateFile::new(&rt.state_dir).load() {
+        Ok(d) => d,
+        Err(e) => {
+            rt.problems.push(e.to_string());
+            return (name, rt);
+        }
+    };
+    let seed = u64::from(std::process::id()) ^ (mirrorkit_engine::link::fresh_gen().0);
+    rt.machine = Some(Machine::new(machine_config(cf, &loaded), data, seed));
+    rt.log = Some(log);
+    rt.loaded = Some(loaded);
+    (name, rt)
+}
+
+/// What this version of the daemon does not run, for a valid module: it refuses the module
+/// rather than run it otherwise than its file says.
+pub(crate) fn unsupported(loaded: &LoadedModule) -> Vec<String> {
+    let c = &loaded.config;
+    let mut problems = Vec::new();
+    if c.mirrors.len() != 1 {
+        problems.push(format!(
+            "{}: this version of the daemon runs modules with exactly one [[mirror]] (this one has {})",
+            loaded.file.display(),
+            c.mirrors.len()
+        ));
+    }
+    for m in &c.mirrors {
+        if m.include != [mirrorkit_module::INCLUDE_ALL] || !m.exclude.is_empty() {
+            problems.push(format!(
+                "{}: mirror {}: include/exclude patterns are not applied by this version: refusing to run rather than replicate a different set than declared",
+                loaded.file.display(),
+                m.dir.display()
+            ));
+        }
+    }
+    if c.scripts.start_both.is_some() || c.scripts.stop_both.is_some() {
+        problems.push(format!(
+            "{}: start_both/stop_both are not run by this version of the daemon",
+            loaded.file.display()
+        ));
+    }
+    problems
+}
+
+pub(crate) fn vips_of(loaded: &LoadedModule) -> Vec<VipSpec> {
+    loaded
+        .config
+        .vips
+        .iter()
+        .map(|v| VipSpec {
+            addr: v.address.addr,
+            prefix_len: v.address.prefix_len,
+            interface: v.interface.clone(),
+        })
+        .collect()
+}
+
+/// The module's machine settings from its file and the cluster file.
+pub(crate) fn machine_config(cf: &ClusterFile, loaded: &LoadedModule) -> MachineConfig {
+    let c = &loaded.config;
+    let mut mc = MachineConfig::new(&c.name, &cf.node, cf.peer());
+    mc.default_primary = c.default_primary.clone();
+    mc.failback = c.failback;
+    mc.witness = cf.witness.is_some();
+    // A batch runs each script with its own timeout; the machine's bound covers the longest
+    // batch with the kill grace.
+    let scripts_total: u64 = ScriptKind::ALL
+        .iter()
+        .filter_map(|k| c.scripts.get(*k).map(|s| s.timeout_ms))
+        .sum();
+    mc.script_timeout_ms = scripts_total + 2 * mirrorkit_module::SCRIPT_KILL_GRACE_MS + 5_000;
+    mc.peer_wait_ms = 3 * c.heartbeat.peer_lost_after_ms();
+    mc
+}
+
+/// A module's scripts runner, checkers and notifier, built from its file.
+pub(crate) struct Parts {
+    pub(crate) runner: Arc<Runner>,
+    pub(crate) checkers: Option<mirrorkit_checkers::CheckerSet>,
+    pub(crate) notifier: Option<mirrorkit_notify::Notifier>,
+}
+
+pub(crate) fn parts(
+    cf: &ClusterFile,
+    loaded: &LoadedModule,
+    vips: &[VipSpec],
+    data_dir: Option<&PathBuf>,
+    log: &EventLog,
+    tx: &mpsc::UnboundedSender<Input>,
+) -> Result<Parts, String> {
+    let c = &loaded.config;
+    let name = c.name.clone();
+    let env = ScriptEnv {
+        module: name.clone(),
+        node: cf.node.clone(),
+        module_dir: loaded.dir.clone(),
+        run_dir: cf.module_run(&name),
+        vips: vips.iter().map(|v| v.addr.to_string()).collect(),
+        mirror_dirs: data_dir.into_iter().cloned().collect(),
+        env: c.env.clone(),
+    };
+    let options = mirrorkit_scripts::RunnerOptions {
+        cgroup_scope: Some(cf.cluster.clone()),
+        ..mirrorkit_scripts::RunnerOptions::default()
+    };
+    let runner = Runner::with_options(env.clone(), log.clone(), options)
+        .map(Arc::new)
+        .map_err(|e| format!("cannot prepare the scripts: {e}"))?;
+    let mut checkers = None;
+    if !c.checkers.is_empty() {
+        let (ctx, mut crx) = mpsc::unbounded_channel();
+        checkers = Some(mirrorkit_checkers::CheckerSet::new(
+            c.checkers.clone(),
+            runner.clone(),
+            ctx,
+        ));
+        let (tx, module) = (tx.clone(), name.clone());
+        tokio::spawn(async move {
+            while let Some(r) = crx.recv().await {
+                if tx.send(Input::Checker(module.clone(), r)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let mut notifier = None;
+    if let Some(n) = &c.notify {
+        let mut vars: Vec<(String, String)> =
+            c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        vars.extend([
+            ("MIRRORKIT_MODULE".to_owned(), name.clone()),
+            ("MIRRORKIT_NODE".to_owned(), cf.node.clone()),
+            (
+                "MIRRORKIT_MODULE_DIR".to_owned(),
+                env.module_dir.display().to_string(),
+            ),
+            (
+                "MIRRORKIT_RUN_DIR".to_owned(),
+                env.run_dir.display().to_string(),
+            ),
+            ("MIRRORKIT_VIP".to_owned(), env.vips.join(" ")),
+        ]);
+        let ncfg = mirrorkit_notify::NotifyConfig {
+            command: loaded.notify_command_path(),
+            webhook: n.webhook.as_ref().map(|w| w.as_str().to_owned()),
+            timeout_ms: n.timeout_ms,
+            working_dir: Some(loaded.dir.clone()),
+            env: vars,
+        };
+        let (log, module) = (log.clone(), name.clone());
+        notifier = Some(mirrorkit_notify::Notifier::start(ncfg, move |failure| {
+            warn!(module = %module, "notification failed: {failure}");
+            log.append(
+                LogLevel::Warn,
+                Kind::Log,
+                &format!("notification failed: {failure}"),
+            );
+        }));
+    }
+    Ok(Parts {
+        runner,
+        checkers,
+        notifier,
+    })
+}
