@@ -146,7 +146,7 @@ fn yes() -> bool {
 
 /// How fast the cluster manager declares the peer lost. The values live here so that the
 /// documentation, the checker and the cluster manager read one definition.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HeartbeatProfile {
     /// Heartbeat every 250 ms, peer lost after 1500 ms of silence.

@@ -61,6 +61,7 @@ pub(crate) struct Daemon {
     receivers: Receivers,
     heartbeat: mirrorkit_heartbeat::Heartbeat,
     witness: Option<mirrorkit_witness::WitnessClient>,
+    pub(crate) guard: crate::guard::Guard,
 }
 
 /// With a witness: how long a grant lasts for a module of this heartbeat profile. A failover
@@ -179,14 +180,20 @@ pub async fn run(
     let mut profiles: Vec<HeartbeatProfile> = modules.values().map(|m| m.profile).collect();
     profiles.sort_by_key(|p| p.peer_lost_after_ms());
     profiles.dedup();
+    let guard = crate::guard::Guard::new(cf.witness.is_some());
+    for m in modules.values() {
+        if let Some(name) = m.loaded.as_ref().map(|l| l.config.name.clone()) {
+            guard.set_module(&name, m.profile, &m.vips);
+        }
+    }
     for p in profiles.clone() {
         let mut w = heartbeat.watch(fading_after_ms(p));
-        let tx = tx.clone();
+        let (tx, guard) = (tx.clone(), guard.clone());
         tokio::spawn(async move {
             while let Some(l) = w.recv().await {
-                if matches!(l, mirrorkit_heartbeat::Liveness::Lost { .. })
-                    && tx.send(Input::Fading(p)).is_err()
-                {
+                let lost = matches!(l, mirrorkit_heartbeat::Liveness::Lost { .. });
+                guard.peer_in_view(p, !lost);
+                if lost && tx.send(Input::Fading(p)).is_err() {
                     break;
                 }
             }
@@ -217,9 +224,10 @@ pub async fn run(
                 w.name.clone(),
                 wtx,
             );
-            let tx = tx.clone();
+            let (tx, guard) = (tx.clone(), guard.clone());
             tokio::spawn(async move {
                 while let Some((module, ev)) = wrx.recv().await {
+                    guard.witness_event(&module, &ev);
                     if tx.send(Input::Machine(module, Event::Witness(ev))).is_err() {
                         break;
                     }
@@ -270,6 +278,7 @@ pub async fn run(
         receivers,
         heartbeat,
         witness,
+        guard,
     };
     info!(node = %d.cf.node, peer = %peer, modules = d.modules.len(), socket = %d.cf.socket().display(), "mirrorkit daemon started");
     d.boot().await;
@@ -602,6 +611,7 @@ impl Daemon {
                             self.cf.node.clone(),
                             peer,
                         ));
+                        self.guard.mounted(&module, core.clone(), dev);
                         if let Some(m) = self.modules.get_mut(&module) {
                             if let Err(e) = mirrorkit_engine::control::serve(core, &m.state_dir) {
                                 warn!(module = %module, "verify socket unavailable: {e}");
@@ -966,6 +976,7 @@ impl Daemon {
                 });
             }
             Action::Unmount { op } => {
+                self.guard.unmounted(name);
                 let mounted = m.mounted.take();
                 let task = m.primary_task.take();
                 tokio::task::spawn_blocking(move || {
@@ -1013,6 +1024,7 @@ impl Daemon {
                     tokio::task::block_in_place(|| r.kill_all());
                 }
                 cut_off(name, m, "forcestop");
+                self.guard.unmounted(name);
                 if let Some(mt) = m.mounted.take() {
                     crate::fence::detach(&mt.dir);
                     m.fuse_dev = None;
@@ -1090,6 +1102,7 @@ impl Daemon {
                 }
             },
             Action::WitnessRelease => {
+                self.guard.released(name);
                 if let Some(w) = &self.witness {
                     w.release(name);
                 }

@@ -18,5 +18,6 @@ pub mod config;
 pub mod daemon;
 pub mod demo_module;
 pub mod fence;
+mod guard;
 mod module_rt;
 mod reload;

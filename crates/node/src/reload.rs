@@ -204,6 +204,7 @@ impl Daemon {
                 return self.refuse_change(key, why);
             }
         }
+        self.guard.set_module(key, m.profile, &vips);
         m.vips = vips;
         m.data_dir = data_dir;
         if let Some(machine) = m.machine.as_mut() {
@@ -253,6 +254,7 @@ impl Daemon {
             return;
         }
         self.modules.remove(key);
+        self.guard.set_module(&name, rt.profile, &rt.vips);
         let autostart = rt.loaded.as_ref().is_some_and(|l| l.config.autostart);
         self.modules.insert(name.clone(), rt);
         info!(module = %name, "module file fixed: the module is set up on this node");
