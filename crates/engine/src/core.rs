@@ -21,6 +21,7 @@ use mirrorkit_wire::{Meta, RelPath, Target, TimeFix};
 
 pub use crate::link::Mark;
 use crate::link::{Link, Ticket};
+use crate::passthrough::{Io, Passthrough};
 
 /// FUSE's inode number of the root.
 pub const ROOT_INO: u64 = 1;
@@ -45,6 +46,8 @@ pub struct Handle {
     pub sync: Option<bool>,
     /// Session in which the peer opened its matching descriptor (0: it has none).
     pub remote_session: AtomicU64,
+    /// How the kernel does this open's I/O (read passthrough or through the engine).
+    pub io: Io,
 }
 
 pub struct Core {
@@ -56,6 +59,8 @@ pub struct Core {
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     root_st_ino: u64,
+    /// Read passthrough: which opens bypass the engine for their reads.
+    pub passthrough: Passthrough,
 }
 
 /// The ordering lock, held while an operation is made here and submitted. Dropping it hands
@@ -107,7 +112,14 @@ impl Core {
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             root_st_ino: st.st_ino,
+            passthrough: Passthrough::new(false),
         })
+    }
+
+    /// Ask for read passthrough (`docs/architecture.md`, "Reads"). Before mounting.
+    pub fn with_read_passthrough(mut self, requested: bool) -> Self {
+        self.passthrough = Passthrough::new(requested);
+        self
     }
 
     pub fn order(&self) -> OrderGuard<'_> {

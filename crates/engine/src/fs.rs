@@ -23,6 +23,7 @@ use mirrorkit_store::sys::{self, TimeSet};
 use mirrorkit_wire::{Op, SpecialKind, Target, TimeFix};
 
 use crate::core::{meta_of, time_set, Core, Handle, Mark, ROOT_INO};
+use crate::passthrough::{may_register, stack_depth_for, Io, ReadAdmission};
 
 /// How long the kernel may cache attributes and names. Nothing changes the backing tree
 /// behind the mount, so the kernel's cache stays true; one second bounds any surprise.
@@ -33,6 +34,42 @@ pub const MAX_WRITE_BYTES: u32 = 1 << 20;
 /// The file system handed to fuser.
 pub struct MirrorFs {
     pub core: Arc<Core>,
+}
+
+/// An open admitted by `Passthrough` and not yet a handle: released if the open fails.
+struct Admitted<'a> {
+    core: &'a Core,
+    ino: u64,
+    io: Io,
+    armed: bool,
+}
+
+impl<'a> Admitted<'a> {
+    fn new(core: &'a Core, ino: u64, io: Io) -> Self {
+        Admitted {
+            core,
+            ino,
+            io,
+            armed: true,
+        }
+    }
+
+    fn io(&self) -> Io {
+        self.io
+    }
+
+    /// The open became a handle, which `release` accounts for.
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.core.passthrough.released(self.ino, self.io);
+        }
+    }
 }
 
 fn errno_of(e: &std::io::Error) -> Errno {
@@ -232,25 +269,33 @@ impl MirrorFs {
         ino: INodeNo,
         flags: i32,
         created: Option<OwnedFd>,
+        io: Io,
     ) -> Result<(u64, Arc<Handle>), Errno> {
-        let acc = flags & libc::O_ACCMODE;
-        let writable = acc != libc::O_RDONLY;
         let fd = match created {
             Some(fd) => fd,
-            None => {
-                let node = self.core.node_fd(ino.0).ok_or(Errno::ESTALE)?;
-                let mut oflags = acc | (flags & (libc::O_TRUNC | libc::O_NOATIME));
-                oflags |= libc::O_CLOEXEC;
-                let p = self.core.proc_path(&node);
-                // SAFETY: a valid C string; the descriptor returned is owned below.
-                let raw = unsafe { libc::open(p.as_ptr(), oflags) };
-                if raw < 0 {
-                    return Err(errno_of(&std::io::Error::last_os_error()));
-                }
-                // SAFETY: open returned a fresh descriptor.
-                unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
-            }
+            None => self.open_fd(ino, flags)?,
         };
+        Ok(self.insert_handle(ino, flags, fd, io))
+    }
+
+    /// The engine's own descriptor of the backing file for an open with `flags`.
+    fn open_fd(&self, ino: INodeNo, flags: i32) -> Result<OwnedFd, Errno> {
+        let acc = flags & libc::O_ACCMODE;
+        let node = self.core.node_fd(ino.0).ok_or(Errno::ESTALE)?;
+        let mut oflags = acc | (flags & (libc::O_TRUNC | libc::O_NOATIME));
+        oflags |= libc::O_CLOEXEC;
+        let p = self.core.proc_path(&node);
+        // SAFETY: a valid C string; the descriptor returned is owned below.
+        let raw = unsafe { libc::open(p.as_ptr(), oflags) };
+        if raw < 0 {
+            return Err(errno_of(&std::io::Error::last_os_error()));
+        }
+        // SAFETY: open returned a fresh descriptor.
+        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+    }
+
+    fn insert_handle(&self, ino: INodeNo, flags: i32, fd: OwnedFd, io: Io) -> (u64, Arc<Handle>) {
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let sync = if flags & libc::O_SYNC == libc::O_SYNC {
             Some(false)
         } else if flags & libc::O_DSYNC != 0 {
@@ -258,16 +303,44 @@ impl MirrorFs {
         } else {
             None
         };
-        let h = Handle {
+        let h = Arc::new(Handle {
             fd,
             ino: ino.0,
             writable,
             sync,
             remote_session: AtomicU64::new(0),
-        };
-        let h = Arc::new(h);
+            io,
+        });
         let fh = self.core.new_handle_arc(h.clone());
-        Ok((fh, h))
+        (fh, h)
+    }
+
+    /// A read-only open without `O_TRUNC`: passed through to the backing file when the kernel
+    /// and the inode's other opens allow it (`crate::passthrough`), else through the engine.
+    fn open_read_only(&self, ino: INodeNo, flags: i32, reply: ReplyOpen) {
+        let fd = match self.open_fd(ino, flags) {
+            Ok(fd) => fd,
+            Err(e) => return reply.error(e),
+        };
+        let admission = self
+            .core
+            .passthrough
+            .admit_read(&self.core.mirror, ino.0, || reply.open_backing(fd.as_fd()));
+        match admission {
+            Some(ReadAdmission::Passthrough(id)) => {
+                let (fh, _) = self.insert_handle(ino, flags, fd, Io::Passthrough);
+                // No FOPEN_KEEP_CACHE: the kernel refuses it with passthrough.
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+            }
+            Some(ReadAdmission::Caching) => {
+                let (fh, _) = self.insert_handle(ino, flags, fd, Io::Caching);
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            None => {
+                let (fh, _) = self.insert_handle(ino, flags, fd, Io::Untracked);
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+        }
     }
 
     /// fsync of a handle or directory: both disks, in parallel.
@@ -286,12 +359,14 @@ impl MirrorFs {
 impl fuser::Filesystem for MirrorFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE_BYTES);
-        // The kernel offers its own ceiling (often 128 KiB); take as much as it allows.
+        // The kernel offers its own ceiling (its default 128 KiB) and keeps the smaller of the
+        // two: take what it allows; `mount` raises the mount's readahead afterwards.
         if let Err(max) = config.set_max_readahead(MAX_WRITE_BYTES) {
             let _ = config.set_max_readahead(max);
         }
         let _ = config.set_max_background(64);
-        // Never FUSE_WRITEBACK_CACHE: a write must reach us (and the peer) before it returns.
+        // Never FUSE_WRITEBACK_CACHE: a write must reach us (and the peer) before it returns
+        // (and the kernel refuses passthrough with it).
         for cap in [
             InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_PARALLEL_DIROPS,
@@ -299,6 +374,26 @@ impl fuser::Filesystem for MirrorFs {
         ] {
             let _ = config.add_capabilities(cap);
         }
+        let pt = &self.core.passthrough;
+        let outcome = if pt.requested() {
+            may_register().and_then(|()| {
+                config
+                    .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
+                    .map_err(|_| {
+                        "the kernel does not offer FUSE passthrough (it needs Linux 6.9 or later \
+                         built with CONFIG_FUSE_PASSTHROUGH)"
+                            .to_string()
+                    })?;
+                let depth = stack_depth_for(self.core.root.as_fd());
+                config
+                    .set_max_stack_depth(depth)
+                    .map(drop)
+                    .map_err(|max| format!("stacking depth {depth} refused (at most {max})"))
+            })
+        } else {
+            Err(pt.reason())
+        };
+        pt.initialised(&self.core.mirror, outcome);
         Ok(())
     }
 
@@ -735,11 +830,23 @@ impl fuser::Filesystem for MirrorFs {
         let flags = flags.0;
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if !writable && flags & libc::O_TRUNC == 0 {
-            return match self.open_handle(ino, flags, None) {
-                Ok((fh, _)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-                Err(e) => reply.error(e),
-            };
+            return self.open_read_only(ino, flags, reply);
         }
+        // Through the engine: first wait for passthrough opens of the inode to close (the
+        // kernel refuses this open while any is left). Not under the ordering lock.
+        let what = if writable {
+            "an open for writing"
+        } else {
+            "an open with O_TRUNC"
+        };
+        let admitted = match self
+            .core
+            .passthrough
+            .admit_caching(&self.core.mirror, ino.0, what)
+        {
+            Ok(io) => Admitted::new(&self.core, ino.0, io),
+            Err(e) => return reply.error(Errno::from_i32(e)),
+        };
         let order = match self.core.order_marked(|| {
             if flags & libc::O_TRUNC != 0 {
                 vec![self.core.data_mark(ino.0, 0, u64::MAX)]
@@ -752,8 +859,11 @@ impl fuser::Filesystem for MirrorFs {
         };
         if !writable {
             // O_RDONLY|O_TRUNC truncates on Linux: replicate the truncation, not a handle.
-            let (fh, h) = match self.open_handle(ino, flags, None) {
-                Ok(x) => x,
+            let (fh, h) = match self.open_handle(ino, flags, None, admitted.io()) {
+                Ok(x) => {
+                    admitted.keep();
+                    x
+                }
                 Err(e) => return reply.error(e),
             };
             let t = match (self.core.path_of(ino.0), sys::fstat(h.fd.as_fd())) {
@@ -774,8 +884,11 @@ impl fuser::Filesystem for MirrorFs {
             self.core.wait(t);
             return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
         }
-        let (fh, h) = match self.open_handle(ino, flags, None) {
-            Ok(x) => x,
+        let (fh, h) = match self.open_handle(ino, flags, None, admitted.io()) {
+            Ok(x) => {
+                admitted.keep();
+                x
+            }
             Err(e) => return reply.error(e),
         };
         let truncate = flags & libc::O_TRUNC != 0;
@@ -830,6 +943,11 @@ impl fuser::Filesystem for MirrorFs {
         let Some(h) = self.core.handle(fh.0) else {
             return reply.error(Errno::EBADF);
         };
+        self.core
+            .passthrough
+            .counters
+            .engine_reads
+            .fetch_add(1, Ordering::Relaxed);
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
@@ -948,6 +1066,7 @@ impl fuser::Filesystem for MirrorFs {
                 }
             }
             self.core.remove_handle(fh.0);
+            self.core.passthrough.released(h.ino, h.io);
         }
         reply.ok();
     }
@@ -1010,6 +1129,7 @@ impl fuser::Filesystem for MirrorFs {
             writable: false,
             sync: None,
             remote_session: AtomicU64::new(0),
+            io: Io::Untracked,
         };
         let fh = self.core.new_handle(h);
         reply.opened(FileHandle(fh), FopenFlags::empty());
@@ -1247,7 +1367,8 @@ impl fuser::Filesystem for MirrorFs {
             Err(e) => return reply.error(e),
         };
         let ino = attr.ino;
-        let (fh, h) = match self.open_handle(ino, flags, Some(fd)) {
+        let io = self.core.passthrough.created(ino.0);
+        let (fh, h) = match self.open_handle(ino, flags, Some(fd), io) {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };

@@ -2,7 +2,7 @@
 //!
 //! Owns: the FUSE file system mounted over a replicated directory on the primary (`fs`,
 //! `core`), the primary's end of the replication link (`link`) and its connection driver
-//! (`primary`), the synchronisation of a peer (`sync`, `progress`), the dirty record
+//! (`primary`), read passthrough (`passthrough`), the synchronisation of a peer (`sync`, `progress`), the dirty record
 //! (`record`), and the secondary's receiver
 //! (`secondary`).
 //!
@@ -16,6 +16,7 @@ pub mod fs;
 pub mod link;
 pub mod managed;
 pub mod mount;
+pub mod passthrough;
 pub mod primary;
 pub mod progress;
 pub mod record;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use fuser::{Config, MountOption, SessionACL};
 use mirrorkit_store::StateFile;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::core::Core;
 use crate::fs::MirrorFs;
@@ -13,6 +13,30 @@ use crate::link::{Link, LinkConfig};
 
 /// FUSE worker threads: requests wait on the network, so more than the cores. Default 16.
 pub const FUSE_THREADS: usize = 16;
+
+/// Readahead of the mount, KiB: as large as one FUSE request (1 MiB, `fs::MAX_WRITE_BYTES`).
+/// The kernel caps it at its own default (128 KiB) at FUSE_INIT; it is raised after mounting
+/// through the mount's `/sys/class/bdi/<major>:<minor>/read_ahead_kb`.
+pub const READAHEAD_KB: u32 = crate::fs::MAX_WRITE_BYTES / 1024;
+
+/// How to mount, beyond the link's configuration.
+#[derive(Clone, Debug, Default)]
+pub struct MountOptions {
+    /// Pass read-only opens through to the backing files (`crate::passthrough`; Linux 6.9 or
+    /// later, CAP_SYS_ADMIN). Off by default: while a file is open for reading this way, an
+    /// open of it for writing waits for that reader, and fails with ETXTBSY after
+    /// `passthrough::DRAIN_WAIT`.
+    pub read_passthrough: bool,
+}
+
+impl MountOptions {
+    /// The defaults, with read passthrough as `MIRRORKIT_READ_PASSTHROUGH` says.
+    pub fn from_env() -> Self {
+        MountOptions {
+            read_passthrough: crate::passthrough::requested_by_env(),
+        }
+    }
+}
 
 /// A mounted, replicating directory. Unmounts when dropped.
 pub struct Mounted {
@@ -86,12 +110,24 @@ fn unescape(s: &str) -> String {
         .replace("\\134", "\\")
 }
 
-/// Open `dir`, then mount the mirror over it. The application keeps using `dir`.
+/// Open `dir`, then mount the mirror over it. The application keeps using `dir`. Options
+/// from the environment (`MountOptions::from_env`).
 pub fn mount(
     mirror: &str,
     dir: &Path,
     state_dir: &Path,
     cfg: LinkConfig,
+) -> Result<Mounted, String> {
+    mount_with(mirror, dir, state_dir, cfg, MountOptions::from_env())
+}
+
+/// `mount` with explicit options.
+pub fn mount_with(
+    mirror: &str,
+    dir: &Path,
+    state_dir: &Path,
+    cfg: LinkConfig,
+    opts: MountOptions,
 ) -> Result<Mounted, String> {
     let dir = std::fs::canonicalize(dir)
         .map_err(|e| format!("replicated directory {}: {e}", dir.display()))?;
@@ -101,7 +137,8 @@ pub fn mount(
         .map_err(|e| format!("mirror {mirror}: {e}"))?;
     let core = Arc::new(
         Core::open(mirror, &dir, link)
-            .map_err(|e| format!("cannot open replicated directory {}: {e}", dir.display()))?,
+            .map_err(|e| format!("cannot open replicated directory {}: {e}", dir.display()))?
+            .with_read_passthrough(opts.read_passthrough),
     );
     let mut config = Config::default();
     config.mount_options = vec![
@@ -122,9 +159,64 @@ pub fn mount(
         .spawn()
         .map_err(|e| format!("cannot start the FUSE threads for {}: {e}", dir.display()))?;
     info!(mirror, dir = %dir.display(), "mirror mounted");
+    match raise_readahead(&dir, READAHEAD_KB) {
+        Ok(bdi) => debug!(mirror, %bdi, "readahead of the mount raised to {READAHEAD_KB} KiB"),
+        Err(e) => info!(
+            mirror,
+            "readahead of the mount left at the kernel's default (128 KiB): {e}"
+        ),
+    }
     Ok(Mounted {
         core,
         session: Some(session),
         dir,
     })
+}
+
+/// Set the readahead of the FUSE mount at `dir` (the last mount there) to `kb` KiB, through its
+/// backing device info in sysfs (root only). Returns the bdi's name (`major:minor`).
+pub fn raise_readahead(dir: &Path, kb: u32) -> std::io::Result<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let bdi = mount_device(&info, &dir.to_string_lossy()).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no FUSE mount at {} in /proc/self/mountinfo", dir.display()),
+        )
+    })?;
+    let path = format!("/sys/class/bdi/{bdi}/read_ahead_kb");
+    std::fs::write(&path, format!("{kb}\n"))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    Ok(bdi)
+}
+
+/// `major:minor` of the last FUSE mount at `target` in a mountinfo text.
+fn mount_device(mountinfo: &str, target: &str) -> Option<String> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            let fstype = f.get(sep + 1)?;
+            (f.len() > 4 && unescape(f[4]) == target && fstype.starts_with("fuse"))
+                .then(|| f[2].to_string())
+        })
+        .next_back()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_device_of_the_last_fuse_mount() {
+        let info = "\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 22 0:51 / /srv/a\\040b rw,nosuid - fuse.mirrorkit mirrorkit:m rw,user_id=0
+41 40 0:52 / /srv/a\\040b rw,nosuid - fuse.mirrorkit mirrorkit:m rw,user_id=0
+42 22 0:53 / /srv/c rw - tmpfs tmpfs rw
+";
+        assert_eq!(mount_device(info, "/srv/a b").as_deref(), Some("0:52"));
+        assert_eq!(mount_device(info, "/srv/c"), None);
+        assert_eq!(mount_device(info, "/srv/x"), None);
+    }
 }

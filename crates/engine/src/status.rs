@@ -44,6 +44,17 @@ pub struct Status {
     pub times_alone: u64,
     pub ops_applied: u64,
     pub refused_sessions: u64,
+    /// Primary: whether read-only opens pass through to the backing files, and if not why.
+    pub read_passthrough: bool,
+    pub read_passthrough_reason: String,
+    /// Primary: opens passed through; read-only opens that went through the engine; FUSE
+    /// READ requests the engine served; opens that waited for passthrough readers to close,
+    /// and those refused (ETXTBSY) because they did not.
+    pub passthrough_opens: u64,
+    pub engine_read_opens: u64,
+    pub engine_reads: u64,
+    pub passthrough_waits: u64,
+    pub passthrough_refusals: u64,
     pub pid: u32,
 }
 
@@ -51,6 +62,8 @@ impl Status {
     pub fn of_primary(core: &Core) -> Self {
         let (mode, reason) = core.link.status();
         let c = core.link.counters();
+        let pt = &core.passthrough;
+        let pc = &pt.counters;
         let started = c.sync_started_ms.load(Ordering::Relaxed);
         let elapsed = crate::sync::unix_ms().saturating_sub(started);
         let p = crate::progress::progress(
@@ -77,6 +90,13 @@ impl Status {
             verify_differences: c.verify_differences.load(Ordering::Relaxed),
             sessions: c.sessions.load(Ordering::Relaxed),
             times_alone: c.times_alone.load(Ordering::Relaxed),
+            read_passthrough: pt.active(),
+            read_passthrough_reason: pt.reason(),
+            passthrough_opens: pc.passthrough_opens.load(Ordering::Relaxed),
+            engine_read_opens: pc.read_opens_through_engine.load(Ordering::Relaxed),
+            engine_reads: pc.engine_reads.load(Ordering::Relaxed),
+            passthrough_waits: pc.opens_waited.load(Ordering::Relaxed),
+            passthrough_refusals: pc.opens_refused.load(Ordering::Relaxed),
             pid: std::process::id(),
             ..Default::default()
         }
