@@ -732,6 +732,126 @@ impl Lab {
         ]));
         String::from_utf8_lossy(&out.stdout).contains(&format!("{LAN_PREFIX}.{}/", module.vip))
     }
+
+    /// A lab whose module `m` is a whole module folder of its own (such as `modules/postgresql`)
+    /// rather than the demo module: see `install_module_dir`. No daemon runs yet.
+    pub fn with_module_dir(m: LabModule, src: &Path, module_toml: &str, witness: bool) -> Lab {
+        let lab = Lab::build(vec![m.clone()], witness);
+        lab.install_module_dir(&m, src, module_toml);
+        lab
+    }
+
+    /// Before the daemons start: replace the lab's folder of module `m` by the files of `src`
+    /// (modes kept), with `module_toml` as its `module.toml` (`m.dir()` as its replicated
+    /// directory, `m.vip_addr()` as its virtual IP). The lab's directory becomes reachable
+    /// (0711) by applications that run as a user other than root, such as PostgreSQL.
+    pub fn install_module_dir(&self, m: &LabModule, src: &Path, module_toml: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let md = self.dir.path().join("modules").join(&m.name);
+        let _ = std::fs::remove_dir_all(&md);
+        std::fs::create_dir_all(&md).expect("module dir");
+        let entries = std::fs::read_dir(src)
+            .unwrap_or_else(|e| panic!("module folder {}: {e}", src.display()));
+        for e in entries {
+            let e = e.expect("module folder entry");
+            if e.file_type().expect("file type").is_file() && e.file_name() != "module.toml" {
+                std::fs::copy(e.path(), md.join(e.file_name()))
+                    .unwrap_or_else(|err| panic!("copy {}: {err}", e.path().display()));
+            }
+        }
+        std::fs::write(md.join("module.toml"), module_toml).expect("module.toml");
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("chmod lab dir");
+    }
+
+    /// Node `i`'s run directory of `module` (`MIRRORKIT_RUN_DIR` of its scripts).
+    pub fn run_dir(&self, i: usize, module: &str) -> PathBuf {
+        self.nodes[i].base.join("run/modules").join(module)
+    }
+
+    /// The cgroup v2 directory in which node `i`'s daemon keeps the processes of `module`'s
+    /// scripts (the application), if it exists.
+    pub fn module_cgroup(&self, i: usize, module: &str) -> Option<PathBuf> {
+        let name = format!("lab-{}-{}-{module}", self.tag, self.nodes[i].name);
+        [
+            "/sys/fs/cgroup/unified/mirrorkit",
+            "/sys/fs/cgroup/mirrorkit",
+        ]
+        .iter()
+        .map(|p| Path::new(p).join(&name))
+        .find(|p| p.join("cgroup.procs").exists())
+    }
+
+    /// Freeze (or thaw) every process of `module` on node `i` (cgroup v2 freezer); returns once
+    /// the kernel reports the cgroup frozen (thawed), so that none of them is inside a system
+    /// call any more.
+    pub fn freeze_module(&self, i: usize, module: &str, frozen: bool) -> Result<(), String> {
+        let cg = self.module_cgroup(i, module).ok_or_else(|| {
+            format!(
+                "no cgroup of module {module} on {}: cannot freeze it",
+                self.nodes[i].name
+            )
+        })?;
+        std::fs::write(cg.join("cgroup.freeze"), if frozen { "1" } else { "0" })
+            .map_err(|e| format!("{}/cgroup.freeze: {e}", cg.display()))?;
+        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let events = std::fs::read_to_string(cg.join("cgroup.events")).unwrap_or_default();
+            if events.lines().any(|l| l == want) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{}: not {want} after 30 s: {events}", cg.display()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGKILL every process of `module` on both nodes (their cgroups): what a daemon killed
+    /// with SIGKILL leaves running, which `Drop` would otherwise leave behind when the
+    /// application does not name the lab's data on its command line.
+    pub fn kill_module_processes(&self, module: &str) {
+        for i in 0..self.nodes.len() {
+            let Some(cg) = self.module_cgroup(i, module) else {
+                continue;
+            };
+            let _ = std::fs::write(cg.join("cgroup.freeze"), "0");
+            if std::fs::write(cg.join("cgroup.kill"), "1").is_err() {
+                let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    // SAFETY: signalling a process of this lab's own module cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+    }
+
+    /// Keep the lab's directory (logs, data) when it is dropped, as `MIRRORKIT_KEEP_LAB` does:
+    /// for a test that found a problem worth looking at.
+    pub fn keep_files(&mut self) {
+        self.keep = true;
+    }
+}
+
+/// The port of the lab nodes' consoles (the default).
+pub const CONSOLE_PORT: u16 = mirrorkit_node::config::DEFAULT_CONSOLE_PORT;
+
+impl Lab {
+    /// Give both nodes a `[console]` (default port, admin password `password`): their daemons
+    /// then serve the web console. Call before starting them.
+    pub fn with_console(&self, password: &str) {
+        let hash = mirrorkit_console::auth::hash_password(password).expect("password hash");
+        for n in &self.nodes {
+            mirrorkit_node::config::set_admin_password_hash(&n.config, &hash)
+                .expect("console section");
+        }
+    }
+
+    /// Node `i`'s console, as the client namespace reaches it.
+    pub fn console_url(&self, i: usize) -> String {
+        format!("https://{LAN_PREFIX}.{}:{CONSOLE_PORT}", i + 1)
+    }
 }
 
 pub fn tail(s: &str, lines: usize) -> String {

@@ -5,6 +5,7 @@
 //! Tests that need root or FUSE call `require_root_and_fuse()`: without them they skip with a
 //! printed reason, except when `CI` is set, where they fail loudly.
 
+pub mod browser;
 pub mod fill;
 pub mod lab;
 pub mod records;

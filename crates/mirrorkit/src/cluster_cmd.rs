@@ -52,6 +52,11 @@ pub enum ClusterCmd {
         /// certificate and OUT/NAME/witness.toml are written too.
         #[arg(long)]
         witness: Option<String>,
+        /// The web console's admin password: the first line of FILE. Only its argon2id hash
+        /// goes into both nodes' files. Without it the console does not start until one is
+        /// set with `mirrorkit console set-password`.
+        #[arg(long, value_name = "FILE")]
+        admin_password_file: Option<PathBuf>,
     },
 }
 
@@ -98,7 +103,24 @@ pub fn cluster(cmd: ClusterCmd) -> Result<()> {
             state,
             run,
             witness,
+            admin_password_file,
         } => {
+            let admin_password_hash = match &admin_password_file {
+                Some(f) => {
+                    let text = std::fs::read_to_string(f).with_context(|| {
+                        format!("--admin-password-file {}: cannot read it", f.display())
+                    })?;
+                    let password = crate::console_cmd::password_from(
+                        &text,
+                        &format!("--admin-password-file {}", f.display()),
+                    )?;
+                    Some(
+                        mirrorkit_console::auth::hash_password(&password)
+                            .map_err(|e| anyhow!(e))?,
+                    )
+                }
+                None => None,
+            };
             let nodes: Vec<InitNode> =
                 nodes.iter().map(|n| parse_node(n)).collect::<Result<_>>()?;
             let [a, b]: [InitNode; 2] = nodes
@@ -132,6 +154,7 @@ pub fn cluster(cmd: ClusterCmd) -> Result<()> {
                 run,
                 data_root: None,
                 witness: witness.as_deref().map(parse_witness).transpose()?,
+                admin_password_hash,
             };
             for f in config::init(&spec, &out).map_err(|e| anyhow!(e))? {
                 println!("wrote {}", f.display());
@@ -142,6 +165,11 @@ pub fn cluster(cmd: ClusterCmd) -> Result<()> {
                 config::DEFAULT_WITNESS_FILE,
                 out.join("ca").display()
             );
+            if spec.admin_password_hash.is_none() {
+                println!(
+                    "No console password given (--admin-password-file): the web console starts only once one is set with `mirrorkit console set-password` on each node."
+                );
+            }
             Ok(())
         }
     }
@@ -161,7 +189,8 @@ pub fn witness(config: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Run the node daemon until SIGTERM or SIGINT.
+/// Run the node daemon until SIGTERM or SIGINT, with its web console next to it (which talks
+/// to the daemon over the same control socket as the CLI).
 pub fn daemon(c: &ConfigArg) -> Result<()> {
     let cf = ClusterFile::load(&c.config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -170,7 +199,11 @@ pub fn daemon(c: &ConfigArg) -> Result<()> {
         .thread_name("mirrorkit-daemon")
         .build()
         .context("cannot start the async runtime")?;
-    let r = rt.block_on(mirrorkit_node::daemon::run(cf, crate::wait_for_signal()));
+    let config = c.config.clone();
+    let r = rt.block_on(async move {
+        tokio::spawn(mirrorkit_console::run(config));
+        mirrorkit_node::daemon::run(cf, crate::wait_for_signal()).await
+    });
     rt.shutdown_timeout(std::time::Duration::from_millis(500));
     r
 }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use mirrorkit_cluster::machine::StateKind;
 use mirrorkit_node::api::{self, Reply, Request};
-use mirrorkit_node::config::ClusterFile;
+use mirrorkit_node::config::{
+    ClusterFile, ConsoleSection, DEFAULT_CONSOLE_LISTEN, DEFAULT_CONSOLE_PORT,
+};
 use mirrorkit_node::demo_module::{module_toml, DemoModule};
 
 const NODES: [&str; 2] = ["alpha", "beta"];
@@ -180,6 +182,10 @@ pub fn run(base: &Path) -> Result<()> {
     };
     std::fs::write(md.join("module.toml"), module_toml(&module))?;
     mirrorkit_net::pki::generate_cluster(&base.join("certs"), "demo", &NODES, true)?;
+    // The console's password: new for every demo, printed below.
+    let password = mirrorkit_console::auth::random_hex()[..16].to_owned();
+    let password_hash =
+        mirrorkit_console::auth::hash_password(&password).map_err(|e| anyhow!(e))?;
 
     ip(&["link", "add", BRIDGE, "type", "bridge"])?;
     ip(&["addr", "add", &format!("{NET}.100/24"), "dev", BRIDGE])?;
@@ -208,7 +214,7 @@ pub fn run(base: &Path) -> Result<()> {
             .join("data")
             .join(DATA_DIR.trim_start_matches('/'));
         std::fs::create_dir_all(&data)?;
-        let cf = ClusterFile::on_one_machine(
+        let mut cf = ClusterFile::on_one_machine(
             "demo",
             node,
             &node_addrs(),
@@ -216,6 +222,10 @@ pub fn run(base: &Path) -> Result<()> {
             &base.join("certs"),
             &base.join("modules"),
         );
+        cf.console = Some(ConsoleSection {
+            listen: DEFAULT_CONSOLE_LISTEN,
+            admin_password_hash: Some(password_hash.clone()),
+        });
         let text = cf.to_toml().map_err(|e| anyhow!(e))?;
         std::fs::write(base.join(node).join("cluster.toml"), text)?;
     }
@@ -253,7 +263,11 @@ pub fn run(base: &Path) -> Result<()> {
          \n\
          The application (notes), through the virtual IP:  http://{VIP}:{PORT}/\n\
          \x20 curl -d note=hello http://{VIP}:{PORT}/notes ; curl http://{VIP}:{PORT}/notes\n\
-         The web console is not built yet; the CLI shows the cluster:\n\
+         The web console, on either node (user admin, password {password}):\n\
+         \x20 https://{NET}.1:{DEFAULT_CONSOLE_PORT}/  or  https://{NET}.2:{DEFAULT_CONSOLE_PORT}/\n\
+         \x20 (its certificate comes from the demo cluster's own CA, {base}/certs/ca.pem: let the\n\
+         \x20 browser accept it)\n\
+         The CLI shows the same:\n\
          \x20 {exe} status --config {a}\n\
          \n\
          Try:\n\

@@ -3,6 +3,7 @@
 //! Wires the crates together; holds no replication logic of its own.
 
 mod cluster_cmd;
+mod console_cmd;
 mod demo;
 mod module_cmd;
 
@@ -72,6 +73,12 @@ enum Cmd {
     Cluster {
         #[command(subcommand)]
         cmd: cluster_cmd::ClusterCmd,
+    },
+    /// The web console (served by the daemon, HTTPS port 9010): its admin password and the
+    /// API tokens of scripts.
+    Console {
+        #[command(subcommand)]
+        cmd: console_cmd::ConsoleCmd,
     },
     /// The cluster as this node sees it: each module's state on both nodes, with the reason;
     /// or, with --state-dir, one mirror run by `mirrorkit mirror`.
@@ -162,6 +169,12 @@ enum RoleCmd {
         /// this node's. Logged with the operator's name.
         #[arg(long)]
         force: bool,
+        /// Pass read-only opens through to the backing files: their reads run at the local
+        /// disk's speed, without the engine (Linux 6.9 or later, as root). While a file is
+        /// open for reading this way, an open of it for writing waits for that reader, up to
+        /// 5 s, then fails with ETXTBSY. Also turned on by MIRRORKIT_READ_PASSTHROUGH=1.
+        #[arg(long)]
+        read_passthrough: bool,
     },
     /// Receive the primary's changes into DIR.
     Secondary {
@@ -232,6 +245,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Daemon { config } => cluster_cmd::daemon(&config),
         Cmd::Witness { config } => cluster_cmd::witness(&config),
         Cmd::Cluster { cmd } => cluster_cmd::cluster(cmd),
+        Cmd::Console { cmd } => console_cmd::run(cmd),
         Cmd::Start(a) => cluster_cmd::verb(&a.config, &a.module, Verb::Start),
         Cmd::Stop(a) => cluster_cmd::verb(&a.config, &a.module, Verb::Stop),
         Cmd::Restart(a) => cluster_cmd::verb(&a.config, &a.module, Verb::Restart),
@@ -326,6 +340,7 @@ fn run_mirror(role: RoleCmd) -> Result<()> {
             peer_timeout_ms,
             resync_bandwidth,
             force,
+            read_passthrough,
         } => {
             check_state_dir(&common)?;
             let peer = parse_peer(&peer)?;
@@ -336,9 +351,16 @@ fn run_mirror(role: RoleCmd) -> Result<()> {
                 forced_by: force.then(operator),
                 ..LinkConfig::default()
             };
-            let mounted =
-                mirrorkit_engine::mount::mount(&common.mirror, &common.dir, &common.state_dir, cfg)
-                    .map_err(anyhow::Error::msg)?;
+            let mut opts = mirrorkit_engine::mount::MountOptions::from_env();
+            opts.read_passthrough |= read_passthrough;
+            let mounted = mirrorkit_engine::mount::mount_with(
+                &common.mirror,
+                &common.dir,
+                &common.state_dir,
+                cfg,
+                opts,
+            )
+            .map_err(anyhow::Error::msg)?;
             let core = mounted.core.clone();
             let state_dir = common.state_dir.clone();
             let result: Result<()> = rt.block_on(async {

@@ -17,6 +17,6 @@ mod quic;
 
 pub use error::NetError;
 pub use quic::{
-    accept, connect, endpoint, peer_node_name, priority_endpoint, TransportParams, ALPN,
-    CONFIRM_POLL_INTERVAL_MS, CONFIRM_TIMEOUT_MS, INITIAL_CONGESTION_WINDOW_BYTES,
+    accept, cert_node_name, connect, endpoint, peer_node_name, priority_endpoint, TransportParams,
+    ALPN, CONFIRM_POLL_INTERVAL_MS, CONFIRM_TIMEOUT_MS, INITIAL_CONGESTION_WINDOW_BYTES,
 };

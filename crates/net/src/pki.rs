@@ -437,15 +437,19 @@ impl NodeIdentity {
         &self.node_name
     }
 
-    pub(crate) fn cert_chain(&self) -> &[CertificateDer<'static>] {
+    /// The node's certificate chain (its own certificate first), for TLS outside QUIC (the
+    /// console's HTTPS).
+    pub fn cert_chain(&self) -> &[CertificateDer<'static>] {
         &self.cert_chain
     }
 
-    pub(crate) fn key(&self) -> PrivateKeyDer<'static> {
+    /// The node's private key, for TLS outside QUIC (the console's HTTPS).
+    pub fn key(&self) -> PrivateKeyDer<'static> {
         self.key.clone_key()
     }
 
-    pub(crate) fn roots(&self) -> Arc<RootCertStore> {
+    /// The cluster CA: what a peer's certificate must chain to.
+    pub fn roots(&self) -> Arc<RootCertStore> {
         Arc::clone(&self.roots)
     }
 }

@@ -490,6 +490,12 @@ pub async fn accept(endpoint: &quinn::Endpoint) -> Option<quinn::Connection> {
 pub fn peer_node_name(conn: &quinn::Connection) -> Option<String> {
     let identity = conn.peer_identity()?;
     let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    cert_node_name(&chain)
+}
+
+/// The node name in a certificate chain that TLS already verified (its end entity's DNS SAN),
+/// or `None` if it names no valid node.
+pub fn cert_node_name(chain: &[CertificateDer<'static>]) -> Option<String> {
     let end_entity = webpki::EndEntityCert::try_from(chain.first()?).ok()?;
     let name = end_entity
         .valid_dns_names()

@@ -24,6 +24,10 @@
 //! [witness]                            # optional: arbitrates the primary role (split brain)
 //! name = "witness"                     # the name in its certificate
 //! address = "10.0.0.3:7450"
+//!
+//! [console]                            # the web console and REST API (HTTPS)
+//! listen = "0.0.0.0:9010"
+//! admin_password_hash = "$argon2id$v=19$..."   # `mirrorkit console set-password`
 //! ```
 
 use std::collections::BTreeMap;
@@ -40,6 +44,43 @@ pub const DEFAULT_REPLICATION_PORT: u16 = 7400;
 pub const DEFAULT_HEARTBEAT_PORT: u16 = 7410;
 /// Default port of the witness (QUIC, UDP).
 pub const DEFAULT_WITNESS_PORT: u16 = 7450;
+
+/// Default address of the web console and REST API (HTTPS, TCP).
+pub const DEFAULT_CONSOLE_LISTEN: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    DEFAULT_CONSOLE_PORT,
+);
+/// Default port of the web console (HTTPS); the peer's console is reached on the same port.
+pub const DEFAULT_CONSOLE_PORT: u16 = 9010;
+
+/// The web console and REST API of the node (`crates/console`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSection {
+    /// Where it listens (HTTPS); its port is also where it reaches the peer's console.
+    #[serde(default = "default_console_listen")]
+    pub listen: SocketAddr,
+    /// The admin password's argon2id hash (PHC string). Without one the console does not start:
+    /// there is no default password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_password_hash: Option<String>,
+}
+
+impl Default for ConsoleSection {
+    fn default() -> Self {
+        ConsoleSection {
+            listen: DEFAULT_CONSOLE_LISTEN,
+            admin_password_hash: None,
+        }
+    }
+}
+
+fn default_console_listen() -> SocketAddr {
+    DEFAULT_CONSOLE_LISTEN
+}
+
+/// The prefix of an argon2id PHC string, the only password hash the console accepts.
+pub const ARGON2ID_PREFIX: &str = "$argon2id$";
 
 /// The cluster's witness, as the nodes see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +125,9 @@ pub struct ClusterFile {
     /// brain); without, a cut link makes two primaries (documented in operations.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub witness: Option<WitnessRef>,
+    /// The web console; absent: default address, no password (the console does not start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<ConsoleSection>,
 }
 
 /// A cluster file that cannot be used, with the file and what to fix.
@@ -165,6 +209,17 @@ impl ClusterFile {
                 ));
             }
         }
+        if let Some(hash) = self
+            .console
+            .as_ref()
+            .and_then(|c| c.admin_password_hash.as_deref())
+        {
+            if !hash.starts_with(ARGON2ID_PREFIX) {
+                return Err(format!(
+                    "[console] admin_password_hash is not an argon2id hash (it must start with {ARGON2ID_PREFIX}): set it with `mirrorkit console set-password`"
+                ));
+            }
+        }
         for (field, p) in [
             ("certs", &self.certs),
             ("modules", &self.modules),
@@ -214,6 +269,7 @@ impl ClusterFile {
                     .collect(),
             }],
             witness: None,
+            console: None,
         }
     }
 
@@ -261,6 +317,51 @@ impl ClusterFile {
     pub fn socket(&self) -> PathBuf {
         self.run.join("mirrorkit.sock")
     }
+
+    /// The console's settings (the defaults when the file has no `[console]`).
+    pub fn console(&self) -> ConsoleSection {
+        self.console.clone().unwrap_or_default()
+    }
+}
+
+/// Write `hash` (argon2id PHC string) as the console's admin password hash into the cluster file
+/// at `path`, keeping the file's leading comment lines; the rest is written back as TOML. The
+/// new file replaces the old one atomically (same directory, renamed over it, same mode).
+pub fn set_admin_password_hash(path: &Path, hash: &str) -> Result<(), ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        path: path.to_owned(),
+        message,
+    };
+    let mut cf = ClusterFile::load(path)?;
+    let old = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut console = cf.console();
+    console.admin_password_hash = Some(hash.to_owned());
+    cf.console = Some(console);
+    let header: String = old
+        .lines()
+        .take_while(|l| l.starts_with('#') || l.trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let text = header + &cf.to_toml().map_err(invalid)?;
+    let tmp = path.with_extension("toml.new");
+    let mode = std::fs::metadata(path)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+        .unwrap_or(0o644);
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        invalid(format!("cannot write the new file: {e}"))
+    })
 }
 
 /// One node given to `cluster init`: its name and its address on the first heartbeat network
@@ -288,6 +389,8 @@ pub struct InitSpec {
     pub data_root: Option<PathBuf>,
     /// A witness: its name and address. Its certificate and `witness.toml` are written too.
     pub witness: Option<(String, SocketAddr)>,
+    /// The console's admin password hash (argon2id PHC string), written into both files.
+    pub admin_password_hash: Option<String>,
 }
 
 /// Write `<out>/<node>/cluster.toml` and `<out>/<node>/certs/{ca.pem,<node>.pem,<node>.key}` for
@@ -352,6 +455,10 @@ pub fn init(spec: &InitSpec, out: &Path) -> Result<Vec<PathBuf>, String> {
             witness: spec.witness.as_ref().map(|(name, address)| WitnessRef {
                 name: name.clone(),
                 address: *address,
+            }),
+            console: Some(ConsoleSection {
+                listen: DEFAULT_CONSOLE_LISTEN,
+                admin_password_hash: spec.admin_password_hash.clone(),
             }),
         };
         let dir = out.join(&n.name);
@@ -457,6 +564,7 @@ mod tests {
             run: "/run/mirrorkit".into(),
             data_root: None,
             witness: Some(("witness".into(), "10.0.0.3:7450".parse().unwrap())),
+            admin_password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA".into()),
         }
     }
 
@@ -485,8 +593,47 @@ mod tests {
         let w = std::fs::read_to_string(&files[2]).unwrap();
         assert!(w.contains("listen = \"0.0.0.0:7450\""), "{w}");
         assert!(w.contains("nodes = [\"alpha\", \"beta\"]"), "{w}");
+        // Both nodes carry the same console password hash, on the default port.
+        assert_eq!(a.console, b.console);
+        let console = a.console();
+        assert_eq!(console.listen, DEFAULT_CONSOLE_LISTEN);
+        assert!(console
+            .admin_password_hash
+            .is_some_and(|h| h.starts_with(ARGON2ID_PREFIX)));
         // Never overwrites.
         assert!(init(&spec(tmp.path()), tmp.path()).is_err());
+    }
+
+    #[test]
+    fn set_admin_password_hash_keeps_the_header_and_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut sp = spec(tmp.path());
+        sp.admin_password_hash = None;
+        let files = init(&sp, tmp.path()).unwrap();
+        let before = ClusterFile::load(&files[0]).unwrap();
+        assert_eq!(before.console().admin_password_hash, None);
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$bmV3c2FsdA$bmV3aGFzaA";
+        set_admin_password_hash(&files[0], hash).unwrap();
+        let after = ClusterFile::load(&files[0]).unwrap();
+        assert_eq!(after.console().admin_password_hash.as_deref(), Some(hash));
+        assert_eq!(
+            ClusterFile {
+                console: before.console.clone(),
+                ..after.clone()
+            },
+            before
+        );
+        let text = std::fs::read_to_string(&files[0]).unwrap();
+        assert!(
+            text.starts_with("# mirrorkit cluster file of node alpha"),
+            "{text}"
+        );
+        // A hash that is not argon2id is refused, and the file is left as it was.
+        let e = set_admin_password_hash(&files[0], "plain")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("argon2id"), "{e}");
+        assert_eq!(std::fs::read_to_string(&files[0]).unwrap(), text);
     }
 
     #[test]
@@ -512,6 +659,14 @@ mod tests {
             (
                 text.replace("name = \"witness\"", "name = \"alpha\""),
                 "[witness] name = \"alpha\" is a node's name",
+            ),
+            (
+                text.replace("$argon2id$", "$argon2i$"),
+                "[console] admin_password_hash is not an argon2id hash",
+            ),
+            (
+                text.replace("listen = \"0.0.0.0:9010\"", "listen = \"9010\""),
+                "listen",
             ),
         ];
         for (bad, want) in cases {

@@ -1,0 +1,289 @@
+//! `/metrics`: this node's status in the Prometheus text format (version 0.0.4). Pure: a
+//! `NodeStatus` in, text out. Each node exports what it knows first-hand (its own modules,
+//! heartbeat networks and checkers) with a `node` label; scrape both nodes for the cluster.
+
+use std::fmt::Write;
+
+use mirrorkit_cluster::machine::StateKind;
+use mirrorkit_node::api::NodeStatus;
+
+/// Every state a module can be in, for the 0/1 series of `mirrorkit_module_state`.
+pub const STATES: [StateKind; 9] = [
+    StateKind::Stop,
+    StateKind::Starting,
+    StateKind::Wait,
+    StateKind::Promoting,
+    StateKind::Alone,
+    StateKind::Prim,
+    StateKind::Restarting,
+    StateKind::Demoting,
+    StateKind::Second,
+];
+
+/// Replication link modes of a mounted primary (`ModuleStatus::mirror` starts with one).
+pub const LINK_MODES: [&str; 3] = ["alone", "syncing", "in-sync"];
+
+/// Checker states (`CheckState`).
+pub const CHECK_STATES: [&str; 4] = ["ok", "failing", "failed", "off"];
+
+/// A label value escaped as the format says: backslash, double quote and newline.
+pub fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+struct Out {
+    text: String,
+}
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}");
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect();
+        let _ = writeln!(self.text, "{name}{{{}}} {value}", labels.join(","));
+    }
+}
+
+fn flag(b: bool) -> u8 {
+    u8::from(b)
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{:.3}", ms as f64 / 1000.0)
+}
+
+/// The metrics text of one node's status.
+pub fn render(s: &NodeStatus) -> String {
+    let node = s.node.as_str();
+    let mut o = Out {
+        text: String::new(),
+    };
+    o.family(
+        "mirrorkit_module_state",
+        "gauge",
+        "1 for the state the module is in on this node, 0 for the others.",
+    );
+    for m in &s.modules {
+        for k in STATES {
+            o.sample(
+                "mirrorkit_module_state",
+                &[("module", &m.name), ("node", node), ("state", k.name())],
+                flag(m.state == Some(k)),
+            );
+        }
+    }
+    o.family(
+        "mirrorkit_module_problems",
+        "gauge",
+        "Problems that keep the module from running on this node (invalid module.toml...).",
+    );
+    for m in &s.modules {
+        o.sample(
+            "mirrorkit_module_problems",
+            &[("module", &m.name), ("node", node)],
+            m.problems.len(),
+        );
+    }
+    o.family(
+        "mirrorkit_module_state_age_seconds",
+        "gauge",
+        "How long ago the module entered its state on this node.",
+    );
+    for m in &s.modules {
+        o.sample(
+            "mirrorkit_module_state_age_seconds",
+            &[("module", &m.name), ("node", node)],
+            seconds(m.since_ms_ago),
+        );
+    }
+    o.family(
+        "mirrorkit_module_split_brain",
+        "gauge",
+        "1 when the nodes' data diverged and an operator must choose the survivor.",
+    );
+    for m in &s.modules {
+        o.sample(
+            "mirrorkit_module_split_brain",
+            &[("module", &m.name), ("node", node)],
+            flag(m.split_brain),
+        );
+    }
+    o.family(
+        "mirrorkit_peer_module_state",
+        "gauge",
+        "1 for the module's state on the peer as the peer last told this node.",
+    );
+    for m in &s.modules {
+        if let Some(p) = m.peer_state {
+            o.sample(
+                "mirrorkit_peer_module_state",
+                &[
+                    ("module", &m.name),
+                    ("node", node),
+                    ("peer", &s.peer),
+                    ("state", p.name()),
+                ],
+                1,
+            );
+        }
+    }
+    o.family(
+        "mirrorkit_peer_in_sync",
+        "gauge",
+        "1 when the peer's copy of the module is in sync, as the peer last said.",
+    );
+    for m in &s.modules {
+        if let Some(b) = m.peer_in_sync {
+            o.sample(
+                "mirrorkit_peer_in_sync",
+                &[("module", &m.name), ("node", node), ("peer", &s.peer)],
+                flag(b),
+            );
+        }
+    }
+    o.family(
+        "mirrorkit_replication_link_mode",
+        "gauge",
+        "1 for the mode of the replication link of a module this node holds as primary.",
+    );
+    for m in &s.modules {
+        let Some(mirror) = &m.mirror else { continue };
+        let mode = mirror.split(':').next().unwrap_or("").trim();
+        for known in LINK_MODES {
+            o.sample(
+                "mirrorkit_replication_link_mode",
+                &[("module", &m.name), ("node", node), ("mode", known)],
+                flag(mode == known),
+            );
+        }
+    }
+    o.family(
+        "mirrorkit_resync_done_bytes",
+        "gauge",
+        "Bytes of file data compared or sent by the running resync.",
+    );
+    for m in &s.modules {
+        if let Some(p) = m.progress {
+            o.sample(
+                "mirrorkit_resync_done_bytes",
+                &[("module", &m.name), ("node", node)],
+                p.done_bytes,
+            );
+        }
+    }
+    o.family(
+        "mirrorkit_resync_total_bytes",
+        "gauge",
+        "Bytes of file data the running resync plans to compare or send.",
+    );
+    for m in &s.modules {
+        if let Some(p) = m.progress {
+            o.sample(
+                "mirrorkit_resync_total_bytes",
+                &[("module", &m.name), ("node", node)],
+                p.total_bytes,
+            );
+        }
+    }
+    o.family(
+        "mirrorkit_heartbeat_up",
+        "gauge",
+        "1 when the peer is heard on this heartbeat network.",
+    );
+    for h in &s.heartbeats {
+        o.sample(
+            "mirrorkit_heartbeat_up",
+            &[("node", node), ("network", &h.name)],
+            flag(h.up),
+        );
+    }
+    o.family(
+        "mirrorkit_heartbeat_last_heard_seconds",
+        "gauge",
+        "How long ago the peer was last heard on this heartbeat network.",
+    );
+    for h in &s.heartbeats {
+        if let Some(ms) = h.last_heard_ms_ago {
+            o.sample(
+                "mirrorkit_heartbeat_last_heard_seconds",
+                &[("node", node), ("network", &h.name)],
+                seconds(ms),
+            );
+        }
+    }
+    o.family(
+        "mirrorkit_checker_state",
+        "gauge",
+        "1 for the state of the checker on this node.",
+    );
+    for m in &s.modules {
+        for c in &m.checkers {
+            for k in CHECK_STATES {
+                o.sample(
+                    "mirrorkit_checker_state",
+                    &[
+                        ("module", &m.name),
+                        ("node", node),
+                        ("checker", &c.name),
+                        ("state", k),
+                    ],
+                    flag(c.state.as_str() == k),
+                );
+            }
+        }
+    }
+    o.family(
+        "mirrorkit_checker_consecutive_failures",
+        "gauge",
+        "Failures of the checker in a row.",
+    );
+    for m in &s.modules {
+        for c in &m.checkers {
+            o.sample(
+                "mirrorkit_checker_consecutive_failures",
+                &[("module", &m.name), ("node", node), ("checker", &c.name)],
+                c.consecutive_failures,
+            );
+        }
+    }
+    o.family(
+        "mirrorkit_checker_restarts_in_window",
+        "gauge",
+        "Restarts the checker asked for within its restart window.",
+    );
+    for m in &s.modules {
+        for c in &m.checkers {
+            o.sample(
+                "mirrorkit_checker_restarts_in_window",
+                &[("module", &m.name), ("node", node), ("checker", &c.name)],
+                c.restarts_in_window,
+            );
+        }
+    }
+    o.family(
+        "mirrorkit_witness_configured",
+        "gauge",
+        "1 when the cluster has a witness (without one, a cut link can make two primaries).",
+    );
+    o.sample(
+        "mirrorkit_witness_configured",
+        &[("node", node)],
+        flag(s.witness.is_some()),
+    );
+    o.text
+}
