@@ -35,8 +35,9 @@
 //! - **The peer is lost**: a secondary that was in sync with a primary whose last status said
 //!   so (same generation, peer in sync) fails over. Any other node leads alone only on data it
 //!   can trust: consistent, last held as primary, not outdated, its peer *not* in sync then
-//!   (else the peer may have taken over since), and not older than what it last saw of the
-//!   peer. Otherwise WAIT, with the reason, until the peer returns or an operator forces it
+//!   (else the peer may have taken over since; with a witness, that doubt is the witness's to
+//!   lift: it grants this node only if no other data may have acknowledged writes since), and
+//!   not older than what it last saw of the peer. Otherwise WAIT, with the reason, until the peer returns or an operator forces it
 //!   (`prim`, logged with who and when).
 //! - **The mirror's session ends**: the primary starts a new generation before it acknowledges
 //!   anything the peer misses, even if the peer was only resyncing (it may have reached this
@@ -799,6 +800,16 @@ impl Machine {
             Ok(()) => {
                 let why = format!(
                     "{peer} is unreachable, and this node was primary, with {peer} not in sync, when it last ran"
+                );
+                self.try_promote(now, why, out)
+            }
+            // With a witness, whether the peer took over is the witness's to say: a node
+            // becomes primary, or acknowledges a write its peer lacks, only once the witness
+            // recorded its generation, so a grant for this node's data proves that no other
+            // data may have acknowledged writes since.
+            Err(AloneBlock::PeerMayHaveTakenOver) if self.cfg.witness => {
+                let why = format!(
+                    "{peer} is unreachable and was in sync when this node last ran as primary: the witness decides whether {peer} may have taken over"
                 );
                 self.try_promote(now, why, out)
             }
