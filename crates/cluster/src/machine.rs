@@ -296,6 +296,9 @@ pub struct Machine {
     /// cannot take over without the witness either; this node leaves at the first sign of
     /// losing the peer (`PeerFading`, `PeerLost`, the peer claiming, a new generation).
     unarbitrated: bool,
+    /// `PeerFading` came and no status of the peer since: it may be about to declare this
+    /// node lost.
+    peer_fading: bool,
     handover: bool,
     /// This primary term may fail back (it did not begin with a handover).
     failback_ok: bool,
@@ -362,6 +365,7 @@ impl Machine {
             witness_held: false,
             witness_op: None,
             unarbitrated: false,
+            peer_fading: false,
             handover: false,
             failback_ok: true,
             swap_deadline_ms: None,
@@ -451,6 +455,7 @@ impl Machine {
             Event::PeerSeen => self.on_peer_seen(now, &mut out),
             Event::PeerLost => self.on_peer_lost(now, &mut out),
             Event::PeerFading => {
+                self.peer_fading = true;
                 if self.unarbitrated {
                     let what = format!(
                         "lost sight of {} while the witness is unreachable",

@@ -47,6 +47,7 @@ impl Machine {
         }
         self.peer.status = Some(s);
         self.peer.fresh = true;
+        self.peer_fading = false;
         if self.peer.seen {
             self.failover_eligible = false;
             self.react(now, out);
@@ -61,6 +62,7 @@ impl Machine {
             return;
         }
         self.peer.seen = true;
+        self.peer_fading = false;
         self.log(out, Level::Info, format!("hears {} again", self.cfg.peer));
         self.send_status(out, true);
         if self.peer.fresh {
@@ -529,8 +531,9 @@ impl Machine {
         // view: the peer takes over only with the witness's grant, which it asks for only
         // once it lost this node. Go on, unarbitrated, and leave at the first sign of losing
         // the peer, early enough that the peer cannot have declared this node lost yet.
-        let in_view =
-            self.peer.seen && self.peer.reachable().is_some_and(|p| !p.state.is_primary());
+        let in_view = self.peer.seen
+            && !self.peer_fading
+            && self.peer.reachable().is_some_and(|p| !p.state.is_primary());
         if unreachable
             && in_view
             && self.held.any()

@@ -336,7 +336,7 @@ fn sabotage_witness_is_caught() {
 fn seeds_that_once_failed() {
     let without = [5, 14, 21, 34, 60, 80, 89, 268, 1197, 4750, 7053, 11940];
     let with = [
-        1_000_016, 1_000_181, 1_000_313, 1_000_648, 1_004_345, 1_013_693,
+        1_000_016, 1_000_181, 1_000_313, 1_000_648, 1_004_345, 1_013_693, 1_040_491,
     ];
     for (seeds, witness) in [(&without[..], false), (&with[..], true)] {
         for &seed in seeds {
