@@ -211,19 +211,39 @@ impl Browser {
         .map(drop)
     }
 
+    /// Click the element `css` selects. The console redraws its page on every live update,
+    /// so an element found a moment ago may be gone: it is found again (a few times).
     pub fn click(&self, css: &str) -> Result<(), String> {
-        let e = self.find(css)?;
-        self.cmd("POST", &format!("/element/{e}/click"), None)
-            .map(drop)
+        self.retry_stale(|| {
+            let e = self.find(css)?;
+            self.cmd("POST", &format!("/element/{e}/click"), None)
+                .map(drop)
+        })
     }
 
     pub fn text(&self, css: &str) -> Result<String, String> {
-        let e = self.find(css)?;
-        Ok(self
-            .cmd("GET", &format!("/element/{e}/text"), None)?
-            .as_str()
-            .unwrap_or("")
-            .to_owned())
+        self.retry_stale(|| {
+            let e = self.find(css)?;
+            Ok(self
+                .cmd("GET", &format!("/element/{e}/text"), None)?
+                .as_str()
+                .unwrap_or("")
+                .to_owned())
+        })
+    }
+
+    fn retry_stale<T>(&self, f: impl Fn() -> Result<T, String>) -> Result<T, String> {
+        let mut last = String::new();
+        for _ in 0..10 {
+            match f() {
+                Err(e) if e.contains("stale element") => {
+                    last = e;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+        Err(last)
     }
 
     /// Run `script` (a function body; `arguments` holds `args`) in the page; its return value.

@@ -176,9 +176,18 @@ fn console_in_a_real_browser() {
                     )
                 });
 
-                // Without credentials: the API answers 401, pages send to the login form.
-                b.goto(&format!("{alpha}/login")).expect("login page");
-                let (status, body) = page_fetch(&b, "GET", "/api/v1/status", json!({}));
+                // Without credentials: the API answers 401, pages send to the login form. The
+                // console may still be starting (its daemon just started): until it answers,
+                // the browser shows its own error page, whose fetches fail (status 0).
+                let up = std::time::Instant::now();
+                let (status, body) = loop {
+                    b.goto(&format!("{alpha}/login")).expect("login page");
+                    let r = page_fetch(&b, "GET", "/api/v1/status", json!({}));
+                    if r.0 != 0 || up.elapsed() > Duration::from_secs(30) {
+                        break r;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                };
                 assert_eq!(status, 401, "{body}");
                 assert!(body.contains("authentication required"), "{body}");
                 let (status, _) = page_fetch(&b, "GET", "/metrics", json!({}));
