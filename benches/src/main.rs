@@ -8,6 +8,7 @@
 //! the figures mean: docs/benchmarks.md.
 
 mod bench;
+mod chaos;
 mod daemon;
 mod failover;
 mod fileset;
@@ -54,6 +55,10 @@ enum Command {
     /// the demo application answers through the virtual IP from the other node
     /// (docs/benchmarks.md, "Failover").
     Failover(failover::FailoverArgs),
+    /// Chaos benchmark: PostgreSQL (modules/postgresql) under random faults with a witness;
+    /// every acknowledged commit checked after each fault, both copies compared
+    /// (docs/benchmarks.md, "Chaos").
+    Chaos(chaos::ChaosArgs),
 }
 
 /// The workloads' sizes (the default mode, without a subcommand).
@@ -281,6 +286,7 @@ fn main() -> ExitCode {
             Setup::new(&args.common).and_then(|setup| resync::run(&args, &setup))
         }
         Some(Command::Failover(args)) => failover::run(&args),
+        Some(Command::Chaos(args)) => chaos::run(&args),
         None => run(cli),
     };
     match result {

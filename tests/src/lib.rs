@@ -6,8 +6,11 @@
 //! printed reason, except when `CI` is set, where they fail loudly.
 
 pub mod browser;
+pub mod chaos;
 pub mod fill;
 pub mod lab;
+pub mod pgwire;
+pub mod postgres;
 pub mod records;
 pub mod tree;
 
