@@ -443,6 +443,15 @@ fn cut_off(name: &str, m: &ModuleRt, why: &str) {
 }
 
 impl Daemon {
+    /// The modules whose peer liveness follows heartbeat `profile`.
+    fn modules_of(&self, profile: HeartbeatProfile) -> Vec<String> {
+        self.modules
+            .iter()
+            .filter(|(_, m)| m.profile == profile)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     pub(crate) fn now(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -557,12 +566,7 @@ impl Daemon {
                 self.feed(&name, ev).await
             }
             Input::Liveness(profile, seen) => {
-                let names: Vec<String> = self
-                    .modules
-                    .iter()
-                    .filter(|(_, m)| m.profile == profile)
-                    .map(|(n, _)| n.clone())
-                    .collect();
+                let names = self.modules_of(profile);
                 for n in names {
                     if !seen {
                         if let Some(m) = self.modules.get_mut(&n) {
@@ -583,12 +587,7 @@ impl Daemon {
             Input::Checker(module, report) => self.checker_report(&module, report).await,
             Input::ModuleFile(folder, update) => self.module_file(&folder, update).await,
             Input::Fading(profile) => {
-                let names: Vec<String> = self
-                    .modules
-                    .iter()
-                    .filter(|(_, m)| m.profile == profile)
-                    .map(|(n, _)| n.clone())
-                    .collect();
+                let names = self.modules_of(profile);
                 for n in names {
                     self.feed(&n, Event::PeerFading).await;
                 }
