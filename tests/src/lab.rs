@@ -330,6 +330,19 @@ impl Lab {
             LABS.fetch_add(1, Ordering::Relaxed)
         );
         let client = Netns::new(format!("mkl-{tag}-c"));
+        // No IPv6 on the LAN: its link-local addresses would appear a second or two after the
+        // links come up (duplicate address detection), and a browser in the client namespace
+        // takes such a change for a new network and aborts its requests (ERR_NETWORK_CHANGED).
+        // Set before the links exist, so that none of them ever has an IPv6 address.
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &client.name,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ]));
         ip(&["-n", &client.name, "link", "add", "br0", "type", "bridge"]);
         ip(&[
             "-n",
