@@ -213,6 +213,19 @@ fn console_in_a_real_browser() {
                     PAGE,
                 )
                 .expect("alpha shown as primary");
+                // The primary's replication figures, and the heartbeat's round-trip time.
+                b.wait_for(
+                    "the replication figures",
+                    "const e = document.querySelector('[data-figures=\"demo|alpha\"]'); return e && e.textContent.includes('operations sent') && e.textContent;",
+                    PAGE,
+                )
+                .expect("replication figures shown");
+                b.wait_for(
+                    "the heartbeat's round-trip time",
+                    "return document.getElementById('nodes').textContent.includes('rtt ');",
+                    PAGE,
+                )
+                .expect("heartbeat rtt shown");
                 let banner = b.text("#banner-witness").expect("witness banner");
                 assert!(banner.contains("split brain"), "{banner}");
                 b.wait_for(

@@ -456,6 +456,19 @@ fn first_sync_while_the_application_writes() {
         "the link left in-sync after the synchronisation: {s:?}\n--- primary log\n{}",
         m.a.log()
     );
+    // The application's operations in sync were timed; the synchroniser's were not.
+    assert!(
+        s.acks > in_sync.acks && s.acks <= s.ops_sent,
+        "acks {} (at in-sync {}), operations sent {}",
+        s.acks,
+        in_sync.acks,
+        s.ops_sent
+    );
+    assert_eq!(s.ack_latency_buckets.iter().sum::<u64>(), s.acks);
+    assert!(
+        s.ack_latency_us_sum > 0 && s.ack_latency_recent_us > 0,
+        "{s:?}"
+    );
 
     tree::drop_page_caches().expect("drop page caches (needs root)");
     tree::compare(m.primary_dir(), m.secondary_dir(), 30).unwrap_or_else(|e| {

@@ -176,9 +176,32 @@ pub fn essence(v: &ClusterView) -> serde_json::Value {
             for h in &mut s.heartbeats {
                 // Heard or not matters; how many milliseconds ago, to the nearest second.
                 h.last_heard_ms_ago = h.last_heard_ms_ago.map(|ms| ms / 1000);
+                // Counters that move with every heartbeat: only a real change of the
+                // round-trip time matters.
+                h.received = 0;
+                h.rtt_us = h.rtt_us.map(two_digits);
             }
             for m in &mut s.modules {
                 m.since_ms_ago = 0;
+                m.write_rate = m.write_rate.map(two_digits);
+                if let Some(r) = &mut m.replication {
+                    // The mode, the resync's progress and pace, and the latency matter; the
+                    // running totals move with every write.
+                    *r = mirrorkit_engine::status::Status {
+                        mirror: std::mem::take(&mut r.mirror),
+                        role: std::mem::take(&mut r.role),
+                        mode: std::mem::take(&mut r.mode),
+                        reason: std::mem::take(&mut r.reason),
+                        sync_done_bytes: r.sync_done_bytes,
+                        sync_total_bytes: r.sync_total_bytes,
+                        sync_rate: two_digits(r.sync_rate),
+                        sync_eta_secs: r.sync_eta_secs,
+                        verify_running: r.verify_running,
+                        verify_differences: r.verify_differences,
+                        ack_latency_recent_us: two_digits(r.ack_latency_recent_us),
+                        ..Default::default()
+                    };
+                }
                 for c in &mut m.checkers {
                     c.last_check_unix_ms = None;
                 }
@@ -186,4 +209,24 @@ pub fn essence(v: &ClusterView) -> serde_json::Value {
         }
     }
     serde_json::to_value(&v).unwrap_or(serde_json::Value::Null)
+}
+
+/// `n` to two significant digits (1234 -> 1200), so that small fluctuations compare equal.
+fn two_digits(n: u64) -> u64 {
+    let mut scale = 1;
+    while n / scale >= 100 {
+        scale *= 10;
+    }
+    n / scale * scale
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn two_significant_digits() {
+        assert_eq!(super::two_digits(0), 0);
+        assert_eq!(super::two_digits(99), 99);
+        assert_eq!(super::two_digits(1234), 1200);
+        assert_eq!(super::two_digits(u64::MAX), 18_000_000_000_000_000_000);
+    }
 }

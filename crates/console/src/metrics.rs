@@ -67,6 +67,9 @@ fn seconds(ms: u64) -> String {
     format!("{:.3}", ms as f64 / 1000.0)
 }
 
+/// One figure of a primary's replication status.
+type Figure = fn(&mirrorkit_engine::status::Status) -> u64;
+
 /// The metrics text of one node's status.
 pub fn render(s: &NodeStatus) -> String {
     let node = s.node.as_str();
@@ -199,6 +202,173 @@ pub fn render(s: &NodeStatus) -> String {
                 p.total_bytes,
             );
         }
+    }
+    // Replication figures of the modules this node holds as primary, and of those it
+    // receives as secondary.
+    let primaries: Vec<(&str, &mirrorkit_engine::status::Status)> = s
+        .modules
+        .iter()
+        .filter_map(|m| {
+            m.replication
+                .as_ref()
+                .filter(|r| r.role == "primary")
+                .map(|r| (m.name.as_str(), r))
+        })
+        .collect();
+    let simple: [(&str, &str, &str, Figure); 5] = [
+        (
+            "mirrorkit_resync_rate_bytes_per_second",
+            "gauge",
+            "Average rate of the running (or last) resync since it started.",
+            |r| r.sync_rate,
+        ),
+        (
+            "mirrorkit_replication_operations_total",
+            "counter",
+            "Operations sent to the peer by this mount (writes, namespace and metadata changes, barriers).",
+            |r| r.ops_sent,
+        ),
+        (
+            "mirrorkit_replication_data_bytes_total",
+            "counter",
+            "Bytes of application writes sent to the peer by this mount.",
+            |r| r.data_bytes_sent,
+        ),
+        (
+            "mirrorkit_resync_data_bytes_total",
+            "counter",
+            "Bytes of file data sent by resyncs of this mount.",
+            |r| r.sync_data_bytes_sent,
+        ),
+        (
+            "mirrorkit_replication_peer_losses_total",
+            "counter",
+            "Times this mount went on alone (the peer lost or out of sync).",
+            |r| r.times_alone,
+        ),
+    ];
+    for (name, kind, help, get) in simple {
+        o.family(name, kind, help);
+        for (module, r) in &primaries {
+            o.sample(name, &[("module", module), ("node", node)], get(r));
+        }
+    }
+    o.family(
+        "mirrorkit_resync_eta_seconds",
+        "gauge",
+        "Seconds left in the running resync at its average rate (absent while unknown).",
+    );
+    for m in &s.modules {
+        let eta = m.replication.as_ref().and_then(|r| r.sync_eta_secs);
+        if let (Some(_), Some(eta)) = (m.progress, eta) {
+            o.sample(
+                "mirrorkit_resync_eta_seconds",
+                &[("module", &m.name), ("node", node)],
+                eta,
+            );
+        }
+    }
+    o.family(
+        "mirrorkit_replication_write_rate_bytes_per_second",
+        "gauge",
+        "Application writes replicated per second over the last two seconds.",
+    );
+    for m in &s.modules {
+        if let Some(rate) = m.write_rate {
+            o.sample(
+                "mirrorkit_replication_write_rate_bytes_per_second",
+                &[("module", &m.name), ("node", node)],
+                rate,
+            );
+        }
+    }
+    const LATENCY: &str = "mirrorkit_replication_latency_seconds";
+    o.family(
+        LATENCY,
+        "histogram",
+        "From sending an operation to the peer's acknowledgement (applied there; on disk for barriers).",
+    );
+    for (module, r) in &primaries {
+        let mut cumulative = 0u64;
+        for (i, bound) in mirrorkit_engine::link::LATENCY_BUCKETS_US
+            .iter()
+            .enumerate()
+        {
+            cumulative += r.ack_latency_buckets.get(i).copied().unwrap_or(0);
+            let le = format!("{}", *bound as f64 / 1e6);
+            o.sample(
+                &format!("{LATENCY}_bucket"),
+                &[("module", module), ("node", node), ("le", &le)],
+                cumulative,
+            );
+        }
+        o.sample(
+            &format!("{LATENCY}_bucket"),
+            &[("module", module), ("node", node), ("le", "+Inf")],
+            r.acks,
+        );
+        o.sample(
+            &format!("{LATENCY}_sum"),
+            &[("module", module), ("node", node)],
+            format!("{:.6}", r.ack_latency_us_sum as f64 / 1e6),
+        );
+        o.sample(
+            &format!("{LATENCY}_count"),
+            &[("module", module), ("node", node)],
+            r.acks,
+        );
+    }
+    o.family(
+        "mirrorkit_replication_operations_applied_total",
+        "counter",
+        "Operations this node applied as secondary of the module.",
+    );
+    for m in &s.modules {
+        if let Some(r) = m.replication.as_ref().filter(|r| r.role == "secondary") {
+            o.sample(
+                "mirrorkit_replication_operations_applied_total",
+                &[("module", &m.name), ("node", node)],
+                r.ops_applied,
+            );
+        }
+    }
+    o.family(
+        "mirrorkit_heartbeat_rtt_seconds",
+        "gauge",
+        "Round-trip time on the heartbeat network's current connection.",
+    );
+    for h in &s.heartbeats {
+        if let Some(us) = h.rtt_us {
+            o.sample(
+                "mirrorkit_heartbeat_rtt_seconds",
+                &[("node", node), ("network", &h.name)],
+                format!("{:.6}", us as f64 / 1e6),
+            );
+        }
+    }
+    o.family(
+        "mirrorkit_heartbeat_received_total",
+        "counter",
+        "Heartbeats heard from the peer on this network.",
+    );
+    for h in &s.heartbeats {
+        o.sample(
+            "mirrorkit_heartbeat_received_total",
+            &[("node", node), ("network", &h.name)],
+            h.received,
+        );
+    }
+    o.family(
+        "mirrorkit_heartbeat_missed_total",
+        "counter",
+        "Heartbeats the peer sent on this network that never arrived.",
+    );
+    for h in &s.heartbeats {
+        o.sample(
+            "mirrorkit_heartbeat_missed_total",
+            &[("node", node), ("network", &h.name)],
+            h.missed,
+        );
     }
     o.family(
         "mirrorkit_heartbeat_up",

@@ -38,7 +38,8 @@ impl FakeDaemon {
             "node": self.node,
             "peer": self.peer,
             "witness": null,
-            "heartbeats": [{"name": "lan", "up": true, "last_heard_ms_ago": 120}],
+            "heartbeats": [{"name": "lan", "up": true, "last_heard_ms_ago": 120,
+                            "rtt_us": 350, "received": 1000, "missed": 3}],
             "modules": [{
                 "name": "demo",
                 "problems": [],
@@ -52,6 +53,13 @@ impl FakeDaemon {
                 "peer_state": peer_state,
                 "peer_reason": "as the peer said",
                 "peer_in_sync": true,
+                "write_rate": 5_000_000,
+                "replication": {
+                    "role": "primary", "mode": "syncing", "ops_sent": 1234,
+                    "data_bytes_sent": 4096, "sync_rate": 2_000_000, "sync_eta_secs": 7,
+                    "acks": 10, "ack_latency_us_sum": 12_000,
+                    "ack_latency_buckets": [1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+                },
                 "checkers": [{
                     "name": "port \"80\"", "kind": "tcp", "scope": "application", "running": true,
                     "state": "ok", "last_result": "ok", "last_check_unix_ms": 1,
@@ -568,7 +576,7 @@ fn parse_metrics(text: &str) -> Vec<Sample> {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
-            assert!(["gauge", "counter"].contains(&kind), "{line}");
+            assert!(["gauge", "counter", "histogram"].contains(&kind), "{line}");
             typed.insert(name.to_owned());
             continue;
         }
@@ -580,7 +588,11 @@ fn parse_metrics(text: &str) -> Vec<Sample> {
             name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
             "{line}"
         );
-        assert!(typed.contains(name), "{name} sampled before its TYPE");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|f| typed.contains(*f)))
+            .unwrap_or(name);
+        assert!(typed.contains(family), "{name} sampled before its TYPE");
         let (labels, value) = rest.rsplit_once("} ").expect("value");
         let value: f64 = value.parse().unwrap_or_else(|e| panic!("{line}: {e}"));
         let mut parsed = Vec::new();
@@ -674,6 +686,48 @@ async fn metrics_are_prometheus_text() {
         Some(1.0)
     );
     assert_eq!(get("mirrorkit_witness_configured", &[]), Some(0.0));
+    // Replication and heartbeat figures.
+    let demo = [("module", "demo")];
+    assert_eq!(
+        get("mirrorkit_replication_operations_total", &demo),
+        Some(1234.0)
+    );
+    assert_eq!(
+        get("mirrorkit_resync_rate_bytes_per_second", &demo),
+        Some(2e6)
+    );
+    assert_eq!(get("mirrorkit_resync_eta_seconds", &demo), Some(7.0));
+    assert_eq!(
+        get("mirrorkit_replication_write_rate_bytes_per_second", &demo),
+        Some(5e6)
+    );
+    let bucket = |le: &str| {
+        get(
+            "mirrorkit_replication_latency_seconds_bucket",
+            &[("module", "demo"), ("le", le)],
+        )
+    };
+    // Cumulative: 1 at or below 100 µs, 1+2 at or below 250 µs, all 10 at 1 ms and above.
+    assert_eq!(bucket("0.0001"), Some(1.0));
+    assert_eq!(bucket("0.00025"), Some(3.0));
+    assert_eq!(bucket("0.001"), Some(10.0));
+    assert_eq!(bucket("1"), Some(10.0));
+    assert_eq!(bucket("+Inf"), Some(10.0));
+    assert_eq!(
+        get("mirrorkit_replication_latency_seconds_sum", &demo),
+        Some(0.012)
+    );
+    assert_eq!(
+        get("mirrorkit_replication_latency_seconds_count", &demo),
+        Some(10.0)
+    );
+    let lan = [("network", "lan")];
+    assert_eq!(get("mirrorkit_heartbeat_rtt_seconds", &lan), Some(0.00035));
+    assert_eq!(
+        get("mirrorkit_heartbeat_received_total", &lan),
+        Some(1000.0)
+    );
+    assert_eq!(get("mirrorkit_heartbeat_missed_total", &lan), Some(3.0));
 }
 
 /// Read server-sent events from `body` until one `status` event arrives; its JSON.

@@ -111,6 +111,42 @@ pub struct Counters {
     pub verify_running: AtomicU64,
     pub verify_done_bytes: AtomicU64,
     pub verify_differences: AtomicU64,
+    /// Replication latency of the application's operations while in sync (not the
+    /// synchroniser's): from sending one to the peer's acknowledgement (applied there; flushed
+    /// too for barriers). Operations acknowledged, the sum of their latencies,
+    /// how many fell in each of [`LATENCY_BUCKETS_US`] (the last slot: above all of them),
+    /// and a moving average of the recent ones (1/16 weight to each new one).
+    pub acks: AtomicU64,
+    pub ack_latency_us_sum: AtomicU64,
+    pub ack_latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    pub ack_latency_recent_us: AtomicU64,
+}
+
+/// Upper bounds (inclusive, microseconds) of the replication latency histogram.
+pub const LATENCY_BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+impl Counters {
+    /// Count one acknowledged operation that took `us` microseconds.
+    fn ack_latency(&self, us: u64) {
+        self.acks.fetch_add(1, Ordering::Relaxed);
+        self.ack_latency_us_sum.fetch_add(us, Ordering::Relaxed);
+        let slot = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.ack_latency_buckets[slot].fetch_add(1, Ordering::Relaxed);
+        // Updated under the link's lock (acknowledgements are handled one at a time).
+        let old = self.ack_latency_recent_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            us
+        } else {
+            old - old / 16 + us / 16
+        };
+        self.ack_latency_recent_us
+            .store(new.max(1), Ordering::Relaxed);
+    }
 }
 
 /// One operation sent and not yet acknowledged.
@@ -121,6 +157,9 @@ struct Inflight {
     marks: Vec<Mark>,
     /// The peer flushes everything before acknowledging it (barrier, end of a sync).
     flushes: bool,
+    /// When it was sent, for the replication latency; `None` for the synchroniser's own
+    /// operations (a resync's data and its final flush are not application latency).
+    sent: Option<Instant>,
 }
 
 /// The session's replication stream, written by submitting threads (never from async code:
@@ -456,11 +495,13 @@ impl Link {
             return Err(SessionLost(st.reason.clone()));
         }
         st.next_seq += 1;
+        let timed = st.mode == Mode::InSync;
         st.inflight.push_back(Inflight {
             seq,
             bytes: data.len(),
             marks,
             flushes: matches!(op, Op::Barrier | Op::SyncDone),
+            sent: timed.then(Instant::now),
         });
         st.inflight_bytes += data.len();
         let c = &self.inner.counters;
@@ -721,10 +762,15 @@ impl Link {
             return;
         }
         st.acked = seq.min(st.next_seq - 1);
+        let now = Instant::now();
         while st.inflight.front().is_some_and(|f| f.seq <= st.acked) {
             let Some(f) = st.inflight.pop_front() else {
                 break;
             };
+            if let Some(sent) = f.sent {
+                let us = u64::try_from(now.saturating_duration_since(sent).as_micros());
+                self.inner.counters.ack_latency(us.unwrap_or(u64::MAX));
+            }
             st.inflight_bytes -= f.bytes;
             if f.flushes {
                 st.since_flush.clear();

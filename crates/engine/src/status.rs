@@ -56,6 +56,14 @@ pub struct Status {
     pub passthrough_waits: u64,
     pub passthrough_refusals: u64,
     pub pid: u32,
+    /// Primary: replication latency, from sending an operation to the peer's
+    /// acknowledgement: operations acknowledged, the sum of their latencies (µs), a moving
+    /// average of the recent ones (µs; 0: none yet), and the count in each bucket of
+    /// [`crate::link::LATENCY_BUCKETS_US`] (one more slot: above the last bound).
+    pub acks: u64,
+    pub ack_latency_us_sum: u64,
+    pub ack_latency_recent_us: u64,
+    pub ack_latency_buckets: Vec<u64>,
 }
 
 impl Status {
@@ -98,6 +106,14 @@ impl Status {
             passthrough_waits: pc.opens_waited.load(Ordering::Relaxed),
             passthrough_refusals: pc.opens_refused.load(Ordering::Relaxed),
             pid: std::process::id(),
+            acks: c.acks.load(Ordering::Relaxed),
+            ack_latency_us_sum: c.ack_latency_us_sum.load(Ordering::Relaxed),
+            ack_latency_recent_us: c.ack_latency_recent_us.load(Ordering::Relaxed),
+            ack_latency_buckets: c
+                .ack_latency_buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
             ..Default::default()
         }
     }

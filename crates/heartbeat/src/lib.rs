@@ -180,6 +180,11 @@ pub struct NetworkStatus {
     /// Why the network was last down (failed dial, refused connection, closed connection);
     /// cleared when a connection is established.
     pub last_error: Option<String>,
+    /// Heartbeats heard on this network since the daemon started.
+    pub received: u64,
+    /// Heartbeats the peer sent on a connection and that never arrived (gaps in its
+    /// counter), since the daemon started: datagrams lost on the way.
+    pub missed: u64,
 }
 
 #[derive(thiserror::Error, Debug)]
@@ -461,6 +466,9 @@ struct NetState {
     last_error: Option<String>,
     /// The last refusal logged as a warning, and when.
     last_refusal: Option<(String, Instant)>,
+    /// See [`NetworkStatus::received`] and [`NetworkStatus::missed`].
+    received: u64,
+    missed: u64,
 }
 
 /// The current connection of a network.
@@ -505,6 +513,8 @@ impl Shared {
                         .map(|t| now.saturating_duration_since(t).as_millis() as u64),
                     rtt_us: state.link.as_ref().map(|l| l.conn.rtt().as_micros() as u64),
                     last_error: state.last_error.clone(),
+                    received: state.received,
+                    missed: state.missed,
                 }
             })
             .collect()

@@ -503,6 +503,12 @@ impl Shared {
                 // Reordered behind a newer one: nothing new.
                 return;
             }
+            // Counters start at 1 on each connection: a gap after the first is beats lost.
+            let gap = if link.last_counter == 0 {
+                0
+            } else {
+                beat.counter - link.last_counter - 1
+            };
             link.last_counter = beat.counter;
             link.last_beat = Some(now);
             if std::mem::take(&mut link.silent) {
@@ -513,6 +519,8 @@ impl Shared {
                     self.peer
                 );
             }
+            state.received += 1;
+            state.missed = state.missed.saturating_add(gap);
             state.last_heard = Some(now);
         }
         {

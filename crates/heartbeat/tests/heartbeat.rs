@@ -528,3 +528,40 @@ async fn invalid_configurations_are_refused_with_the_reason() {
         .to_string();
     assert!(error.contains("network \"n1\""), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_lost_on_the_way_are_counted_as_missed() {
+    init_logs();
+    let pki = Pki::new("test", &["alpha", "beta"]);
+    let (a, b) = (free_addr(), free_addr());
+    let relay = Relay::start(a, b).await;
+    let (alpha, _alpha_inbox) =
+        start(&pki, "alpha", "beta", vec![net("n1", a, relay.a_facing)]).await;
+    let (beta, _beta_inbox) =
+        start(&pki, "beta", "alpha", vec![net("n1", b, relay.b_facing)]).await;
+    let up = |hb: &mirrorkit_heartbeat::Heartbeat| hb.networks()[0].up;
+    wait_for("the network up", PATIENCE, || up(&alpha) && up(&beta)).await;
+    // Some beats on one connection, none lost on loopback.
+    let counted = |hb: &mirrorkit_heartbeat::Heartbeat| {
+        let n = &hb.networks()[0];
+        (n.received, n.missed)
+    };
+    wait_for("a few heartbeats", PATIENCE, || counted(&alpha).0 >= 5).await;
+    assert_eq!(counted(&alpha).1, 0, "nothing lost on loopback");
+
+    // A cut shorter than the silence that closes a connection: the same connection goes on,
+    // and the beats sent meanwhile are missed.
+    let before = counted(&alpha);
+    relay.cut();
+    tokio::time::sleep(ms(3 * INTERVAL_MS)).await;
+    relay.restore();
+    wait_for("beats again", PATIENCE, || counted(&alpha).0 > before.0 + 2).await;
+    let (received, missed) = counted(&alpha);
+    assert!(
+        (2..=6).contains(&missed),
+        "{missed} beats missed in a cut of 3 intervals (received {received})"
+    );
+    assert!(alpha.networks()[0].rtt_us.is_some());
+    alpha.shutdown().await;
+    beta.shutdown().await;
+}

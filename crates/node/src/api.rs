@@ -52,6 +52,18 @@ pub struct NetStatus {
     pub name: String,
     pub up: bool,
     pub last_heard_ms_ago: Option<u64>,
+    /// Round-trip time on the network's current connection (QUIC's smoothed estimate).
+    #[serde(default)]
+    pub rtt_us: Option<u64>,
+    /// Why the network was last down; cleared when a connection is established.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Heartbeats heard, and heartbeats the peer sent that never arrived, since the daemon
+    /// started.
+    #[serde(default)]
+    pub received: u64,
+    #[serde(default)]
+    pub missed: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -80,6 +92,14 @@ pub struct ModuleStatus {
     /// This node's checkers of the module: state and last result.
     #[serde(default)]
     pub checkers: Vec<mirrorkit_checkers::CheckerStatus>,
+    /// The replication engine's counters on this node: as primary (operations and bytes
+    /// sent, synchronisation progress with rate and ETA, replication latency) or as
+    /// secondary (operations applied); `None` when neither runs here.
+    #[serde(default)]
+    pub replication: Option<mirrorkit_engine::status::Status>,
+    /// Application data replicated per second, over the last two seconds (primary in sync).
+    #[serde(default)]
+    pub write_rate: Option<u64>,
 }
 
 /// Send one request to the daemon behind `socket` and read its reply.
@@ -113,11 +133,20 @@ pub fn table(s: &NodeStatus) -> String {
     let mut out = format!("cluster {}, node {} (peer {})\n", s.cluster, s.node, s.peer);
     for h in &s.heartbeats {
         out.push_str(&format!(
-            "heartbeat {}: {}{}\n",
+            "heartbeat {}: {}{}{}, {} heard, {} missed{}\n",
             h.name,
             if h.up { "up" } else { "DOWN" },
             h.last_heard_ms_ago
                 .map(|ms| format!(", peer heard {ms} ms ago"))
+                .unwrap_or_default(),
+            h.rtt_us
+                .map(|us| format!(", rtt {}", micros(us)))
+                .unwrap_or_default(),
+            h.received,
+            h.missed,
+            h.last_error
+                .as_ref()
+                .map(|e| format!(" (last error: {e})"))
                 .unwrap_or_default()
         ));
     }
@@ -139,17 +168,34 @@ pub fn table(s: &NodeStatus) -> String {
             m.problems.join("; ")
         };
         if let Some(p) = m.progress {
+            let pace = m
+                .replication
+                .as_ref()
+                .filter(|r| r.sync_rate > 0)
+                .map(|r| {
+                    format!(
+                        " at {}/s{}",
+                        bytes(r.sync_rate),
+                        r.sync_eta_secs
+                            .map(|s| format!(", ETA {s} s"))
+                            .unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
             reason = format!(
-                "resync {}% ({} of {} MiB); {reason}",
+                "resync {}% ({} of {}{pace}); {reason}",
                 p.percent(),
-                p.done_bytes >> 20,
-                p.total_bytes >> 20
+                bytes(p.done_bytes),
+                bytes(p.total_bytes)
             );
         }
         out.push_str(&format!(
             "{:<16} {:<11} {:<11} {}\n",
             m.name, here, there, reason
         ));
+        if let Some(line) = replication_line(m) {
+            out.push_str(&format!("{:<16} {line}\n", ""));
+        }
     }
     let checkers: Vec<_> = s
         .modules
@@ -188,6 +234,54 @@ pub fn table(s: &NodeStatus) -> String {
         ),
     }
     out
+}
+
+/// The replication figures of a module as primary, on one line (`None` elsewhere).
+fn replication_line(m: &ModuleStatus) -> Option<String> {
+    let r = m.replication.as_ref().filter(|r| r.role == "primary")?;
+    let mut parts = vec![format!("replication {}", r.mode)];
+    if let Some(rate) = m.write_rate {
+        parts.push(format!("{}/s written", bytes(rate)));
+    }
+    if r.ack_latency_recent_us > 0 {
+        parts.push(format!(
+            "latency {} (recent average)",
+            micros(r.ack_latency_recent_us)
+        ));
+    }
+    parts.push(format!(
+        "{} operations, {} of data sent",
+        r.ops_sent,
+        bytes(r.data_bytes_sent)
+    ));
+    Some(parts.join(", "))
+}
+
+/// A byte count for people: 1023 B, 1.5 KiB, 12.3 MiB, 4.0 GiB.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// A duration in microseconds for people: 850 µs, 1.25 ms, 2.1 s.
+pub fn micros(us: u64) -> String {
+    if us < 1_000 {
+        format!("{us} µs")
+    } else if us < 1_000_000 {
+        format!("{:.2} ms", us as f64 / 1e3)
+    } else {
+        format!("{:.1} s", us as f64 / 1e6)
+    }
 }
 
 /// Serve the control socket: each connection's request goes to `handle`.
@@ -294,5 +388,79 @@ mod tests {
         let r = call(&sock, &Request::Status).await.expect("call");
         assert!(matches!(r, Reply::Error(e) if e == "handled"));
         assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn people_units() {
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(12_897_484), "12.3 MiB");
+        assert_eq!(bytes(u64::MAX), "16777216.0 TiB");
+        assert_eq!(micros(850), "850 µs");
+        assert_eq!(micros(1_250), "1.25 ms");
+        assert_eq!(micros(2_100_000), "2.1 s");
+    }
+
+    #[test]
+    fn the_table_shows_replication_resync_and_heartbeat_figures() {
+        let primary = mirrorkit_engine::status::Status {
+            role: "primary".into(),
+            mode: "syncing".into(),
+            ops_sent: 1234,
+            data_bytes_sent: 3 << 30,
+            sync_rate: 80 << 20,
+            sync_eta_secs: Some(7),
+            ack_latency_recent_us: 410,
+            ..Default::default()
+        };
+        let s = NodeStatus {
+            cluster: "c".into(),
+            node: "alpha".into(),
+            peer: "beta".into(),
+            witness: None,
+            heartbeats: vec![NetStatus {
+                name: "lan".into(),
+                up: true,
+                last_heard_ms_ago: Some(12),
+                rtt_us: Some(350),
+                last_error: None,
+                received: 1000,
+                missed: 3,
+            }],
+            modules: vec![ModuleStatus {
+                name: "db".into(),
+                problems: vec![],
+                state: Some(StateKind::Prim),
+                colour: None,
+                reason: "in sync".into(),
+                since_ms_ago: 0,
+                progress: Some(Progress {
+                    done_bytes: 450 << 20,
+                    total_bytes: 1000 << 20,
+                }),
+                split_brain: false,
+                config_problems: vec![],
+                mirror: None,
+                peer_state: Some(StateKind::Second),
+                peer_reason: None,
+                peer_in_sync: Some(false),
+                checkers: vec![],
+                replication: Some(primary),
+                write_rate: Some(5 << 20),
+            }],
+        };
+        let t = table(&s);
+        assert!(
+            t.contains("heartbeat lan: up, peer heard 12 ms ago, rtt 350 µs, 1000 heard, 3 missed"),
+            "{t}"
+        );
+        assert!(
+            t.contains("resync 45% (450.0 MiB of 1000.0 MiB at 80.0 MiB/s, ETA 7 s); in sync"),
+            "{t}"
+        );
+        assert!(
+            t.contains("replication syncing, 5.0 MiB/s written, latency 410 µs (recent average), 1234 operations, 3.0 GiB of data sent"),
+            "{t}"
+        );
     }
 }

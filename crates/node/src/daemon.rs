@@ -18,6 +18,7 @@ use mirrorkit_engine::managed::EngineEvent;
 use mirrorkit_engine::mount::Mounted;
 use mirrorkit_engine::primary::PeerAddr;
 use mirrorkit_engine::secondary::{Receiver, SecondaryConfig, SecondaryCounters};
+use mirrorkit_engine::status::Status as EngineStatus;
 use mirrorkit_module::{HeartbeatProfile, ScriptKind};
 use mirrorkit_net::pki::NodeIdentity;
 use mirrorkit_scripts::{Kind, Level as LogLevel, ScriptRole};
@@ -532,9 +533,18 @@ impl Daemon {
     /// Resync progress of mounted primaries, as the machine's events.
     async fn poll_progress(&mut self) {
         let mut events = Vec::new();
+        let now = self.now();
         for (name, m) in &mut self.modules {
-            let Some(mounted) = &m.mounted else { continue };
+            let Some(mounted) = &m.mounted else {
+                m.write_rate.clear();
+                continue;
+            };
             let link = &mounted.core.link;
+            let sent = link
+                .counters()
+                .data_bytes_sent
+                .load(std::sync::atomic::Ordering::Relaxed);
+            m.write_rate.sample(now, sent);
             if link.status().0 != Mode::Syncing {
                 continue;
             }
@@ -730,6 +740,10 @@ impl Daemon {
                     name: n.name,
                     up: n.up,
                     last_heard_ms_ago: n.last_heard_ms_ago,
+                    rtt_us: n.rtt_us,
+                    last_error: n.last_error,
+                    received: n.received,
+                    missed: n.missed,
                 })
                 .collect(),
             modules: self
@@ -755,6 +769,12 @@ impl Daemon {
                         peer_state: m.peer.as_ref().map(|p| p.state),
                         peer_reason: m.peer.as_ref().map(|p| p.reason.clone()),
                         peer_in_sync: m.peer.as_ref().map(|p| p.in_sync),
+                        replication: match (&m.mounted, &m.receiver) {
+                            (Some(mt), _) => Some(EngineStatus::of_primary(&mt.core)),
+                            (None, Some(r)) => Some(EngineStatus::of_secondary(name, r.counters())),
+                            (None, None) => None,
+                        },
+                        write_rate: m.mounted.as_ref().and_then(|_| m.write_rate.rate()),
                     }
                 })
                 .collect(),

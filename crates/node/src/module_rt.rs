@@ -39,6 +39,8 @@ pub(crate) struct ModuleRt {
     pub(crate) pending_resync: Option<oneshot::Sender<Result<(), String>>>,
     pub(crate) verb_waiters: Vec<(Verb, oneshot::Sender<Reply>)>,
     pub(crate) last_progress: Option<Progress>,
+    /// Application data replicated per second, sampled on the daemon's tick.
+    pub(crate) write_rate: RateMeter,
     pub(crate) peer: Option<mirrorkit_cluster::machine::PeerStatus>,
     /// The module's folder (watched for changes).
     pub(crate) folder: PathBuf,
@@ -82,6 +84,7 @@ pub(crate) fn module_rt(
         pending_resync: None,
         verb_waiters: Vec::new(),
         last_progress: None,
+        write_rate: RateMeter::default(),
         peer: None,
         folder: dir.to_owned(),
         pending: None,
@@ -299,4 +302,79 @@ pub(crate) fn parts(
         checkers,
         notifier,
     })
+}
+
+/// A rate over the last [`RateMeter::WINDOW_MS`] of a counter sampled now and then (a counter
+/// that goes down, such as a new mount's, starts the measurement again). Pure: the caller gives
+/// the time.
+#[derive(Debug, Default)]
+pub(crate) struct RateMeter {
+    samples: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl RateMeter {
+    pub(crate) const WINDOW_MS: u64 = 2_000;
+
+    /// Record `value` at `now_ms`.
+    pub(crate) fn sample(&mut self, now_ms: u64, value: u64) {
+        if self
+            .samples
+            .back()
+            .is_some_and(|&(t, v)| v > value || t > now_ms)
+        {
+            self.samples.clear();
+        }
+        self.samples.push_back((now_ms, value));
+        while self.samples.len() > 2
+            && self
+                .samples
+                .get(1)
+                .is_some_and(|&(t, _)| now_ms - t >= Self::WINDOW_MS)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Forget the counter (nothing mounted).
+    pub(crate) fn clear(&mut self) {
+        self.samples.clear();
+    }
+
+    /// Units per second over the window; `None` until two samples a tenth of a second apart.
+    pub(crate) fn rate(&self) -> Option<u64> {
+        let (&(t0, v0), &(t1, v1)) = (self.samples.front()?, self.samples.back()?);
+        let dt = t1.checked_sub(t0).filter(|&dt| dt >= 100)?;
+        Some(u64::try_from(u128::from(v1 - v0) * 1000 / u128::from(dt)).unwrap_or(u64::MAX))
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::RateMeter;
+
+    #[test]
+    fn rate_over_the_window() {
+        let mut r = RateMeter::default();
+        assert_eq!(r.rate(), None);
+        r.sample(1_000, 0);
+        assert_eq!(r.rate(), None, "one sample");
+        r.sample(1_050, 10);
+        assert_eq!(r.rate(), None, "too short to mean anything");
+        for i in 1..=20 {
+            r.sample(1_000 + i * 200, i * 2_000);
+        }
+        // 10 000 units per second throughout; old samples dropped.
+        assert_eq!(r.rate(), Some(10_000));
+        assert!(r.samples.len() <= 12, "{}", r.samples.len());
+        // Writes stop: the rate falls to zero once the window has passed.
+        for i in 21..=40 {
+            r.sample(1_000 + i * 200, 40_000);
+        }
+        assert_eq!(r.rate(), Some(0));
+        // A new mount: its counter starts again at zero.
+        r.sample(20_000, 5);
+        assert_eq!(r.rate(), None);
+        r.sample(21_000, 1_005);
+        assert_eq!(r.rate(), Some(1_000));
+    }
 }

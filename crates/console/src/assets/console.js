@@ -48,6 +48,12 @@ function mib(bytes) {
   return (bytes / 1048576).toFixed(1) + " MiB";
 }
 
+function micros(us) {
+  if (us < 1000) return us + " µs";
+  if (us < 1000000) return (us / 1000).toFixed(2) + " ms";
+  return (us / 1000000).toFixed(1) + " s";
+}
+
 function clock(ms) {
   const d = new Date(ms);
   return d.toLocaleDateString(undefined, { month: "2-digit", day: "2-digit" }) + " " +
@@ -218,10 +224,15 @@ function replication(module, node, m) {
   if (m.progress) {
     const p = m.progress;
     const pct = p.total_bytes > 0 ? Math.min(100, Math.floor((100 * p.done_bytes) / p.total_bytes)) : 0;
-    const rate = rates.get(module + "|" + node);
+    // The engine's own rate and ETA when this node runs the resync; else one measured here.
+    const r = m.replication;
+    const rate = r && r.sync_rate > 0 ? r.sync_rate : rates.get(module + "|" + node);
     let figures = "resync " + pct + "%: " + mib(p.done_bytes) + " of " + mib(p.total_bytes);
     if (rate && rate > 0) {
-      figures += ", " + mib(rate) + "/s, about " + duration((1000 * (p.total_bytes - p.done_bytes)) / rate) + " left";
+      const left = r && r.sync_rate > 0 && r.sync_eta_secs !== null && r.sync_eta_secs !== undefined
+        ? 1000 * r.sync_eta_secs
+        : (1000 * (p.total_bytes - p.done_bytes)) / rate;
+      figures += ", " + mib(rate) + "/s, about " + duration(left) + " left";
     }
     const bar = el("div", {});
     bar.style.width = pct + "%"; // through the CSSOM: the CSP forbids style attributes
@@ -230,6 +241,14 @@ function replication(module, node, m) {
   }
   if (m.mirror) {
     parts.push(el("div", { class: "figures", text: "replication: " + m.mirror }));
+    const r = m.replication;
+    if (r && r.role === "primary") {
+      const f = [];
+      if (m.write_rate !== null && m.write_rate !== undefined) f.push(mib(m.write_rate) + "/s written");
+      if (r.ack_latency_recent_us > 0) f.push("latency " + micros(r.ack_latency_recent_us));
+      f.push(r.ops_sent + " operations sent");
+      parts.push(el("div", { class: "figures", "data-figures": module + "|" + node, text: f.join(", ") }));
+    }
   } else if (m.state === "SECOND") {
     parts.push(el("div", { class: "figures", text: m.progress ? "receiving the resync" : "secondary: receiving every write" }));
   }
@@ -370,7 +389,10 @@ function nodeCards() {
         s.heartbeats.map((h) => el("tr", {},
           el("td", { text: h.name }),
           el("td", {}, el("span", { class: h.up ? "net-up" : "net-down", text: h.up ? "up" : "DOWN" }),
-            h.last_heard_ms_ago === null || h.last_heard_ms_ago === undefined ? "" : ", heard " + duration(h.last_heard_ms_ago) + " ago")))),
+            h.last_heard_ms_ago === null || h.last_heard_ms_ago === undefined ? "" : ", heard " + duration(h.last_heard_ms_ago) + " ago",
+            h.rtt_us === null || h.rtt_us === undefined ? "" : ", rtt " + micros(h.rtt_us),
+            h.missed > 0 ? ", " + h.missed + " heartbeats missed" : "",
+            h.last_error ? el("div", { class: "figures", text: "last error: " + h.last_error }) : "")))),
       el("div", { class: "figures", text: s.witness ? "witness: " + s.witness : "no witness" }));
   });
 }
