@@ -300,6 +300,16 @@ fn no_false_failover_while_replication_saturates_the_link() {
         written >= 64 << 20,
         "too little load to prove anything: {written} bytes"
     );
+    let alone = lab
+        .status_now(0)
+        .and_then(|s| s.modules.into_iter().next())
+        .and_then(|m| m.replication)
+        .map(|r| r.times_alone);
+    assert_eq!(
+        alone,
+        Some(0),
+        "the primary's link went on alone under load"
+    );
     for i in 0..2 {
         let log = lab.log(i);
         assert!(
@@ -400,4 +410,81 @@ fn module_file_changes_apply_live_and_invalid_ones_are_refused() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The secondary's daemon is killed while the application writes: the primary's writes stall
+/// for the heartbeats' detection (fast profile: 0.5 s) and a short grace, not for the
+/// replication's peer timeout (3 s), and the module goes on ALONE.
+#[test]
+fn killed_secondary_stalls_writes_only_until_the_heartbeats_notice() {
+    if !require_lab("killed_secondary_stalls_writes_only_until_the_heartbeats_notice") {
+        return;
+    }
+    let m = LabModule {
+        heartbeat: "fast",
+        default_primary: Some("alpha".into()),
+        ..LabModule::demo("demo", 8080, 80)
+    };
+    let mut lab = Lab::new(vec![m.clone()]);
+    lab.start(0);
+    lab.start(1);
+    lab.wait_states("demo", [Some("PRIM"), Some("SECOND")], BOOT);
+    let file = lab.data_dir(0, &m).join("probe.bin");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || -> Vec<(Instant, Duration)> {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::create(&file).expect("create probe.bin on the mirror");
+            let block = vec![0x42u8; 4096];
+            let mut took = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                f.write_all_at(&block, (n % 256) * 4096)
+                    .expect("write through the mirror");
+                took.push((t, t.elapsed()));
+                n += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            took
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let killed = Instant::now();
+    lab.kill9(1);
+    let deadline = Instant::now() + MOVE;
+    while lab.state(0, "demo").as_deref() != Some("ALONE") {
+        assert!(
+            Instant::now() < deadline,
+            "alpha not ALONE after the secondary was killed:\n{}",
+            mirrorkit_tests::lab::tail(&lab.log(0), 40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let took = writer.join().expect("writer");
+    let longest = took
+        .iter()
+        .filter(|(t, _)| *t + Duration::from_secs(1) >= killed)
+        .map(|(_, d)| *d)
+        .max()
+        .unwrap_or_default();
+    let log = lab.log(0);
+    eprintln!(
+        "killed secondary: {} writes, the longest after the kill took {longest:?}",
+        took.len()
+    );
+    // The peer timeout is 3 s; detection (0.5 s) and grace (0.25 s) leave a wide margin.
+    assert!(
+        longest < Duration::from_millis(2_500),
+        "a write stalled {longest:?}: as long as the peer timeout, not the heartbeats' detection\n{}",
+        mirrorkit_tests::lab::tail(&log, 40)
+    );
+    assert!(
+        log.contains("replication waits only while the peer acknowledges"),
+        "the link was not told:\n{}",
+        mirrorkit_tests::lab::tail(&log, 40)
+    );
 }

@@ -198,6 +198,11 @@ struct St {
     /// Managed: the peer was lost and the manager has not yet allowed this node to go on
     /// alone; no write completes meanwhile.
     held: bool,
+    /// The heartbeats say the peer is lost (since when, and why): an operation waits for it
+    /// only while acknowledgements keep coming, not for the whole peer timeout.
+    suspect: Option<(Instant, String)>,
+    /// When the peer last acknowledged something (or the session began).
+    last_ack_at: Instant,
     /// Writes are failed, never acknowledged (the manager fenced this node).
     fenced: bool,
 }
@@ -279,6 +284,8 @@ impl Link {
                     slot: Vec::new(),
                     since_flush: Vec::new(),
                     replies: HashMap::new(),
+                    suspect: None,
+                    last_ack_at: Instant::now(),
                     held: false,
                     fenced: false,
                 }),
@@ -436,26 +443,33 @@ impl Link {
         marks: Vec<Mark>,
     ) -> Result<u64, SessionLost> {
         let session = st.session;
-        let deadline = Instant::now() + Duration::from_millis(self.inner.cfg.peer_timeout_ms);
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(self.inner.cfg.peer_timeout_ms);
         while !st.inflight.is_empty()
             && (st.inflight.len() >= self.inner.cfg.max_inflight_ops
                 || st.inflight_bytes + data.len() > self.inner.cfg.max_inflight_bytes)
         {
             let now = Instant::now();
-            if now >= deadline {
-                let reason = format!(
-                    "peer did not make room in the in-flight window ({} operations, {} bytes) within {} ms",
-                    st.inflight.len(),
-                    st.inflight_bytes,
-                    self.inner.cfg.peer_timeout_ms
-                );
+            let (until, suspected) = wait_deadline(&st, start, deadline);
+            if now >= until {
+                let reason = match suspected {
+                    Some(why) => format!(
+                        "{why}, and no acknowledgement for {SUSPECT_GRACE_MS} ms while the in-flight window is full"
+                    ),
+                    None => format!(
+                        "peer did not make room in the in-flight window ({} operations, {} bytes) within {} ms",
+                        st.inflight.len(),
+                        st.inflight_bytes,
+                        self.inner.cfg.peer_timeout_ms
+                    ),
+                };
                 self.go_alone_locked(&mut st, session, reason);
                 return Err(SessionLost(st.reason.clone()));
             }
             st = self
                 .inner
                 .cv
-                .wait_timeout(st, deadline - now)
+                .wait_timeout(st, until - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
             if st.session != session {
@@ -572,7 +586,8 @@ impl Link {
     /// synchroniser that no application operation is blocked on.
     pub fn wait_acked_within(&self, t: Ticket, timeout_ms: u64) -> bool {
         let mut st = self.lock();
-        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(timeout_ms);
         loop {
             if st.session != t.session {
                 return false;
@@ -581,18 +596,25 @@ impl Link {
                 return true;
             }
             let now = Instant::now();
-            if now >= deadline {
-                let reason = format!(
-                    "peer did not acknowledge operation {} within {timeout_ms} ms",
-                    t.seq
-                );
+            let (until, suspected) = wait_deadline(&st, start, deadline);
+            if now >= until {
+                let reason = match suspected {
+                    Some(why) => format!(
+                        "{why}, and no acknowledgement for {SUSPECT_GRACE_MS} ms while operation {} waited",
+                        t.seq
+                    ),
+                    None => format!(
+                        "peer did not acknowledge operation {} within {timeout_ms} ms",
+                        t.seq
+                    ),
+                };
                 self.go_alone_locked(&mut st, t.session, reason);
                 return false;
             }
             st = self
                 .inner
                 .cv
-                .wait_timeout(st, deadline - now)
+                .wait_timeout(st, until - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -611,6 +633,9 @@ impl Link {
         st.tx = Some(StreamWriter { stream, rt });
         st.pass = MarkSet::default();
         st.replies.clear();
+        // A new connection: the peer is alive, whatever the heartbeats said.
+        st.suspect = None;
+        st.last_ack_at = Instant::now();
         self.inner.counters.sessions.fetch_add(1, Ordering::Relaxed);
         info!(mirror = %self.inner.mirror, session = st.session, "link state: syncing (peer connected, full synchronisation starts)");
         self.inner.cv.notify_all();
@@ -763,6 +788,7 @@ impl Link {
         }
         st.acked = seq.min(st.next_seq - 1);
         let now = Instant::now();
+        st.last_ack_at = now;
         while st.inflight.front().is_some_and(|f| f.seq <= st.acked) {
             let Some(f) = st.inflight.pop_front() else {
                 break;
@@ -779,6 +805,27 @@ impl Link {
             }
         }
         self.inner.cv.notify_all();
+    }
+
+    /// The cluster manager's heartbeats lost the peer (`reason`): from now on, an operation
+    /// waits for the peer only while acknowledgements keep coming (at most
+    /// [`SUSPECT_GRACE_MS`] apart), instead of the whole peer timeout. A peer that is merely
+    /// slow, or whose heartbeats alone were lost, keeps acknowledging and nothing changes; a
+    /// dead one is given up at once, so that the application's writes stall for the
+    /// heartbeats' detection time, not for the peer timeout.
+    pub fn peer_silent(&self, reason: String) {
+        let mut st = self.lock();
+        if st.mode == Mode::Alone || st.suspect.is_some() {
+            return;
+        }
+        info!(mirror = %self.inner.mirror, session = st.session, "replication waits only while the peer acknowledges: {reason}");
+        st.suspect = Some((Instant::now(), reason));
+        self.inner.cv.notify_all();
+    }
+
+    /// The heartbeats hear the peer again: operations wait the whole peer timeout again.
+    pub fn peer_heard(&self) {
+        self.lock().suspect = None;
     }
 
     /// The session ended (connection lost, peer refused an operation, stream error).
@@ -930,6 +977,29 @@ impl Link {
     /// Session currently running (for the connection driver).
     pub fn session(&self) -> u64 {
         self.lock().session
+    }
+}
+
+/// While the heartbeats say the peer is lost, how long an operation waits without any
+/// acknowledgement from the peer before this node continues alone.
+pub const SUSPECT_GRACE_MS: u64 = 250;
+
+/// When a wait that started at `start` with `deadline` (the peer timeout) must give up: the
+/// deadline, or earlier if the peer is suspect and has acknowledged nothing for
+/// [`SUSPECT_GRACE_MS`] since the later of the suspicion, the wait's start and its last
+/// acknowledgement. With the suspicion's reason when that is what ends it.
+fn wait_deadline(st: &St, start: Instant, deadline: Instant) -> (Instant, Option<&str>) {
+    match &st.suspect {
+        Some((since, why)) => {
+            let cap =
+                (*since).max(start).max(st.last_ack_at) + Duration::from_millis(SUSPECT_GRACE_MS);
+            if cap < deadline {
+                (cap, Some(why.as_str()))
+            } else {
+                (deadline, None)
+            }
+        }
+        None => (deadline, None),
     }
 }
 

@@ -167,6 +167,13 @@ impl HeartbeatProfile {
         }
     }
 
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Fast => "fast",
+        }
+    }
+
     pub fn interval_ms(self) -> u64 {
         match self {
             Self::Default => 250,

@@ -578,9 +578,22 @@ impl Daemon {
             Input::Liveness(profile, seen) => {
                 let names = self.modules_of(profile);
                 for n in names {
-                    if !seen {
-                        if let Some(m) = self.modules.get_mut(&n) {
+                    if let Some(m) = self.modules.get_mut(&n) {
+                        if !seen {
                             m.peer = None;
+                        }
+                        // A mounted primary stops waiting the whole peer timeout for a peer
+                        // the heartbeats lost (it waits only while acknowledgements come).
+                        if let Some(mt) = &m.mounted {
+                            if seen {
+                                mt.core.link.peer_heard();
+                            } else {
+                                mt.core.link.peer_silent(format!(
+                                    "the heartbeats lost {} ({} profile)",
+                                    self.cf.peer(),
+                                    profile.name()
+                                ));
+                            }
                         }
                     }
                     self.feed(
