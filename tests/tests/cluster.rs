@@ -488,3 +488,67 @@ fn killed_secondary_stalls_writes_only_until_the_heartbeats_notice() {
         mirrorkit_tests::lab::tail(&log, 40)
     );
 }
+
+/// `[replication]` reaches the engine: a returning secondary is resynced no faster than the
+/// module's `resync_limit_mib_per_s`, and the engine's own rate says so.
+#[test]
+fn resync_follows_the_modules_bandwidth_limit() {
+    if !require_lab("resync_follows_the_modules_bandwidth_limit") {
+        return;
+    }
+    const LIMIT_MIB: u64 = 4;
+    const DATA_MIB: u64 = 16;
+    let m = LabModule {
+        default_primary: Some("alpha".into()),
+        extra: format!("[replication]\nresync_limit_mib_per_s = {LIMIT_MIB}\n"),
+        ..LabModule::demo("demo", 8080, 80)
+    };
+    let mut lab = Lab::new(vec![m.clone()]);
+    lab.start(0);
+    lab.start(1);
+    lab.wait_states("demo", [Some("PRIM"), Some("SECOND")], BOOT);
+    lab.stop(1, MOVE);
+    lab.wait_states("demo", [Some("ALONE"), None], MOVE);
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(lab.data_dir(0, &m).join("bulk.bin"))
+            .expect("create bulk.bin on the mirror");
+        let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+        for _ in 0..DATA_MIB {
+            f.write_all(&chunk).expect("write");
+        }
+        f.sync_all().expect("fsync");
+    }
+    let started = Instant::now();
+    lab.start(1);
+    lab.wait_states("demo", [Some("PRIM"), Some("SECOND")], MOVE);
+    let took = started.elapsed();
+    let r = lab
+        .status_now(0)
+        .and_then(|s| s.modules.into_iter().next())
+        .and_then(|m| m.replication)
+        .expect("the primary's replication status");
+    eprintln!(
+        "resync of {} MiB limited to {LIMIT_MIB} MiB/s: in sync {took:?} after the restart, engine rate {} B/s",
+        r.sync_data_bytes_sent >> 20,
+        r.sync_rate
+    );
+    assert!(
+        r.sync_data_bytes_sent >= DATA_MIB << 20,
+        "the resync sent only {} bytes",
+        r.sync_data_bytes_sent
+    );
+    // Lower bounds only: a loaded machine makes a resync slower, never faster.
+    let floor = Duration::from_secs_f64(DATA_MIB as f64 / LIMIT_MIB as f64 * 0.75);
+    assert!(
+        took >= floor,
+        "{DATA_MIB} MiB resynced in {took:?}: faster than {LIMIT_MIB} MiB/s allows"
+    );
+    assert!(
+        r.sync_rate <= (LIMIT_MIB << 20) + (LIMIT_MIB << 18),
+        "engine rate {} B/s above the limit",
+        r.sync_rate
+    );
+    tree::compare(&lab.data_dir(0, &m), &lab.data_dir(1, &m), 20)
+        .expect("copies identical after the resync");
+}

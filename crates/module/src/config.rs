@@ -83,6 +83,11 @@ pub const MAX_RESTARTS_MAX: u32 = 100;
 pub const DEFAULT_RESTART_WINDOW_MS: u64 = 600_000;
 pub const RESTART_WINDOW_MS_RANGE: RangeInclusive<u64> = 1_000..=604_800_000;
 
+/// `[replication]`: how long the primary waits for its peer, and how fast a resync may go.
+pub const DEFAULT_PEER_TIMEOUT_MS: u64 = 3_000;
+pub const PEER_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 500..=600_000;
+pub const RESYNC_LIMIT_MIB_PER_S_RANGE: RangeInclusive<u64> = 1..=1_000_000;
+
 /// Longest a notification (its command, or its webhook request) may take, unless `timeout_ms`
 /// says otherwise.
 pub const DEFAULT_NOTIFY_TIMEOUT_MS: u64 = 10_000;
@@ -138,6 +143,49 @@ pub struct ModuleConfig {
     /// `[notify]`: what to tell, and how, when the module's state changes on this node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<Notify>,
+    /// `[replication]`: the primary's patience with its peer and the resync's speed limit.
+    #[serde(default, skip_serializing_if = "Replication::is_default")]
+    pub replication: Replication,
+}
+
+/// `[replication]` (docs/modules.md): applied when the module is next mounted as primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replication {
+    /// Longest an application write waits for the peer's acknowledgement before the primary
+    /// goes on alone (recording what the peer lacks). The heartbeats usually notice a dead
+    /// peer sooner; this bounds the wait when only the replication path is broken.
+    #[serde(default = "default_peer_timeout_ms")]
+    pub peer_timeout_ms: u64,
+    /// Most MiB of file data per second a resync sends (`None`: as fast as disks and network
+    /// go). The application's own writes are never limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync_limit_mib_per_s: Option<u64>,
+}
+
+fn default_peer_timeout_ms() -> u64 {
+    DEFAULT_PEER_TIMEOUT_MS
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Replication {
+            peer_timeout_ms: DEFAULT_PEER_TIMEOUT_MS,
+            resync_limit_mib_per_s: None,
+        }
+    }
+}
+
+impl Replication {
+    pub fn is_default(&self) -> bool {
+        *self == Replication::default()
+    }
+
+    /// The resync limit in bytes per second.
+    pub fn resync_bytes_per_sec(&self) -> Option<u64> {
+        self.resync_limit_mib_per_s
+            .map(|m| m.saturating_mul(1 << 20))
+    }
 }
 
 fn yes() -> bool {

@@ -29,6 +29,7 @@ pub(crate) const TOP_FIELDS: &[&str] = &[
     "env",
     "checker",
     "notify",
+    "replication",
 ];
 pub(crate) const MIRROR_FIELDS: &[&str] = &["dir", "include", "exclude"];
 pub(crate) const VIP_FIELDS: &[&str] = &["address", "interface"];
@@ -67,6 +68,7 @@ const CHECKER_KIND_FIELDS: &[(&str, &str)] = &[
     ("interface", "interface"),
 ];
 pub(crate) const NOTIFY_FIELDS: &[&str] = &["command", "webhook", "timeout_ms"];
+pub(crate) const REPLICATION_FIELDS: &[&str] = &["peer_timeout_ms", "resync_limit_mib_per_s"];
 
 /// The outcome of reading one module file: the configuration when there was no problem.
 pub(crate) struct Parsed {
@@ -248,6 +250,7 @@ fn read_module(
     let env = read_env(w, root);
     let checkers = read_checkers(w, root);
     let notify = read_notify(w, root);
+    let replication = read_replication(w, root);
 
     Some(ModuleConfig {
         name: name?.value,
@@ -262,6 +265,37 @@ fn read_module(
         env: env?,
         checkers: checkers?,
         notify: notify?,
+        replication: replication?,
+    })
+}
+
+/// `[replication]`, or its defaults when absent; `None` when a problem was reported.
+fn read_replication(w: &mut Walker<'_>, root: &Table<'_, '_>) -> Option<Replication> {
+    if !root.has("replication") {
+        return Some(Replication::default());
+    }
+    let t = w.table(root, "replication", "replication".to_owned())?;
+    w.unknown_keys(&t, REPLICATION_FIELDS, "[replication]");
+    let peer_timeout_ms = if t.has("peer_timeout_ms") {
+        w.integer(&t, "peer_timeout_ms", PEER_TIMEOUT_MS_RANGE, "milliseconds")
+            .map(|v| v.value)
+    } else {
+        Some(DEFAULT_PEER_TIMEOUT_MS)
+    };
+    let resync_limit_mib_per_s = if t.has("resync_limit_mib_per_s") {
+        w.integer(
+            &t,
+            "resync_limit_mib_per_s",
+            RESYNC_LIMIT_MIB_PER_S_RANGE,
+            "MiB per second",
+        )
+        .map(|v| Some(v.value))
+    } else {
+        Some(None)
+    };
+    Some(Replication {
+        peer_timeout_ms: peer_timeout_ms?,
+        resync_limit_mib_per_s: resync_limit_mib_per_s?,
     })
 }
 

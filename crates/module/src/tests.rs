@@ -121,6 +121,10 @@ interface = "eth0"
 command = "bin/notify"
 webhook = "https://ops.example/hook"
 timeout_ms = 5000
+
+[replication]
+peer_timeout_ms = 5000
+resync_limit_mib_per_s = 40
 "#;
 
 #[test]
@@ -212,6 +216,33 @@ fn a_full_module_reads_back_every_field() {
     assert_eq!(webhook.as_str(), "https://ops.example/hook");
     assert_eq!((webhook.host(), webhook.port()), ("ops.example", 443));
     assert_eq!(notify.timeout_ms, 5000);
+    assert_eq!(c.replication.peer_timeout_ms, 5000);
+    assert_eq!(c.replication.resync_bytes_per_sec(), Some(40 << 20));
+}
+
+#[test]
+fn replication_settings_are_checked() {
+    let c = valid("name = \"m\"\n[replication]\nresync_limit_mib_per_s = 100\n");
+    assert_eq!(c.replication.peer_timeout_ms, DEFAULT_PEER_TIMEOUT_MS);
+    assert_eq!(c.replication.resync_limit_mib_per_s, Some(100));
+    only(
+        "name = \"m\"\n[replication]\npeer_timeout_ms = 100\n",
+        3,
+        "replication.peer_timeout_ms",
+        "from 500 to 600000",
+    );
+    only(
+        "name = \"m\"\n[replication]\nresync_limit_mib_per_s = 0\n",
+        3,
+        "replication.resync_limit_mib_per_s",
+        "MiB per second from 1",
+    );
+    only(
+        "name = \"m\"\n[replication]\nresync_limit = 10\n",
+        3,
+        "replication.resync_limit",
+        "resync_limit_mib_per_s",
+    );
 }
 
 #[test]
@@ -225,6 +256,7 @@ fn a_minimal_module_takes_the_defaults() {
     assert!(c.mirrors.is_empty() && c.vips.is_empty() && c.checkers.is_empty());
     assert_eq!(c.scripts, Scripts::default());
     assert_eq!(c.notify, None);
+    assert_eq!(c.replication, Replication::default());
 }
 
 #[test]
@@ -1254,6 +1286,7 @@ fn the_reference_documents_every_field_and_variable() {
         crate::parse::SCRIPT_SLOTS,
         crate::parse::CHECKER_FIELDS,
         crate::parse::NOTIFY_FIELDS,
+        crate::parse::REPLICATION_FIELDS,
         SCRIPT_ENV_VARS,
         NOTIFY_ENV_VARS,
         Probe::KIND_NAMES,

@@ -970,9 +970,16 @@ impl Daemon {
                     return;
                 };
                 let state_dir = m.state_dir.clone();
+                let replication = m
+                    .loaded
+                    .as_ref()
+                    .map(|l| l.config.replication)
+                    .unwrap_or_default();
                 let cfg = LinkConfig {
                     managed: Some(self.engine_tx.clone()),
                     forced_by: forced.then(|| "an operator (prim)".to_owned()),
+                    peer_timeout_ms: replication.peer_timeout_ms,
+                    resync_bytes_per_sec: replication.resync_bytes_per_sec(),
                     ..LinkConfig::default()
                 };
                 tokio::task::spawn_blocking(move || {
