@@ -51,7 +51,8 @@ pub struct Backend {
     peer_tls: Arc<rustls::ClientConfig>,
 }
 
-pub(crate) fn unix_ms() -> u64 {
+/// Now, in milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

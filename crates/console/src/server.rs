@@ -6,7 +6,9 @@
 //! - node-to-node, only with the peer node's verified certificate: `POST /api/v1/node/request`;
 //! - everything else needs a session cookie or `Authorization: Bearer <token>`; a
 //!   state-changing request with a session also needs the session's `X-CSRF-Token` and a
-//!   same-origin `Origin`/`Sec-Fetch-Site`.
+//!   same-origin `Origin`/`Sec-Fetch-Site`;
+//! - the API (`/api/...`, `/metrics`) also answers a client presenting a cluster node's
+//!   certificate (either node's: the CLI of a node, see `client`), without CSRF token.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -40,6 +42,11 @@ use crate::backend::{self, Backend, ClusterView};
 pub const SESSION_COOKIE: &str = "mirrorkit_session";
 /// The header carrying the session's CSRF token on state-changing requests.
 pub const CSRF_HEADER: &str = "x-csrf-token";
+/// The header in which the CLI names the user who ran it (recorded with the verb); read only
+/// from a client with a node certificate.
+pub const OPERATOR_HEADER: &str = "x-mirrorkit-operator";
+/// Longest operator name kept from [`OPERATOR_HEADER`]; longer ones are cut.
+pub const OPERATOR_MAX_CHARS: usize = 100;
 /// How often the event stream polls the daemons while someone listens.
 pub const POLL_INTERVAL_MS: u64 = 500;
 /// The event stream resends the view this often even when nothing changed (ages move on).
@@ -160,6 +167,12 @@ enum Principal {
     Token {
         name: String,
     },
+    /// A client presenting a node certificate of this cluster: the CLI of that node (run as
+    /// root there, which can read the node's key), with the user it names.
+    Node {
+        node: String,
+        operator: Option<String>,
+    },
 }
 
 impl Principal {
@@ -168,6 +181,14 @@ impl Principal {
         match self {
             Principal::Session { user, .. } => format!("console user {user} from {ip}"),
             Principal::Token { name } => format!("api token {name} from {ip}"),
+            Principal::Node {
+                node,
+                operator: Some(op),
+            } => format!("cli on {node}, user {op}"),
+            Principal::Node {
+                node,
+                operator: None,
+            } => format!("cli on {node}"),
         }
     }
 }
@@ -466,10 +487,46 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 enum Auth {
     Ok(Principal),
     Missing,
+    /// Credentials given but not valid: 401.
     Refused(String),
+    /// Valid credentials of someone who may not use the console: 403.
+    Forbidden(String),
 }
 
-fn authenticate(app: &App, headers: &HeaderMap) -> Auth {
+/// The user the CLI names in [`OPERATOR_HEADER`]: visible text, cut to
+/// [`OPERATOR_MAX_CHARS`]; `None` without one.
+fn operator_of(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(OPERATOR_HEADER)?.to_str().ok()?.trim();
+    (!v.is_empty()).then(|| v.chars().take(OPERATOR_MAX_CHARS).collect())
+}
+
+/// Who asks: a token or a session when the request carries one; else, on the API, the node
+/// named by a client certificate (verified against the cluster CA during the handshake), if
+/// it is one of this cluster's two nodes.
+fn authenticate(app: &App, conn: &Conn, path: &str, headers: &HeaderMap) -> Auth {
+    match authenticate_by_header(app, headers) {
+        Auth::Missing if is_api(path) => {}
+        other => return other,
+    }
+    let Some(name) = &conn.peer_node else {
+        return Auth::Missing;
+    };
+    let b = &app.backend;
+    if *name == b.node || *name == b.peer {
+        Auth::Ok(Principal::Node {
+            node: name.clone(),
+            operator: operator_of(headers),
+        })
+    } else {
+        // Another certificate of the cluster CA (the witness's): not a node, no access.
+        Auth::Forbidden(format!(
+            "the client certificate names {name:?}, which is not a node of cluster {} ({}, {})",
+            b.cluster, b.node, b.peer
+        ))
+    }
+}
+
+fn authenticate_by_header(app: &App, headers: &HeaderMap) -> Auth {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
             return Auth::Refused("Authorization must be `Bearer <token>`".into());
@@ -547,7 +604,8 @@ fn check_same_origin(req: &Request) -> Result<(), String> {
 }
 
 /// The gate every request passes: public paths, the node-to-node path (peer certificate
-/// only), and everything else (session or token; CSRF for state changes with a session).
+/// only), and everything else (session or token, or on the API a node certificate; CSRF for
+/// state changes with a session, same origin for a browser's with a node certificate).
 async fn gate(
     State(app): State<Arc<App>>,
     Extension(conn): Extension<Conn>,
@@ -577,9 +635,9 @@ async fn gate(
             ),
         };
     }
-    let principal = match authenticate(&app, req.headers()) {
+    let principal = match authenticate(&app, &conn, &path, req.headers()) {
         Auth::Ok(p) => p,
-        Auth::Missing | Auth::Refused(_) if !is_api(&path) => {
+        Auth::Missing | Auth::Refused(_) | Auth::Forbidden(_) if !is_api(&path) => {
             return (
                 StatusCode::SEE_OTHER,
                 [(header::LOCATION, "/login")],
@@ -604,8 +662,25 @@ async fn gate(
             )
                 .into_response();
         }
+        Auth::Forbidden(why) => {
+            warn!(client = %conn.remote, path = %path, "console: request refused: {why}");
+            return json_error(StatusCode::FORBIDDEN, why);
+        }
     };
     let safe = matches!(*req.method(), Method::GET | Method::HEAD);
+    if let (false, Principal::Node { node, .. }) = (safe, &principal) {
+        // The CLI sends neither header. A browser holding a node certificate would present
+        // it to any site's forged form as it sends a cookie: what it marks as coming from
+        // elsewhere is refused as for a session.
+        let browser = req.headers().contains_key(header::ORIGIN)
+            || req.headers().contains_key("sec-fetch-site");
+        if browser {
+            if let Err(why) = check_same_origin(&req) {
+                warn!(client = %conn.remote, path = %path, certificate = %node, "console: {why}");
+                return json_error(StatusCode::FORBIDDEN, why);
+            }
+        }
+    }
     if let (false, Principal::Session { csrf, .. }) = (safe, &principal) {
         if let Err(why) = check_same_origin(&req) {
             warn!(client = %conn.remote, path = %path, "console: {why}");
@@ -794,6 +869,10 @@ async fn session_info(State(app): State<Arc<App>>, Extension(p): Extension<Princ
         .into_response(),
         Principal::Token { name } => Json(json!({
             "token": name, "cluster": b.cluster, "node": b.node, "peer": b.peer,
+        }))
+        .into_response(),
+        Principal::Node { node: cert, .. } => Json(json!({
+            "node_certificate": cert, "cluster": b.cluster, "node": b.node, "peer": b.peer,
         }))
         .into_response(),
     }

@@ -114,6 +114,44 @@ impl Req {
     }
 }
 
+/// Why [`send`] got no HTTP answer, told apart by whether the request can have been handled.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// No connection was made (TCP refused or timed out, the TLS handshake failed), or the
+    /// server refused the connection with a TLS alert before answering (it did not accept our
+    /// certificate): the request was not handled.
+    #[error("{0}")]
+    NotConnected(String),
+    /// The request was sent but no complete answer came (timeout, connection lost): it may
+    /// have been handled.
+    #[error("{0}")]
+    NoAnswer(String),
+}
+
+impl RequestError {
+    /// True when the request was certainly not handled.
+    pub fn not_delivered(&self) -> bool {
+        matches!(self, RequestError::NotConnected(_))
+    }
+}
+
+/// The TLS alert the other side sent, if `e` (or one of its causes) is one.
+fn received_alert(e: &(dyn std::error::Error + 'static)) -> Option<rustls::AlertDescription> {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::AlertReceived(alert)) = tls {
+            return Some(*alert);
+        }
+        cause = err.source();
+    }
+    None
+}
+
 /// One HTTPS request to `addr`, whose certificate must name `server_name`, bounded by
 /// `timeout` (connecting within [`CONNECT_TIMEOUT_MS`]).
 pub async fn request(
@@ -123,28 +161,50 @@ pub async fn request(
     r: &Req,
     timeout: Duration,
 ) -> Result<Response, String> {
+    send(tls, addr, server_name, r, timeout)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// As [`request`], saying whether a failed request can have been handled.
+pub async fn send(
+    tls: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    server_name: &str,
+    r: &Req,
+    timeout: Duration,
+) -> Result<Response, RequestError> {
+    use RequestError::{NoAnswer, NotConnected};
     let (method, path) = (r.method.as_str(), r.path.as_str());
     let name = ServerName::try_from(server_name.to_owned())
-        .map_err(|e| format!("{server_name:?} is not a TLS server name: {e}"))?;
+        .map_err(|e| NotConnected(format!("{server_name:?} is not a TLS server name: {e}")))?;
     let connect = async {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+            .map_err(|e| NotConnected(format!("cannot connect to {addr}: {e}")))?;
         tokio_rustls::TlsConnector::from(tls)
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("TLS with {server_name} at {addr} failed: {e}"))
+            .map_err(|e| NotConnected(format!("TLS with {server_name} at {addr} failed: {e}")))
     };
     let stream = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect)
         .await
-        .map_err(|_| format!("no connection to {addr} within {CONNECT_TIMEOUT_MS} ms"))??;
+        .map_err(|_| {
+            NotConnected(format!(
+                "no connection to {addr} within {CONNECT_TIMEOUT_MS} ms"
+            ))
+        })??;
     let exchange = async {
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| format!("HTTP with {addr}: {e}"))?;
+            .map_err(|e| NotConnected(format!("HTTP with {addr}: {e}")))?;
+        // The connection's own error (a TLS alert from the server comes here, not with the
+        // request's), for the request's error below.
+        let (conn_error_tx, conn_error_rx) = tokio::sync::oneshot::channel();
         let driver = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!("HTTP connection ended: {e}");
+                let _ = conn_error_tx.send(received_alert(&e));
             }
         });
         let mut req = hyper::Request::builder()
@@ -156,16 +216,27 @@ pub async fn request(
         }
         let req = req
             .body(Full::new(r.body.clone()))
-            .map_err(|e| format!("cannot build the request: {e}"))?;
-        let resp = send
-            .send_request(req)
-            .await
-            .map_err(|e| format!("{method} {path} at {addr}: {e}"))?;
+            .map_err(|e| NotConnected(format!("cannot build the request: {e}")))?;
+        let resp = match send.send_request(req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let alert = match received_alert(&e) {
+                    Some(a) => Some(a),
+                    None => conn_error_rx.await.ok().flatten(),
+                };
+                return Err(match alert {
+                    Some(alert) => NotConnected(format!(
+                        "{server_name} at {addr} refused the connection: TLS alert {alert:?} (does it accept this certificate?)"
+                    )),
+                    None => NoAnswer(format!("{method} {path} at {addr}: {e}")),
+                });
+            }
+        };
         let (parts, body) = resp.into_parts();
         let body = Limited::new(body, MAX_RESPONSE_BYTES)
             .collect()
             .await
-            .map_err(|e| format!("reading the answer of {addr}: {e}"))?
+            .map_err(|e| NoAnswer(format!("reading the answer of {addr}: {e}")))?
             .to_bytes();
         driver.abort();
         Ok(Response {
@@ -174,7 +245,9 @@ pub async fn request(
             body,
         })
     };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| format!("{method} {path} at {addr}: no answer within {timeout:?}"))?
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+        NoAnswer(format!(
+            "{method} {path} at {addr}: no answer within {timeout:?}"
+        ))
+    })?
 }

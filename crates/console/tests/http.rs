@@ -1,6 +1,7 @@
 //! The console's HTTP layer for real: two consoles (alpha and beta) over real TLS listeners on
 //! loopback, each in front of a real control socket (`mirrorkit_node::api::serve`) whose
-//! handler plays the daemon. What a browser, a script, the peer node and an intruder get.
+//! handler plays the daemon. What a browser, a script, the CLI of a node, the peer node and an
+//! intruder get.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use mirrorkit_cluster::machine::{StateKind, Verb};
 use mirrorkit_console::auth::{self, TokenStore};
+use mirrorkit_console::client::{ClientError, NodeClient};
 use mirrorkit_console::tls::{self, Req, Response};
 use mirrorkit_console::{Console, Settings};
 use mirrorkit_net::pki::NodeIdentity;
@@ -533,6 +535,156 @@ async fn the_node_path_answers_only_the_peers_certificate() {
         "a certificate of another CA got {:?}",
         intruder.map(|r| r.text())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_is_let_in_by_its_nodes_certificate() {
+    let f = fixture().await;
+    let certs = f.dir.path().join("certs");
+    let cli = |node: &str| {
+        let id = NodeIdentity::load(&certs, node).expect("identity");
+        NodeClient::with_identity(&id, "alpha", f.alpha).expect("client")
+    };
+    let alpha = cli("alpha");
+
+    // The cluster view, both nodes, as the console shows it.
+    let view = alpha.status().await.expect("status");
+    assert_eq!(view.local, "alpha");
+    let states: Vec<_> = view
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                n.node.as_str(),
+                n.status.as_ref().and_then(|s| s.modules[0].state),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("alpha", Some(StateKind::Prim)),
+            ("beta", Some(StateKind::Second))
+        ]
+    );
+
+    // A verb without CSRF token (not a browser), recorded with the node and the user; a
+    // refusal comes back with the daemon's reason.
+    let state = alpha
+        .verb("demo", Verb::Stop, "bob (uid 0)")
+        .await
+        .expect("stop");
+    assert_eq!(state, StateKind::Prim);
+    match alpha.verb("demo", Verb::Swap, "bob (uid 0)").await {
+        Err(ClientError::Daemon(reason)) => assert_eq!(reason, REFUSAL),
+        other => panic!("swap: {other:?}"),
+    }
+    // The peer's certificate is a node's of this cluster too.
+    cli("beta")
+        .verb("demo", Verb::Restart, "")
+        .await
+        .expect("restart");
+    assert_eq!(
+        f.verbs(0),
+        vec![
+            (Verb::Stop, "cli on alpha, user bob (uid 0)".to_owned()),
+            (Verb::Swap, "cli on alpha, user bob (uid 0)".to_owned()),
+            (Verb::Restart, "cli on beta".to_owned()),
+        ]
+    );
+    let log = alpha.log("demo", 2).await.expect("log");
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[1].text, "demo line 1 on alpha");
+    let who = f
+        .send_as("certs", "alpha", Req::get("/api/v1/session"))
+        .await
+        .expect("answer");
+    assert_eq!(json_of(&who)["node_certificate"], "alpha");
+
+    // A browser holding a node certificate is still protected from other sites' forms.
+    let forged = f
+        .send_as(
+            "certs",
+            "alpha",
+            Req::post("/api/v1/modules/demo/stop", "")
+                .header("origin", "https://evil.example")
+                .header("sec-fetch-site", "cross-site"),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(forged.status, 403, "{}", forged.text());
+    // Pages still want a session.
+    let page = f
+        .send_as("certs", "alpha", Req::get("/"))
+        .await
+        .expect("answer");
+    assert_eq!(page.status, 303);
+    assert_eq!(f.verbs(0).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_of_no_node_of_this_cluster_are_refused() {
+    let f = fixture().await;
+    // gamma: signed by the cluster CA (as the witness's is) but not a node of this cluster.
+    let gamma = f
+        .send_as("certs", "gamma", Req::get("/api/v1/status"))
+        .await
+        .expect("answer");
+    assert_eq!(gamma.status, 403, "{}", gamma.text());
+    assert!(
+        json_of(&gamma)["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("\"gamma\", which is not a node of cluster test")),
+        "{}",
+        gamma.text()
+    );
+    let id = NodeIdentity::load(&f.dir.path().join("certs"), "gamma").expect("identity");
+    let client = NodeClient::with_identity(&id, "alpha", f.alpha).expect("client");
+    let e = client
+        .verb("demo", Verb::Stop, "mallory")
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(e, ClientError::Refused { status: 403, .. }) && e.fall_back(),
+        "{e:?}"
+    );
+
+    // beta of another cluster: the handshake fails, no HTTP answer at all.
+    for r in [
+        Req::get("/api/v1/status"),
+        Req::post("/api/v1/modules/demo/stop", ""),
+    ] {
+        let intruder = f.send_as("other", "beta", r).await;
+        assert!(
+            intruder.is_err(),
+            "a certificate of another CA got {:?}",
+            intruder.map(|r| (r.status, r.text()))
+        );
+    }
+    // Trusting this cluster's CA but presenting the other cluster's certificate: the console
+    // refuses it during the handshake, which the client takes as nothing handled.
+    let other = NodeIdentity::load(&f.dir.path().join("other"), "beta").expect("identity");
+    let ours = NodeIdentity::load(&f.dir.path().join("certs"), "alpha").expect("identity");
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(ours.roots())
+    .with_client_auth_cert(other.cert_chain().to_vec(), other.key())
+    .expect("client certificate");
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let e = tls::send(
+        Arc::new(tls),
+        f.alpha,
+        "alpha",
+        &Req::post("/api/v1/modules/demo/stop", ""),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect_err("refused");
+    assert!(e.not_delivered(), "{e}");
+    assert!(f.verbs(0).is_empty(), "{:?}", f.verbs(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

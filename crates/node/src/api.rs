@@ -1,5 +1,6 @@
 //! The daemon's local control socket (`<run>/mirrorkit.sock`, mode 0600: root only) and its
-//! client, used by the CLI. One JSON request per line, one JSON reply per line.
+//! client, used by the console and by the CLI (on a node without a console, with `--socket`,
+//! or when the console does not answer). One JSON request per line, one JSON reply per line.
 
 use std::path::Path;
 
@@ -128,27 +129,12 @@ pub async fn call(socket: &Path, req: &Request) -> Result<Reply, String> {
     serde_json::from_str(&answer).map_err(|e| format!("unreadable answer from the daemon: {e}"))
 }
 
-/// The status as a table, for `mirrorkit status`.
+/// The status as a table, for `mirrorkit status` over the control socket.
 pub fn table(s: &NodeStatus) -> String {
     let mut out = format!("cluster {}, node {} (peer {})\n", s.cluster, s.node, s.peer);
     for h in &s.heartbeats {
-        out.push_str(&format!(
-            "heartbeat {}: {}{}{}, {} heard, {} missed{}\n",
-            h.name,
-            if h.up { "up" } else { "DOWN" },
-            h.last_heard_ms_ago
-                .map(|ms| format!(", peer heard {ms} ms ago"))
-                .unwrap_or_default(),
-            h.rtt_us
-                .map(|us| format!(", rtt {}", micros(us)))
-                .unwrap_or_default(),
-            h.received,
-            h.missed,
-            h.last_error
-                .as_ref()
-                .map(|e| format!(" (last error: {e})"))
-                .unwrap_or_default()
-        ));
+        out.push_str(&heartbeat_line(h));
+        out.push('\n');
     }
     out.push_str(&format!(
         "\n{:<16} {:<11} {:<11} {}\n",
@@ -162,36 +148,12 @@ pub fn table(s: &NodeStatus) -> String {
             .state
             .map_or("INVALID".to_owned(), |k| k.name().to_owned());
         let there = m.peer_state.map_or("?".to_owned(), |k| k.name().to_owned());
-        let mut reason = if m.problems.is_empty() {
-            m.reason.clone()
-        } else {
-            m.problems.join("; ")
-        };
-        if let Some(p) = m.progress {
-            let pace = m
-                .replication
-                .as_ref()
-                .filter(|r| r.sync_rate > 0)
-                .map(|r| {
-                    format!(
-                        " at {}/s{}",
-                        bytes(r.sync_rate),
-                        r.sync_eta_secs
-                            .map(|s| format!(", ETA {s} s"))
-                            .unwrap_or_default()
-                    )
-                })
-                .unwrap_or_default();
-            reason = format!(
-                "resync {}% ({} of {}{pace}); {reason}",
-                p.percent(),
-                bytes(p.done_bytes),
-                bytes(p.total_bytes)
-            );
-        }
         out.push_str(&format!(
             "{:<16} {:<11} {:<11} {}\n",
-            m.name, here, there, reason
+            m.name,
+            here,
+            there,
+            module_reason(m)
         ));
         if let Some(line) = replication_line(m) {
             out.push_str(&format!("{:<16} {line}\n", ""));
@@ -208,36 +170,98 @@ pub fn table(s: &NodeStatus) -> String {
             "MODULE", "CHECKER", "SCOPE", "STATE", "LAST RESULT"
         ));
         for (module, c) in checkers {
-            let state = serde_json::to_value(c.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            out.push_str(&format!(
-                "{:<16} {:<16} {:<11} {:<8} {}{}\n",
-                module,
-                c.name,
-                c.scope.as_str(),
-                state,
-                c.last_result,
-                if c.restarts_in_window > 0 {
-                    format!(" ({} restarts in the window)", c.restarts_in_window)
-                } else {
-                    String::new()
-                }
-            ));
+            out.push_str(&format!("{module:<16} {}\n", checker_line(c)));
         }
     }
-    match &s.witness {
-        Some(w) => out.push_str(&format!("\nwitness: {w}\n")),
-        None => out.push_str(
-            "\nno witness: if the link between the nodes is cut, both may become primary (split brain); see docs/operations.md\n",
-        ),
-    }
+    out.push_str(&witness_line(s.witness.as_deref()));
     out
 }
 
+/// A heartbeat network on one line: up or down, when the peer was last heard, round-trip
+/// time, heartbeats heard and missed, the last error.
+pub fn heartbeat_line(h: &NetStatus) -> String {
+    format!(
+        "heartbeat {}: {}{}{}, {} heard, {} missed{}",
+        h.name,
+        if h.up { "up" } else { "DOWN" },
+        h.last_heard_ms_ago
+            .map(|ms| format!(", peer heard {ms} ms ago"))
+            .unwrap_or_default(),
+        h.rtt_us
+            .map(|us| format!(", rtt {}", micros(us)))
+            .unwrap_or_default(),
+        h.received,
+        h.missed,
+        h.last_error
+            .as_ref()
+            .map(|e| format!(" (last error: {e})"))
+            .unwrap_or_default()
+    )
+}
+
+/// Why the module is in its state on this node: its problems if it cannot run, else its
+/// reason, after the resync's progress and pace while one runs.
+pub fn module_reason(m: &ModuleStatus) -> String {
+    let reason = if m.problems.is_empty() {
+        m.reason.clone()
+    } else {
+        m.problems.join("; ")
+    };
+    let Some(p) = m.progress else {
+        return reason;
+    };
+    let pace = m
+        .replication
+        .as_ref()
+        .filter(|r| r.sync_rate > 0)
+        .map(|r| {
+            format!(
+                " at {}/s{}",
+                bytes(r.sync_rate),
+                r.sync_eta_secs
+                    .map(|s| format!(", ETA {s} s"))
+                    .unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "resync {}% ({} of {}{pace}); {reason}",
+        p.percent(),
+        bytes(p.done_bytes),
+        bytes(p.total_bytes)
+    )
+}
+
+/// A checker's row after its module's name: name, scope, state, last result, restarts.
+pub fn checker_line(c: &mirrorkit_checkers::CheckerStatus) -> String {
+    let state = serde_json::to_value(c.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    format!(
+        "{:<16} {:<11} {:<8} {}{}",
+        c.name,
+        c.scope.as_str(),
+        state,
+        c.last_result,
+        if c.restarts_in_window > 0 {
+            format!(" ({} restarts in the window)", c.restarts_in_window)
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// The witness, or the warning that there is none, after a blank line.
+pub fn witness_line(witness: Option<&str>) -> String {
+    match witness {
+        Some(w) => format!("\nwitness: {w}\n"),
+        None => "\nno witness: if the link between the nodes is cut, both may become primary (split brain); see docs/operations.md\n".to_owned(),
+    }
+}
+
 /// The replication figures of a module as primary, on one line (`None` elsewhere).
-fn replication_line(m: &ModuleStatus) -> Option<String> {
+pub fn replication_line(m: &ModuleStatus) -> Option<String> {
     let r = m.replication.as_ref().filter(|r| r.role == "primary")?;
     let mut parts = vec![format!("replication {}", r.mode)];
     if let Some(rate) = m.write_rate {
