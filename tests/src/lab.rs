@@ -2,7 +2,8 @@
 //! bridge (the "LAN"), and one namespace per server, each with an `eth0` plugged into that
 //! bridge. Each server runs a real `mirrorkit daemon` (entered with `nsenter --net`, so that
 //! its FUSE mounts stay visible to the test), with its own state, run and data directories.
-//! The test talks to the daemons with the real CLI, and to the application through the
+//! The test talks to the daemons with the real CLI (run in the node's namespace, as on a node:
+//! through the node's console when the lab has one), and to the application through the
 //! virtual IP from the client namespace.
 //!
 //! Needs root and `ip netns`: `require_lab` skips (or fails under CI) otherwise.
@@ -646,23 +647,40 @@ impl Lab {
         std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
     }
 
-    /// Run the CLI against node `i`'s daemon.
+    /// Run the CLI on node `i` (in its network namespace, so that it reaches its node's
+    /// console on loopback as on a real node).
     pub fn cli(&self, i: usize, args: &[&str]) -> Output {
-        Command::new(mirrorkit_bin())
+        self.cli_with(i, &self.nodes[i].config, args)
+    }
+
+    /// Run the CLI on node `i` with the cluster file `config`.
+    pub fn cli_with(&self, i: usize, config: &Path, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.nodes[i].ns.path().display()))
+            .arg(mirrorkit_bin())
             .args(args)
             .arg("--config")
-            .arg(&self.nodes[i].config)
+            .arg(config)
             .output()
             .expect("run mirrorkit")
     }
 
-    /// Node `i`'s status (`mirrorkit status --json`), if its daemon answers.
+    /// Node `i`'s status as that node says it (`mirrorkit status --json`; through a console,
+    /// the node's own entry in the cluster view), if its daemon answers.
     pub fn status(&self, i: usize) -> Option<serde_json::Value> {
         let out = self.cli(i, &["status", "--json"]);
         if !out.status.success() {
             return None;
         }
-        serde_json::from_slice(&out.stdout).ok()
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        match v.get("nodes").and_then(|n| n.as_array()) {
+            Some(nodes) => nodes
+                .iter()
+                .find(|n| n["node"] == self.nodes[i].name.as_str())
+                .map(|n| n["status"].clone())
+                .filter(|s| !s.is_null()),
+            None => Some(v),
+        }
     }
 
     /// The module's state on node `i` as that node says it.

@@ -4,6 +4,10 @@
 //! the page and check with the CLI that it moved; a wrong password, an API call without
 //! credentials and a forged cross-site request are refused. Screenshots of the main states go
 //! to `target/console-screenshots/`.
+//!
+//! And the CLI through the console: `mirrorkit status`, a verb and `log` go through the node's
+//! REST API with the node's certificate, fall back to the control socket when the console does
+//! not answer; a certificate of another cluster is refused.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -12,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mirrorkit_net::pki::NodeIdentity;
 use mirrorkit_tests::browser::{self, Browser, Driver};
 use mirrorkit_tests::lab::{client_addr, require_lab, Lab, LabModule};
 use serde_json::json;
@@ -334,4 +339,222 @@ fn console_in_a_real_browser() {
             .join()
             .expect("the browser scenario");
     });
+}
+
+/// `mirrorkit status --json` on node `i` until it comes through the console (no fallback
+/// warning): the console starts a moment after its daemon.
+fn status_through_console(lab: &Lab, i: usize) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + BOOT;
+    loop {
+        let out = lab.cli(i, &["status", "--json"]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.success() && !stderr.contains("warning") {
+            return serde_json::from_slice(&out.stdout).expect("status JSON");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {i}'s console never answered the CLI: {stderr}\n{}",
+            mirrorkit_tests::lab::tail(&lab.log(i), 40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// What the CLI said on its standard error (its own lines, not its log's).
+fn said(stderr: &[u8]) -> Vec<String> {
+    text(stderr)
+        .lines()
+        .filter(|l| l.starts_with("mirrorkit: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_cli_goes_through_the_console_api() {
+    if !require_lab("the_cli_goes_through_the_console_api") {
+        return;
+    }
+    let mut m = LabModule::demo("demo", 8080, 80);
+    m.default_primary = Some("alpha".into());
+    let mut lab = Lab::new(vec![m]);
+    lab.with_console(PASSWORD);
+    lab.start(0);
+    lab.start(1);
+    lab.wait_states("demo", [Some("PRIM"), Some("SECOND")], BOOT);
+
+    // Status through the REST API: the cluster view, with beta's own status in alpha's
+    // answer (alpha's control socket only knows what beta last said).
+    let v = status_through_console(&lab, 0);
+    assert_eq!(v["local"], "alpha", "{v}");
+    assert_eq!(v["nodes"][0]["node"], "alpha", "{v}");
+    assert_eq!(
+        v["nodes"][0]["status"]["modules"][0]["state"], "PRIM",
+        "{v}"
+    );
+    assert_eq!(v["nodes"][1]["node"], "beta", "{v}");
+    assert_eq!(v["nodes"][1]["status"]["node"], "beta", "{v}");
+    assert_eq!(
+        v["nodes"][1]["status"]["modules"][0]["state"], "SECOND",
+        "{v}"
+    );
+    let table = lab.cli(0, &["status"]);
+    assert!(table.status.success(), "{}", text(&table.stderr));
+    let table = text(&table.stdout);
+    assert!(table.starts_with("cluster lab-"), "{table}");
+    assert!(table.contains("), from node alpha\n"), "{table}");
+    assert!(table.contains("alpha heartbeat lan: up"), "{table}");
+    assert!(table.contains("beta  heartbeat lan: up"), "{table}");
+    // --socket: this node's status alone, as before.
+    let socket = lab.cli(0, &["status", "--json", "--socket"]);
+    let s: serde_json::Value = serde_json::from_slice(&socket.stdout).expect("status JSON");
+    assert_eq!(
+        (s["node"].as_str(), s["nodes"].is_null()),
+        (Some("alpha"), true),
+        "{s}"
+    );
+
+    // A verb through the API moves the module; the event log names the CLI's node and user.
+    let _ = status_through_console(&lab, 1);
+    let swap = lab.cli(1, &["swap", "demo"]);
+    assert!(swap.status.success(), "{}", text(&swap.stderr));
+    assert!(said(&swap.stderr).is_empty(), "{}", text(&swap.stderr));
+    assert!(
+        text(&swap.stdout).starts_with("swap demo: done, "),
+        "{}",
+        text(&swap.stdout)
+    );
+    lab.wait_states("demo", [Some("SECOND"), Some("PRIM")], MOVE);
+    let log = lab.cli(1, &["log", "demo"]);
+    assert!(log.status.success(), "{}", text(&log.stderr));
+    assert!(said(&log.stderr).is_empty(), "{}", text(&log.stderr));
+    assert!(
+        text(&log.stdout).contains("swap asked by cli on beta, user "),
+        "{}",
+        text(&log.stdout)
+    );
+
+    // Refusals read exactly as over the control socket.
+    for args in [["start", "demo"], ["prim", "no-such-module"]] {
+        let api = lab.cli(0, &args);
+        let sock = lab.cli(0, &[args[0], args[1], "--socket"]);
+        let what = args.join(" ");
+        assert!(!api.status.success() && !sock.status.success(), "{what}");
+        let (api, sock) = (said(&api.stderr), said(&sock.stderr));
+        assert_eq!(api.len(), 1, "{api:?}");
+        assert!(
+            api[0].starts_with(&format!("mirrorkit: {what}: ")),
+            "{api:?}"
+        );
+        assert_eq!(api, sock);
+    }
+
+    // A console that does not answer: one warning naming its address and the error, then the
+    // control socket, in the same document shape.
+    let mut cf = mirrorkit_node::config::ClusterFile::load(&lab.nodes[0].config).expect("file");
+    if let Some(c) = cf.console.as_mut() {
+        c.listen = "127.0.0.1:1".parse().expect("addr");
+    }
+    let dead = lab.dir.path().join("alpha/console-down.toml");
+    std::fs::write(&dead, cf.to_toml().expect("toml")).expect("write");
+    let out = lab.cli_with(0, &dead, &["status", "--json"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(said(&out.stderr).len(), 1, "{stderr}");
+    assert!(
+        stderr.contains("warning: node alpha's console at 127.0.0.1:1 did not answer: cannot connect to 127.0.0.1:1")
+            && stderr.contains("control socket"),
+        "{stderr}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(
+        v["nodes"][0]["status"]["modules"][0]["state"], "SECOND",
+        "{v}"
+    );
+    assert!(v["nodes"][1]["status"].is_null(), "{v}");
+    assert!(
+        v["nodes"][1]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("not asked")),
+        "{v}"
+    );
+    let out = lab.cli_with(0, &dead, &["start", "demo"]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let lines = said(&out.stderr);
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].contains("console at 127.0.0.1:1 did not answer"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains("start demo: ") && lines[1].contains("already started"),
+        "{stderr}"
+    );
+
+    // A certificate of another cluster's CA is refused by the console (during the TLS
+    // handshake: no HTTP answer at all), from the client's network as from the node.
+    let other = lab.dir.path().join("other-certs");
+    let made = std::process::Command::new(mirrorkit_tests::mirrorkit_bin())
+        .args([
+            "certs",
+            "--cluster",
+            "other",
+            "--nodes",
+            "alpha,beta",
+            "--dir",
+        ])
+        .arg(&other)
+        .output()
+        .expect("mirrorkit certs");
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let certs = lab.dir.path().join("certs");
+    let addr: std::net::SocketAddr = format!(
+        "{}.1:{}",
+        mirrorkit_tests::lab::LAN_PREFIX,
+        mirrorkit_tests::lab::CONSOLE_PORT
+    )
+    .parse()
+    .expect("addr");
+    let refused = mirrorkit_tests::lab::in_netns(&lab.client.path(), move || {
+        let ours = NodeIdentity::load(&certs, "alpha").expect("identity");
+        let theirs = NodeIdentity::load(&other, "beta").expect("identity");
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(ours.roots())
+        .with_client_auth_cert(theirs.cert_chain().to_vec(), theirs.key())
+        .expect("client certificate");
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(mirrorkit_console::tls::send(
+            Arc::new(tls),
+            addr,
+            "alpha",
+            &mirrorkit_console::tls::Req::post("/api/v1/modules/demo/stop", ""),
+            Duration::from_secs(10),
+        ))
+    });
+    match refused {
+        Err(e) => assert!(e.not_delivered(), "{e}"),
+        Ok(r) => panic!(
+            "another cluster's certificate got HTTP {}: {}",
+            r.status,
+            r.text()
+        ),
+    }
+    assert!(
+        lab.log(0).contains("refused a client certificate"),
+        "{}",
+        mirrorkit_tests::lab::tail(&lab.log(0), 40)
+    );
+    assert_eq!(lab.state(0, "demo").as_deref(), Some("SECOND"));
 }

@@ -1,5 +1,8 @@
 //! The cluster commands: the node daemon, `cluster init`, the status table, the verbs and the
-//! module event log. The CLI talks to the daemon of its own node over its control socket.
+//! module event log. The CLI asks its own node: through the node's web console (HTTPS, the
+//! node's certificate) when the node runs one, so that it shows what the console and the API
+//! show; over the daemon's control socket without a console, with `--socket`, or when the
+//! console does not answer (with a warning).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -7,7 +10,10 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use mirrorkit_cluster::machine::Verb;
-use mirrorkit_node::api::{self, Reply, Request};
+use mirrorkit_console::backend::{ClusterView, NodeView};
+use mirrorkit_console::client::{self, ClientError, NodeClient};
+use mirrorkit_console::server::LOG_LINES_MAX;
+use mirrorkit_node::api::{self, NodeStatus, Reply, Request};
 use mirrorkit_node::config::{self, ClusterFile, InitNode, InitSpec};
 
 #[derive(Args, Clone)]
@@ -208,67 +214,205 @@ pub fn daemon(c: &ConfigArg) -> Result<()> {
     r
 }
 
-fn call(c: &ConfigArg, req: &Request) -> Result<Reply> {
-    let cf = ClusterFile::load(&c.config)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// How `status`, the verbs and `log` reach the daemon.
+#[derive(Args, Clone)]
+pub struct ReachArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Ask the daemon over its control socket (<run>/mirrorkit.sock), this node only, instead
+    /// of the node's web console. Without a [console] in the cluster file (with an admin
+    /// password) the socket is always used; with one, the CLI asks the console over HTTPS
+    /// with the node's certificate, so that it shows what the console and the API show (both
+    /// nodes), and falls back to the socket, with a warning, when the console does not answer.
+    #[arg(long)]
+    pub socket: bool,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
+        .context("cannot start the async runtime")
+}
+
+fn call(rt: &tokio::runtime::Runtime, cf: &ClusterFile, req: &Request) -> Result<Reply> {
     rt.block_on(api::call(&cf.socket(), req))
         .map_err(|e| anyhow!(e))
 }
 
-pub fn status(c: &ConfigArg, json: bool) -> Result<()> {
-    match call(c, &Request::Status)? {
-        Reply::Status(s) => {
+/// The node's console, when the CLI asks through it: not with `--socket`, nor when the node
+/// runs none. An error means it cannot be used (the node's certificate).
+fn console(cf: &ClusterFile, socket: bool) -> Option<Result<NodeClient, ClientError>> {
+    if socket {
+        return None;
+    }
+    let addr = client::console_address(cf)?;
+    Some(NodeClient::new(cf, addr))
+}
+
+/// Say on one line why the console is not used, and that the control socket is.
+fn fall_back(cf: &ClusterFile, e: &ClientError) {
+    eprintln!(
+        "mirrorkit: warning: {e}; asking the daemon's control socket {} instead",
+        cf.socket().display()
+    );
+}
+
+/// Ask the console with `ask`; `Ok(None)` when it handled nothing and the control socket is to
+/// be asked instead (the warning said so), or when there is no console to ask.
+fn through_console<T>(
+    rt: &tokio::runtime::Runtime,
+    cf: &ClusterFile,
+    socket: bool,
+    ask: impl AsyncFnOnce(&NodeClient) -> Result<T, ClientError>,
+) -> Result<Option<T>, ClientError> {
+    let client = match console(cf, socket) {
+        None => return Ok(None),
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            fall_back(cf, &e);
+            return Ok(None);
+        }
+    };
+    match rt.block_on(ask(&client)) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.fall_back() => {
+            fall_back(cf, &e);
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn socket_status(rt: &tokio::runtime::Runtime, cf: &ClusterFile) -> Result<NodeStatus> {
+    match call(rt, cf, &Request::Status)? {
+        Reply::Status(s) => Ok(s),
+        Reply::Error(e) => bail!(e),
+        other => bail!("unexpected answer from the daemon: {other:?}"),
+    }
+}
+
+/// `mirrorkit status`: the cluster view from the node's console (both nodes); from the
+/// control socket with `--socket` or without a console (this node's status, which says what
+/// it last heard from its peer).
+pub fn status(a: &ReachArgs, json: bool) -> Result<()> {
+    let cf = ClusterFile::load(&a.config.config)?;
+    let rt = runtime()?;
+    let consoled = console_configured(&cf, a.socket);
+    let view = match through_console(&rt, &cf, a.socket, async |c| c.status().await) {
+        Ok(Some(view)) => view,
+        Ok(None) if consoled => {
+            // Same shape as the console's view, so that a script reading `--json` sees the
+            // same document whether or not the console answered.
+            let here = socket_status(&rt, &cf)?;
+            let peer = cf.peer().to_owned();
+            let mut nodes = vec![
+                NodeView {
+                    node: cf.node.clone(),
+                    status: Some(here),
+                    error: None,
+                },
+                NodeView {
+                    error: Some(format!(
+                        "not asked: node {}'s console did not answer and its control socket answers for {} only; its status says what it last heard from {peer}",
+                        cf.node, cf.node
+                    )),
+                    node: peer,
+                    status: None,
+                },
+            ];
+            nodes.sort_by(|x, y| x.node.cmp(&y.node));
+            ClusterView {
+                cluster: cf.cluster.clone(),
+                local: cf.node.clone(),
+                nodes,
+                generated_unix_ms: mirrorkit_console::backend::unix_ms(),
+            }
+        }
+        Ok(None) => {
+            let s = socket_status(&rt, &cf)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 print!("{}", api::table(&s));
             }
-            Ok(())
+            return Ok(());
         }
-        Reply::Error(e) => bail!(e),
-        other => bail!("unexpected answer from the daemon: {other:?}"),
+        Err(e) => bail!("status: {e}"),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print!("{}", mirrorkit_console::text::table(&view));
     }
+    Ok(())
 }
 
-pub fn verb(c: &ConfigArg, module: &str, verb: Verb) -> Result<()> {
+/// True when the CLI would ask the console (whether or not it answers).
+fn console_configured(cf: &ClusterFile, socket: bool) -> bool {
+    !socket && client::console_address(cf).is_some()
+}
+
+pub fn verb(a: &ReachArgs, module: &str, verb: Verb) -> Result<()> {
+    let cf = ClusterFile::load(&a.config.config)?;
+    let rt = runtime()?;
     let who = crate::operator();
-    match call(
-        c,
-        &Request::Verb {
-            module: module.to_owned(),
-            verb,
-            who,
+    let state = match through_console(&rt, &cf, a.socket, async |c| {
+        c.verb(module, verb, &who).await
+    }) {
+        Ok(Some(state)) => state,
+        Ok(None) => match call(
+            &rt,
+            &cf,
+            &Request::Verb {
+                module: module.to_owned(),
+                verb,
+                who,
+            },
+        )? {
+            Reply::Done { state } => state,
+            Reply::Error(e) => bail!("{verb} {module}: {e}"),
+            other => bail!("unexpected answer from the daemon: {other:?}"),
         },
-    )? {
-        Reply::Done { state } => {
-            println!("{verb} {module}: done, {state} on this node");
-            Ok(())
-        }
-        Reply::Error(e) => bail!("{verb} {module}: {e}"),
-        other => bail!("unexpected answer from the daemon: {other:?}"),
-    }
+        Err(ClientError::Daemon(e)) => bail!("{verb} {module}: {e}"),
+        Err(e @ ClientError::NoAnswer { .. }) => bail!(
+            "{verb} {module}: {e}; the verb may have run: see `mirrorkit status` and `mirrorkit log {module}`"
+        ),
+        Err(e) => bail!("{verb} {module}: {e}"),
+    };
+    println!("{verb} {module}: done, {state} on this node");
+    Ok(())
 }
 
-pub fn log(c: &ConfigArg, module: &str, lines: usize) -> Result<()> {
-    match call(
-        c,
-        &Request::Log {
-            module: module.to_owned(),
-            lines,
-        },
-    )? {
-        Reply::Log(entries) => {
-            for e in entries {
-                println!("{}", format_entry(&e));
-            }
-            Ok(())
-        }
-        Reply::Error(e) => bail!(e),
-        other => bail!("unexpected answer from the daemon: {other:?}"),
+pub fn log(a: &ReachArgs, module: &str, lines: usize) -> Result<()> {
+    let cf = ClusterFile::load(&a.config.config)?;
+    let rt = runtime()?;
+    if lines > LOG_LINES_MAX && console_configured(&cf, a.socket) {
+        eprintln!(
+            "mirrorkit: the console gives at most the last {LOG_LINES_MAX} entries; add --socket for {lines}"
+        );
     }
+    let entries = match through_console(&rt, &cf, a.socket, async |c| c.log(module, lines).await) {
+        Ok(Some(entries)) => entries,
+        Ok(None) => match call(
+            &rt,
+            &cf,
+            &Request::Log {
+                module: module.to_owned(),
+                lines,
+            },
+        )? {
+            Reply::Log(entries) => entries,
+            Reply::Error(e) => bail!(e),
+            other => bail!("unexpected answer from the daemon: {other:?}"),
+        },
+        Err(ClientError::Daemon(e)) => bail!(e),
+        Err(e) => bail!("log {module}: {e}"),
+    };
+    for e in entries {
+        println!("{}", format_entry(&e));
+    }
+    Ok(())
 }
 
 fn format_entry(e: &mirrorkit_scripts::Entry) -> String {

@@ -57,7 +57,8 @@ enum Cmd {
         role: RoleCmd,
     },
     /// Run the node daemon (what the systemd unit starts): every module of the node, its
-    /// heartbeats, failover and switchover, and the control socket the other commands use.
+    /// heartbeats, failover and switchover, its web console and REST API (with a [console]
+    /// section), and the control socket.
     Daemon {
         #[command(flatten)]
         config: cluster_cmd::ConfigArg,
@@ -80,11 +81,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: console_cmd::ConsoleCmd,
     },
-    /// The cluster as this node sees it: each module's state on both nodes, with the reason;
+    /// The cluster: each module's state on both nodes, with the reasons (through the node's
+    /// console, as it shows them; with --socket or without a console, as this node sees it);
     /// or, with --state-dir, one mirror run by `mirrorkit mirror`.
     Status {
         #[command(flatten)]
-        config: cluster_cmd::ConfigArg,
+        reach: cluster_cmd::ReachArgs,
         /// A mirror's state directory (for `mirrorkit mirror`, not the daemon).
         #[arg(long)]
         state_dir: Option<PathBuf>,
@@ -112,7 +114,7 @@ enum Cmd {
         #[arg(short = 'n', long, default_value_t = 50)]
         lines: usize,
         #[command(flatten)]
-        config: cluster_cmd::ConfigArg,
+        reach: cluster_cmd::ReachArgs,
     },
     /// Compare both copies of a mirror by chunk digests while it runs (the primary's peer must
     /// be in sync). Prints every difference with its path and byte range. Exit status: 0
@@ -143,7 +145,7 @@ struct VerbArgs {
     /// The module.
     module: String,
     #[command(flatten)]
-    config: cluster_cmd::ConfigArg,
+    reach: cluster_cmd::ReachArgs,
 }
 
 #[derive(Subcommand)]
@@ -246,23 +248,23 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Witness { config } => cluster_cmd::witness(&config),
         Cmd::Cluster { cmd } => cluster_cmd::cluster(cmd),
         Cmd::Console { cmd } => console_cmd::run(cmd),
-        Cmd::Start(a) => cluster_cmd::verb(&a.config, &a.module, Verb::Start),
-        Cmd::Stop(a) => cluster_cmd::verb(&a.config, &a.module, Verb::Stop),
-        Cmd::Restart(a) => cluster_cmd::verb(&a.config, &a.module, Verb::Restart),
-        Cmd::Swap(a) => cluster_cmd::verb(&a.config, &a.module, Verb::Swap),
-        Cmd::Prim(a) => cluster_cmd::verb(&a.config, &a.module, Verb::Prim),
-        Cmd::Second(a) => cluster_cmd::verb(&a.config, &a.module, Verb::Second),
-        Cmd::Forcestop(a) => cluster_cmd::verb(&a.config, &a.module, Verb::Forcestop),
+        Cmd::Start(a) => cluster_cmd::verb(&a.reach, &a.module, Verb::Start),
+        Cmd::Stop(a) => cluster_cmd::verb(&a.reach, &a.module, Verb::Stop),
+        Cmd::Restart(a) => cluster_cmd::verb(&a.reach, &a.module, Verb::Restart),
+        Cmd::Swap(a) => cluster_cmd::verb(&a.reach, &a.module, Verb::Swap),
+        Cmd::Prim(a) => cluster_cmd::verb(&a.reach, &a.module, Verb::Prim),
+        Cmd::Second(a) => cluster_cmd::verb(&a.reach, &a.module, Verb::Second),
+        Cmd::Forcestop(a) => cluster_cmd::verb(&a.reach, &a.module, Verb::Forcestop),
         Cmd::Log {
             module,
             lines,
-            config,
-        } => cluster_cmd::log(&config, &module, lines),
+            reach,
+        } => cluster_cmd::log(&reach, &module, lines),
         Cmd::Status {
-            config,
+            reach,
             state_dir: None,
             json,
-        } => cluster_cmd::status(&config, json),
+        } => cluster_cmd::status(&reach, json),
         Cmd::Status {
             state_dir: Some(state_dir),
             json,
