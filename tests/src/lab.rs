@@ -199,6 +199,8 @@ pub struct LabModule {
     pub checkers: bool,
     /// More TOML for module.toml (checkers, `[notify]`).
     pub extra: String,
+    /// More lines of its `[scripts]` (the slots other than `start_prim`, `stop_prim`).
+    pub scripts: String,
     /// More executable files of the module folder: name and content.
     pub files: Vec<(String, String)>,
 }
@@ -213,6 +215,7 @@ impl LabModule {
             heartbeat: "default",
             checkers: false,
             extra: String::new(),
+            scripts: String::new(),
             files: Vec::new(),
         }
     }
@@ -398,6 +401,7 @@ impl Lab {
                 default_primary: m.default_primary.as_deref(),
                 checkers: m.checkers,
                 extra: &m.extra,
+                more_scripts: &m.scripts,
             });
             std::fs::write(md.join("module.toml"), toml).expect("module.toml");
             for (f, text) in &m.files {

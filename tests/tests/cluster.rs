@@ -552,3 +552,86 @@ fn resync_follows_the_modules_bandwidth_limit() {
     tree::compare(&lab.data_dir(0, &m), &lab.data_dir(1, &m), 20)
         .expect("copies identical after the resync");
 }
+
+/// The module's scripts run in the documented order on each node: `prestart`, the data role,
+/// `start_both` where the module starts (secondary too), `start_prim` and then the virtual IP on
+/// the primary; a swap moves only the primary's half; a stop removes the virtual IP before the
+/// stop scripts and ends with `poststop`.
+#[test]
+fn scripts_run_in_the_documented_order_on_both_nodes() {
+    if !require_lab("scripts_run_in_the_documented_order_on_both_nodes") {
+        return;
+    }
+    let mut m = LabModule {
+        default_primary: Some("alpha".into()),
+        scripts: [
+            "prestart = \"log_step\"",
+            "start_both = \"log_step\"",
+            "stop_both = \"log_step\"",
+            "poststop = \"log_step\"",
+        ]
+        .join("\n"),
+        ..LabModule::demo("demo", 8080, 80)
+    };
+    let vip = m.vip_addr().ip();
+    m.files.push((
+        "log_step".into(),
+        format!(
+            "#!/bin/sh\n\
+             if ip -o addr show | grep -qF ' {vip}/'; then vip=yes; else vip=no; fi\n\
+             echo \"$MIRRORKIT_SCRIPT $MIRRORKIT_ROLE vip:$vip\" >> \"$MIRRORKIT_RUN_DIR/steps.log\"\n"
+        ),
+    ));
+    let mut lab = Lab::new(vec![m.clone()]);
+    let steps = |lab: &Lab, i: usize| -> Vec<String> {
+        std::fs::read_to_string(lab.run_dir(i, "demo").join("steps.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    lab.start(0);
+    lab.start(1);
+    lab.wait_states("demo", [Some("PRIM"), Some("SECOND")], BOOT);
+    assert_eq!(
+        steps(&lab, 0),
+        ["prestart none vip:no", "start_both primary vip:no"],
+        "alpha, primary"
+    );
+    // The secondary's start_both may still be running just after SECOND.
+    let deadline = Instant::now() + MOVE;
+    while steps(&lab, 1).len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        steps(&lab, 1),
+        ["prestart none vip:no", "start_both secondary vip:no"],
+        "beta, secondary"
+    );
+    assert!(lab.holds_vip(0, &m));
+
+    // A swap moves the primary's half only.
+    ok(lab.cli(0, &["swap", "demo"]), "swap");
+    lab.wait_states("demo", [Some("SECOND"), Some("PRIM")], MOVE);
+    post(&lab, &m, "after-swap");
+    assert_eq!(steps(&lab, 0).len(), 2, "{:?}", steps(&lab, 0));
+    assert_eq!(steps(&lab, 1).len(), 2, "{:?}", steps(&lab, 1));
+
+    // Stop the secondary, then the primary: stop_both with the role left, the virtual IP
+    // already gone, poststop last.
+    ok(lab.cli(0, &["stop", "demo"]), "stop on alpha");
+    assert_eq!(
+        steps(&lab, 0)[2..],
+        ["stop_both secondary vip:no", "poststop none vip:no"],
+        "alpha, stopped as secondary"
+    );
+    ok(lab.cli(1, &["stop", "demo"]), "stop on beta");
+    assert_eq!(
+        steps(&lab, 1)[2..],
+        ["stop_both primary vip:no", "poststop none vip:no"],
+        "beta, stopped as primary"
+    );
+    assert!(!lab.holds_vip(1, &m));
+    assert_eq!(lab.state(0, "demo").as_deref(), Some("STOP"));
+    assert_eq!(lab.state(1, "demo").as_deref(), Some("STOP"));
+}

@@ -10,12 +10,12 @@
 //! | STOP | module stopped here | boot; `stop`, `forcestop`; a failed promotion or restart | `start`, `restart`, `second`, `prim` |
 //! | STARTING | started, choosing a role | `start`, `restart` from STOP/WAIT/SECOND | the peer's status arrives, or `peer_wait_ms` passes |
 //! | WAIT | started, may not be primary now; the reason says why and what to do | stale or outdated data (see below); split brain; the peer has newer data; `second`; witness refusal; this node's own check (network) fails | the cause goes (re-decided on every peer status and every `retry_ms`); `prim`; `stop` |
-//! | PROMOTING | becoming primary: the peer's consent (if in view), the witness's grant, persist the new generation, the witness's confirmation, mount, virtual IP, `prestart`+`start_prim` | elected with the peer in view; failover; alone on trusted data; the peer handed over; `prim` | every step done (ALONE or PRIM); a step failed (DEMOTING, then STOP); the witness refused, or the peer claimed too and won (WAIT, SECOND, or decided again) |
+//! | PROMOTING | becoming primary: the peer's consent (if in view), the witness's grant, persist the new generation, the witness's confirmation, `prestart` (unless it ran as secondary), mount, `start_both` (likewise)+`start_prim`, virtual IP | elected with the peer in view; failover; alone on trusted data; the peer handed over; `prim` | every step done (ALONE or PRIM); a step failed (DEMOTING, then STOP); the witness refused, or the peer claimed too and won (WAIT, SECOND, or decided again) |
 //! | ALONE | primary, peer not in sync: changes recorded for its resync | promotion done; the mirror's session with the peer ended (after a new generation is persisted and, with a witness, confirmed) | the mirror reports the peer in sync (PRIM); demotion |
 //! | PRIM | primary, peer in sync | the mirror reports the peer in sync | the session ends (ALONE); demotion |
 //! | RESTARTING | primary, application restarting in place | `restart` on a primary; a checker with policy restart, or policy failover when the peer cannot take over | the scripts ran (ALONE/PRIM); they failed (DEMOTING, then STOP) |
-//! | DEMOTING | leaving the primary role: `stop_prim`+`poststop`, barrier (handover only), unmount, release the virtual IP, release the witness | `stop`; `swap`; `second`; failback; a checker's failover; this node's own check failing with the peer able to take over; the witness grant lost (after `Fence`); yielding to another primary; a failed promotion | the steps ran (each failure logged, an unmount failure fenced): STOP, SECOND, WAIT, or decided again |
-//! | SECOND | secondary: receiver running; in sync, resyncing (with progress), or waiting for the primary's mirror | the peer is primary and its data is newer or equal; after a handover | the peer is lost (failover if this copy was in sync, else WAIT); the peer stops being primary (decided again); `stop`; `swap` |
+//! | DEMOTING | leaving the primary role: release the virtual IP, `stop_prim`, (when the module stops here: `stop_both`), barrier (handover only), unmount, (stopping: `poststop`), release the witness. Also a secondary or waiting node that stops after its own scripts ran: `stop_both`, the receiver stopped, `poststop` | `stop`; `swap`; `second`; failback; a checker's failover; this node's own check failing with the peer able to take over; the witness grant lost (after `Fence`); yielding to another primary; a failed promotion | the steps ran (each failure logged, an unmount failure fenced): STOP, SECOND, WAIT, or decided again |
+//! | SECOND | secondary: `prestart`, then the receiver running, then `start_both` (decisions wait for these scripts); in sync, resyncing (with progress), or waiting for the primary's mirror | the peer is primary and its data is newer or equal; after a handover | the peer is lost (failover if this copy was in sync, else WAIT); the peer stops being primary (decided again); `stop`; `swap` |
 //!
 //! # Decisions
 //!
@@ -132,6 +132,27 @@ enum Step {
     Barrier,
     Unmount,
     ReleaseVip,
+    /// The node's own scripts (`prestart`, `start_both`; `stop_both`, `poststop`): run where
+    /// the module starts or stops, whatever its role.
+    Prestart,
+    StartBoth,
+    StopBoth,
+    Poststop,
+}
+
+impl Step {
+    /// A step that runs scripts: its deadline is the script timeout.
+    fn runs_scripts(self) -> bool {
+        matches!(
+            self,
+            Step::StartScripts
+                | Step::StopScripts
+                | Step::Prestart
+                | Step::StartBoth
+                | Step::StopBoth
+                | Step::Poststop
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,17 +214,27 @@ enum Phase {
     Second,
 }
 
-/// What this node may hold as primary (set when asked for, cleared once released).
+/// What this node may hold (set when asked for, cleared once released): as primary (`app`,
+/// `mount`, `vip`), and whatever its role (`pre`: `prestart` ran, `poststop` is owed; `both`:
+/// `start_both` ran, `stop_both` is owed).
 #[derive(Clone, Copy, Debug, Default)]
 struct Held {
     app: bool,
     mount: bool,
     vip: bool,
+    pre: bool,
+    both: bool,
 }
 
 impl Held {
+    /// Anything of the primary role.
     fn any(self) -> bool {
         self.app || self.mount || self.vip
+    }
+
+    /// The node's own scripts ran: stopping the module here owes their stop scripts.
+    fn node(self) -> bool {
+        self.pre || self.both
     }
 }
 
@@ -281,6 +312,10 @@ pub struct Machine {
     /// A failed claim: no new promotion attempt before this time (with its reason).
     hold_off: Option<(u64, String)>,
     held: Held,
+    /// Secondary: a script of the node's own half (`prestart`, `start_both`) under way.
+    /// Decisions wait for it (`deferred`: one was asked for meanwhile).
+    node_step: Option<Awaiting>,
+    deferred: bool,
     /// A `Fence` is in force on the mount.
     fenced: bool,
     receiver: bool,
@@ -357,6 +392,8 @@ impl Machine {
             failover_eligible: false,
             hold_off: None,
             held: Held::default(),
+            node_step: None,
+            deferred: false,
             fenced: false,
             receiver: false,
             in_sync: false,
@@ -646,7 +683,7 @@ impl Machine {
         action: Action,
         out: &mut Vec<Action>,
     ) {
-        let timeout = if matches!(step, Step::StartScripts | Step::StopScripts) {
+        let timeout = if step.runs_scripts() {
             self.cfg.script_timeout_ms
         } else {
             self.cfg.step_timeout_ms
@@ -783,6 +820,11 @@ impl Machine {
     /// Choose a role. Called in STARTING, WAIT and SECOND (and after a demotion or an
     /// aborted promotion, with the phase set to WAIT).
     fn decide(&mut self, now: u64, out: &mut Vec<Action>) {
+        if self.node_step.is_some() {
+            // A secondary running its own start scripts decides once they are done.
+            self.deferred = true;
+            return;
+        }
         if let Some(p) = self.peer.reachable().cloned() {
             return self.decide_with_peer(now, &p, out);
         }
@@ -910,10 +952,6 @@ impl Machine {
         if matches!(self.phase, Phase::Second) {
             return;
         }
-        if !self.receiver {
-            out.push(Action::StartReceiver);
-            self.receiver = true;
-        }
         self.in_sync = false;
         self.synced = false;
         self.progress = None;
@@ -922,6 +960,64 @@ impl Machine {
             self.cfg.peer
         );
         self.enter(now, Phase::Second, reason, out);
+        self.engage_secondary(now, out);
+    }
+
+    /// A secondary's data and scripts, in order: `prestart` (once per start of the module
+    /// here), the receiver, `start_both` (once). Each script is a node step; the next part
+    /// follows when it is done.
+    fn engage_secondary(&mut self, now: u64, out: &mut Vec<Action>) {
+        if self.node_step.is_some() || !matches!(self.phase, Phase::Second) {
+            return;
+        }
+        let script = if !self.held.pre {
+            self.held.pre = true;
+            (Step::Prestart, Script::Prestart)
+        } else {
+            if !self.receiver {
+                out.push(Action::StartReceiver);
+                self.receiver = true;
+            }
+            if self.held.both {
+                return;
+            }
+            self.held.both = true;
+            (Step::StartBoth, Script::StartBoth)
+        };
+        let op = self.op();
+        out.push(Action::RunScripts {
+            op,
+            scripts: vec![script.1],
+        });
+        self.arm(out, Timer::Step(op), now + self.cfg.script_timeout_ms);
+        self.node_step = Some(Awaiting { step: script.0, op });
+    }
+
+    /// A secondary's `prestart` or `start_both` ended.
+    fn node_step_done(
+        &mut self,
+        now: u64,
+        step: Step,
+        result: Result<(), Failure>,
+        out: &mut Vec<Action>,
+    ) {
+        self.node_step = None;
+        if let Err(f) = result {
+            let what = if step == Step::Prestart {
+                "prestart"
+            } else {
+                "start_both"
+            };
+            let reason = format!(
+                "the module's {what} script failed on this node: {f}. Fix the cause, then `start`."
+            );
+            self.deferred = false;
+            return self.start_demotion(now, Goal::Failed(reason.clone()), false, reason, out);
+        }
+        self.engage_secondary(now, out);
+        if self.node_step.is_none() && std::mem::take(&mut self.deferred) {
+            self.decide(now, out);
+        }
     }
 
     fn wait(&mut self, now: u64, reason: String, out: &mut Vec<Action>) {
@@ -1031,8 +1127,34 @@ impl Machine {
             );
             self.set_reason(now, reason, out);
         } else {
-            self.mount(now, out);
+            self.engage(now, out);
         }
+    }
+
+    /// The primary's data and scripts, in order: `prestart` (unless it ran as secondary since
+    /// the module started here), the mount, `start_both` (likewise) and `start_prim`, the
+    /// virtual IPs.
+    fn engage(&mut self, now: u64, out: &mut Vec<Action>) {
+        if self.held.pre {
+            return self.mount(now, out);
+        }
+        self.held.pre = true;
+        let op = self.op();
+        self.start_step(
+            now,
+            Step::Prestart,
+            op,
+            Action::RunScripts {
+                op,
+                scripts: vec![Script::Prestart],
+            },
+            out,
+        );
+        let reason = format!(
+            "becoming primary ({}): running prestart",
+            self.promotion_why()
+        );
+        self.set_reason(now, reason, out);
     }
 
     fn promotion_why(&self) -> String {
@@ -1079,6 +1201,7 @@ impl Machine {
     ) {
         if let Err(f) = result {
             let what = match step {
+                Step::Prestart => "the prestart script",
                 Step::Mount => "mounting the mirror",
                 Step::Vip => "taking the virtual IP",
                 _ => "the start scripts",
@@ -1090,20 +1213,16 @@ impl Machine {
             return self.start_demotion(now, Goal::Failed(reason.clone()), false, reason, out);
         }
         match step {
+            Step::Prestart => self.mount(now, out),
             Step::Mount => {
-                self.held.vip = true;
-                let op = self.op();
-                self.start_step(now, Step::Vip, op, Action::TakeVip { op }, out);
-                let reason = format!(
-                    "becoming primary ({}): taking the virtual IP",
-                    self.promotion_why()
-                );
-                self.set_reason(now, reason, out);
-            }
-            Step::Vip => {
                 self.held.app = true;
+                let mut scripts = Vec::new();
+                if !self.held.both {
+                    self.held.both = true;
+                    scripts.push(Script::StartBoth);
+                }
+                scripts.push(Script::StartPrim);
                 let op = self.op();
-                let scripts = vec![Script::Prestart, Script::StartPrim];
                 self.start_step(
                     now,
                     Step::StartScripts,
@@ -1113,6 +1232,16 @@ impl Machine {
                 );
                 let reason = format!(
                     "becoming primary ({}): running the start scripts",
+                    self.promotion_why()
+                );
+                self.set_reason(now, reason, out);
+            }
+            Step::StartScripts => {
+                self.held.vip = true;
+                let op = self.op();
+                self.start_step(now, Step::Vip, op, Action::TakeVip { op }, out);
+                let reason = format!(
+                    "becoming primary ({}): taking the virtual IP",
                     self.promotion_why()
                 );
                 self.set_reason(now, reason, out);
@@ -1175,26 +1304,28 @@ impl Machine {
 
     // ---- primary: restart in place, demotion ----
 
+    /// Virtual IPs removed, `stop_prim`, `start_prim`, virtual IPs added; the data stays.
     fn restart_in_place(&mut self, now: u64, why: String, out: &mut Vec<Action>) {
         let op = self.op();
-        let scripts = vec![Script::StopPrim, Script::Poststop];
-        let phase = Phase::Restarting(Awaiting {
-            step: Step::StopScripts,
-            op,
-        });
+        let (step, action) = if self.held.vip {
+            (Step::ReleaseVip, Action::ReleaseVip { op })
+        } else {
+            (
+                Step::StopScripts,
+                Action::RunScripts {
+                    op,
+                    scripts: vec![Script::StopPrim],
+                },
+            )
+        };
+        let phase = Phase::Restarting(Awaiting { step, op });
         self.enter(
             now,
             phase,
             format!("restarting the application: {why}"),
             out,
         );
-        self.start_step(
-            now,
-            Step::StopScripts,
-            op,
-            Action::RunScripts { op, scripts },
-            out,
-        );
+        self.start_step(now, step, op, action, out);
     }
 
     fn restart_step_done(
@@ -1205,6 +1336,23 @@ impl Machine {
         out: &mut Vec<Action>,
     ) {
         match (step, result) {
+            (Step::ReleaseVip, result) => {
+                self.held.vip = false;
+                if let Err(f) = result {
+                    let text =
+                        format!("releasing the virtual IP failed while restarting: {f}; going on");
+                    self.log(out, Level::Warn, text);
+                }
+                let op = self.op();
+                let scripts = vec![Script::StopPrim];
+                self.start_step(
+                    now,
+                    Step::StopScripts,
+                    op,
+                    Action::RunScripts { op, scripts },
+                    out,
+                );
+            }
             (Step::StopScripts, result) => {
                 self.held.app = false;
                 if let Err(f) = result {
@@ -1214,7 +1362,7 @@ impl Machine {
                 }
                 self.held.app = true;
                 let op = self.op();
-                let scripts = vec![Script::Prestart, Script::StartPrim];
+                let scripts = vec![Script::StartPrim];
                 self.start_step(
                     now,
                     Step::StartScripts,
@@ -1222,6 +1370,11 @@ impl Machine {
                     Action::RunScripts { op, scripts },
                     out,
                 );
+            }
+            (Step::StartScripts, Ok(())) => {
+                self.held.vip = true;
+                let op = self.op();
+                self.start_step(now, Step::Vip, op, Action::TakeVip { op }, out);
             }
             (_, Ok(())) => self.enter_primary(now, out),
             (_, Err(f)) => {
@@ -1243,6 +1396,9 @@ impl Machine {
         out: &mut Vec<Action>,
     ) {
         self.handover = false;
+        // Its Done, if it comes, is stale: the shell runs the stop scripts after it.
+        self.node_step = None;
+        self.deferred = false;
         let d = Demotion {
             goal,
             barrier: if barrier {
@@ -1252,12 +1408,12 @@ impl Machine {
             },
             awaiting: None,
         };
-        self.enter(
-            now,
-            Phase::Demoting(d),
-            format!("leaving the primary role: {why}"),
-            out,
-        );
+        let what = if self.held.any() {
+            "leaving the primary role"
+        } else {
+            "stopping"
+        };
+        self.enter(now, Phase::Demoting(d), format!("{what}: {why}"), out);
         self.next_demote_step(now, out);
     }
 
@@ -1266,28 +1422,35 @@ impl Machine {
             return;
         };
         let barrier = d.barrier;
-        if self.held.app {
-            let op = self.op();
-            let scripts = vec![Script::StopPrim, Script::Poststop];
-            self.start_step(
-                now,
-                Step::StopScripts,
-                op,
-                Action::RunScripts { op, scripts },
-                out,
-            );
+        // Stopping the module here (not only leaving the primary role) also undoes the node's
+        // own scripts and its data role.
+        let releasing = matches!(d.goal, Goal::Stop(_) | Goal::Failed(_));
+        // An op number is drawn even when no step follows: unused numbers cost nothing.
+        let op = self.op();
+        let script = |script| Action::RunScripts {
+            op,
+            scripts: vec![script],
+        };
+        let (step, action) = if self.held.vip {
+            (Step::ReleaseVip, Action::ReleaseVip { op })
+        } else if self.held.app {
+            (Step::StopScripts, script(Script::StopPrim))
+        } else if releasing && self.held.both {
+            (Step::StopBoth, script(Script::StopBoth))
         } else if barrier == Barrier::Wanted && self.held.mount && self.in_sync {
-            let op = self.op();
-            self.start_step(now, Step::Barrier, op, Action::Barrier { op }, out);
+            (Step::Barrier, Action::Barrier { op })
         } else if self.held.mount {
-            let op = self.op();
-            self.start_step(now, Step::Unmount, op, Action::Unmount { op }, out);
-        } else if self.held.vip {
-            let op = self.op();
-            self.start_step(now, Step::ReleaseVip, op, Action::ReleaseVip { op }, out);
+            (Step::Unmount, Action::Unmount { op })
+        } else if releasing && self.held.pre {
+            self.stop_receiver(out);
+            (Step::Poststop, script(Script::Poststop))
         } else {
-            self.finish_demotion(now, out);
-        }
+            if releasing {
+                self.stop_receiver(out);
+            }
+            return self.finish_demotion(now, out);
+        };
+        self.start_step(now, step, op, action, out);
     }
 
     fn demote_step_done(
@@ -1307,6 +1470,19 @@ impl Machine {
                     let text = format!(
                         "stop scripts failed: {f}; going on (the unmount, or the fence if it fails, stops what still writes)"
                     );
+                    self.log(out, Level::Warn, text);
+                }
+            }
+            Step::StopBoth | Step::Poststop => {
+                let name = if step == Step::StopBoth {
+                    self.held.both = false;
+                    "stop_both"
+                } else {
+                    self.held.pre = false;
+                    "poststop"
+                };
+                if let Err(f) = result {
+                    let text = format!("the {name} script failed: {f}; going on");
                     self.log(out, Level::Warn, text);
                 }
             }

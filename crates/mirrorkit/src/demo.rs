@@ -179,6 +179,7 @@ pub fn run(base: &Path) -> Result<()> {
         default_primary: None,
         checkers: true,
         extra: "",
+        more_scripts: "",
     };
     std::fs::write(md.join("module.toml"), module_toml(&module))?;
     mirrorkit_net::pki::generate_cluster(&base.join("certs"), "demo", &NODES, true)?;

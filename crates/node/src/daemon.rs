@@ -415,8 +415,10 @@ fn log_level(l: Level) -> LogLevel {
 fn script_kind(s: Script) -> ScriptKind {
     match s {
         Script::Prestart => ScriptKind::Prestart,
+        Script::StartBoth => ScriptKind::StartBoth,
         Script::StartPrim => ScriptKind::StartPrim,
         Script::StopPrim => ScriptKind::StopPrim,
+        Script::StopBoth => ScriptKind::StopBoth,
         Script::Poststop => ScriptKind::Poststop,
     }
 }
@@ -947,23 +949,39 @@ impl Daemon {
                 };
                 let Some(loaded) = &m.loaded else { return };
                 let mut batch = Vec::new();
+                // MIRRORKIT_ROLE: the role taken or left; none for prestart and poststop.
+                let data_role = if m.mounted.is_some() {
+                    ScriptRole::Primary
+                } else if m.receiver.is_some() {
+                    ScriptRole::Secondary
+                } else {
+                    ScriptRole::None
+                };
                 let mut role = ScriptRole::None;
                 for s in scripts {
                     let kind = script_kind(s);
-                    if matches!(s, Script::StartPrim | Script::StopPrim) {
-                        role = ScriptRole::Primary;
+                    match s {
+                        Script::StartPrim | Script::StopPrim => role = ScriptRole::Primary,
+                        Script::StartBoth | Script::StopBoth => role = data_role,
+                        Script::Prestart | Script::Poststop => {}
                     }
                     if let Some(sc) = loaded.config.scripts.get(kind) {
                         batch.push((kind, sc.clone()));
                     }
                 }
-                tokio::spawn(async move {
+                // One batch at a time, in the order asked: a stop asked while a start script
+                // runs follows it.
+                let previous = m.scripts_running.take();
+                m.scripts_running = Some(tokio::spawn(async move {
+                    if let Some(p) = previous {
+                        let _ = p.await;
+                    }
                     let result = runner.run(&batch, role).await.map_err(|f| Failure {
                         detail: f.detail,
                         exit_status: f.exit_status,
                     });
                     let _ = tx.send(Input::Machine(module, Event::Done { op, result }));
-                });
+                }));
             }
             Action::MountPrimary { op, forced } => {
                 let Some(dir) = m.data_dir.clone() else {

@@ -25,6 +25,8 @@ pub struct DemoModule<'a> {
     pub checkers: bool,
     /// More TOML appended as is (tests: other checkers, `[notify]`).
     pub extra: &'a str,
+    /// More lines of `[scripts]` (tests: the other slots).
+    pub more_scripts: &'a str,
 }
 
 /// The module's `module.toml` (its scripts are the shipped `start_prim` and `stop_prim`).
@@ -47,7 +49,8 @@ pub fn module_toml(m: &DemoModule) -> String {
          interface = \"{interface}\"\n\n\
          [scripts]\n\
          start_prim = {{ path = \"start_prim\", timeout_ms = 30000 }}\n\
-         stop_prim = {{ path = \"stop_prim\", timeout_ms = 30000 }}\n\n\
+         stop_prim = {{ path = \"stop_prim\", timeout_ms = 30000 }}\n\
+         {more_scripts}\n\
          [env]\n\
          DEMO_LISTEN = \"0.0.0.0:{port}\"\n\
          DEMO_APP = \"{app}\"\n\
@@ -75,6 +78,7 @@ pub fn module_toml(m: &DemoModule) -> String {
             String::new()
         },
         extra = m.extra,
+        more_scripts = m.more_scripts,
         name = m.name,
         port = m.port,
         heartbeat = m.heartbeat,
@@ -105,6 +109,7 @@ mod tests {
             default_primary: Some("beta"),
             checkers: true,
             extra: "",
+            more_scripts: "prestart = \"prestart\"\n",
         };
         let text = module_toml(&m);
         let nodes = ["alpha".to_owned(), "beta".to_owned()];
@@ -118,5 +123,9 @@ mod tests {
         assert_eq!(c.heartbeat, mirrorkit_module::HeartbeatProfile::Fast);
         assert_eq!(c.checkers.len(), 2);
         assert_eq!(c.checkers[0].name, "http");
+        assert!(c
+            .scripts
+            .get(mirrorkit_module::ScriptKind::Prestart)
+            .is_some());
     }
 }

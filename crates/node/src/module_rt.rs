@@ -39,6 +39,8 @@ pub(crate) struct ModuleRt {
     pub(crate) pending_resync: Option<oneshot::Sender<Result<(), String>>>,
     pub(crate) verb_waiters: Vec<(Verb, oneshot::Sender<Reply>)>,
     pub(crate) last_progress: Option<Progress>,
+    /// The module's latest batch of scripts (the next waits for it).
+    pub(crate) scripts_running: Option<tokio::task::JoinHandle<()>>,
     /// Application data replicated per second, sampled on the daemon's tick.
     pub(crate) write_rate: RateMeter,
     pub(crate) peer: Option<mirrorkit_cluster::machine::PeerStatus>,
@@ -84,6 +86,7 @@ pub(crate) fn module_rt(
         pending_resync: None,
         verb_waiters: Vec::new(),
         last_progress: None,
+        scripts_running: None,
         write_rate: RateMeter::default(),
         peer: None,
         folder: dir.to_owned(),
@@ -172,12 +175,6 @@ pub(crate) fn unsupported(loaded: &LoadedModule) -> Vec<String> {
                 m.dir.display()
             ));
         }
-    }
-    if c.scripts.start_both.is_some() || c.scripts.stop_both.is_some() {
-        problems.push(format!(
-            "{}: start_both/stop_both are not run by this version of the daemon",
-            loaded.file.display()
-        ));
     }
     problems
 }

@@ -12,6 +12,9 @@ impl Machine {
         result: Result<(), Failure>,
         out: &mut Vec<Action>,
     ) {
+        if let Some(a) = self.node_step.filter(|a| a.op == op) {
+            return self.node_step_done(now, a.step, result, out);
+        }
         let Some(a) = self.awaiting().filter(|a| a.op == op) else {
             return; // stale: the step was abandoned
         };
@@ -487,7 +490,7 @@ impl Machine {
                         step: Step::Confirm,
                         op: o,
                     }) if o == op => {
-                        return self.mount(now, out);
+                        return self.engage(now, out);
                     }
                     _ => {}
                 }
@@ -708,12 +711,11 @@ impl Machine {
                             self.witness_lost(now, op, what, out);
                         }
                         _ => {
-                            let timeout =
-                                if matches!(a.step, Step::StartScripts | Step::StopScripts) {
-                                    self.cfg.script_timeout_ms
-                                } else {
-                                    self.cfg.step_timeout_ms
-                                };
+                            let timeout = if a.step.runs_scripts() {
+                                self.cfg.script_timeout_ms
+                            } else {
+                                self.cfg.step_timeout_ms
+                            };
                             let failure = Failure {
                                 detail: format!("no answer within {}", secs(timeout)),
                                 exit_status: None,
@@ -721,6 +723,12 @@ impl Machine {
                             self.on_done(now, op, Err(failure), out);
                         }
                     }
+                } else if self.node_step.is_some_and(|a| a.op == op) {
+                    let failure = Failure {
+                        detail: format!("no answer within {}", secs(self.cfg.script_timeout_ms)),
+                        exit_status: None,
+                    };
+                    self.on_done(now, op, Err(failure), out);
                 } else if matches!(self.gate, Gate::Tell { op: o, .. } if o == op) {
                     let text = format!(
                         "{} did not confirm this node's new generation within {}; going on alone",

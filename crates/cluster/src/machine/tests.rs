@@ -111,14 +111,15 @@ fn prim_forces_a_stale_node_and_persists_before_mounting() {
     let persist = acts
         .iter()
         .position(|a| matches!(a, Action::Persist(d) if d.role == Role::Primary));
-    let mount = acts
-        .iter()
-        .position(|a| matches!(a, Action::MountPrimary { forced: true, .. }));
+    assert!(persist.is_some(), "{acts:?}");
+    assert!(acts.iter().any(|a| matches!(a, Action::Log { text, .. } if text.contains("FORCED primary by alice at 10000 ms"))));
+    // prestart, then the mount: after the persist.
+    let acts = one.complete(&acts);
     assert!(
-        persist.is_some() && mount.is_some() && persist < mount,
+        acts.iter()
+            .any(|a| matches!(a, Action::MountPrimary { forced: true, .. })),
         "{acts:?}"
     );
-    assert!(acts.iter().any(|a| matches!(a, Action::Log { text, .. } if text.contains("FORCED primary by alice at 10000 ms"))));
     let acts = one.complete(&acts);
     let acts = one.complete(&acts);
     one.complete(&acts);
@@ -155,8 +156,8 @@ fn a_failed_start_script_ends_in_stop_with_an_error() {
     one.verb(Verb::Start);
     one.at(10_000);
     let acts = one.ev(Event::Timer(Timer::PeerWait));
+    let acts = one.complete(&acts); // prestart
     let acts = one.complete(&acts); // mounted
-    let acts = one.complete(&acts); // VIP
     let op = acts
         .iter()
         .find_map(|a| match a {
@@ -173,8 +174,8 @@ fn a_failed_start_script_ends_in_stop_with_an_error() {
         result: Err(failure),
     });
     assert_eq!(one.m.state(), StateKind::Demoting);
-    // stop scripts, unmount, release the VIP
-    for _ in 0..3 {
+    // stop_prim, stop_both, unmount, poststop (the VIP was never taken)
+    for _ in 0..4 {
         acts = one.complete(&acts);
     }
     assert_eq!(one.m.state(), StateKind::Stop);
@@ -235,4 +236,169 @@ fn statuses_from_another_node_or_out_of_order_change_nothing() {
     };
     one.ev(Event::Peer(PeerMsg::Status(older)));
     assert_eq!(one.m.state(), StateKind::Second);
+}
+
+/// The steps a machine asks for, as names, answering each with success until it settles.
+fn drive(one: &mut One, mut acts: Vec<Action>) -> Vec<String> {
+    let mut steps = Vec::new();
+    loop {
+        for a in &acts {
+            match a {
+                Action::RunScripts { scripts, .. } => {
+                    steps.extend(scripts.iter().map(|s| format!("{s:?}")))
+                }
+                Action::MountPrimary { .. } => steps.push("Mount".into()),
+                Action::Unmount { .. } => steps.push("Unmount".into()),
+                Action::TakeVip { .. } => steps.push("TakeVip".into()),
+                Action::ReleaseVip { .. } => steps.push("ReleaseVip".into()),
+                Action::Barrier { .. } => steps.push("Barrier".into()),
+                Action::StartReceiver => steps.push("StartReceiver".into()),
+                Action::StopReceiver => steps.push("StopReceiver".into()),
+                _ => {}
+            }
+        }
+        let next = one.complete(&acts);
+        if next.is_empty() {
+            return steps;
+        }
+        acts = next;
+    }
+}
+
+#[test]
+fn a_primary_runs_the_scripts_in_the_documented_order() {
+    let mut one = One::new(cfg(), primary_alone());
+    one.verb(Verb::Start);
+    one.at(10_000);
+    let acts = one.ev(Event::Timer(Timer::PeerWait));
+    let steps = drive(&mut one, acts);
+    assert_eq!(
+        steps,
+        ["Prestart", "Mount", "StartBoth", "StartPrim", "TakeVip"],
+        "start on a primary"
+    );
+    assert_eq!(one.m.state(), StateKind::Alone);
+    // A restart in place: the primary's half only, the data kept.
+    let acts = one.verb(Verb::Restart);
+    let steps = drive(&mut one, acts);
+    assert_eq!(steps, ["ReleaseVip", "StopPrim", "StartPrim", "TakeVip"]);
+    assert_eq!(one.m.state(), StateKind::Alone);
+    let acts = one.verb(Verb::Stop);
+    let steps = drive(&mut one, acts);
+    assert_eq!(
+        steps,
+        ["ReleaseVip", "StopPrim", "StopBoth", "Unmount", "Poststop"],
+        "stop on a primary"
+    );
+    assert_eq!(one.m.state(), StateKind::Stop);
+    assert_eq!(one.verb_result(), Some(Ok(StateKind::Stop)));
+}
+
+fn peer_primary(seq: u64) -> PeerStatus {
+    PeerStatus {
+        node: "b".into(),
+        boot: 7,
+        seq,
+        state: StateKind::Prim,
+        data: primary_alone(),
+        eligible: true,
+        committed: true,
+        forced: false,
+        in_sync: false,
+        handover: false,
+        seen_boot: 0,
+        seen_seq: 0,
+        reason: "primary".into(),
+    }
+}
+
+#[test]
+fn a_secondary_runs_its_own_scripts_and_waits_for_them() {
+    let mut one = One::new(cfg(), DataState::default());
+    one.ev(Event::PeerSeen);
+    one.ev(Event::Peer(PeerMsg::Status(peer_primary(1))));
+    let acts = one.verb(Verb::Start);
+    assert_eq!(one.m.state(), StateKind::Second);
+    // prestart first: the receiver waits for it.
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::StartReceiver)),
+        "{acts:?}"
+    );
+    let steps = drive(&mut one, acts);
+    assert_eq!(steps, ["Prestart", "StartReceiver", "StartBoth"]);
+    assert_eq!(one.m.state(), StateKind::Second);
+    assert_eq!(one.verb_result(), Some(Ok(StateKind::Second)));
+    let acts = one.verb(Verb::Stop);
+    assert_eq!(one.m.state(), StateKind::Demoting);
+    let steps = drive(&mut one, acts);
+    assert_eq!(steps, ["StopBoth", "StopReceiver", "Poststop"]);
+    assert_eq!(one.m.state(), StateKind::Stop);
+    assert_eq!(one.verb_result(), Some(Ok(StateKind::Stop)));
+
+    // A failed start_both: stop_both, the data released, poststop; STOP with the reason.
+    let mut one = One::new(cfg(), DataState::default());
+    one.ev(Event::PeerSeen);
+    one.ev(Event::Peer(PeerMsg::Status(peer_primary(1))));
+    let acts = one.verb(Verb::Start);
+    let acts = one.complete(&acts); // prestart
+    let op = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::RunScripts { op, scripts } if scripts == &[Script::StartBoth] => Some(*op),
+            _ => None,
+        })
+        .expect("start_both");
+    let acts = one.ev(Event::Done {
+        op,
+        result: Err(Failure {
+            detail: "agent missing".into(),
+            exit_status: Some(1),
+        }),
+    });
+    let steps = drive(&mut one, acts);
+    assert_eq!(steps, ["StopBoth", "StopReceiver", "Poststop"]);
+    assert_eq!(one.m.state(), StateKind::Stop);
+    assert!(
+        one.m.status().reason.contains("start_both"),
+        "{}",
+        one.m.status().reason
+    );
+}
+
+#[test]
+fn a_secondary_fails_over_once_its_start_scripts_are_done() {
+    // In sync with b, which is lost while start_both still runs: the failover waits for it,
+    // and then runs the primary's half only.
+    let mut one = One::new(cfg(), DataState::default());
+    one.ev(Event::PeerSeen);
+    one.ev(Event::Peer(PeerMsg::Status(peer_primary(1))));
+    let acts = one.verb(Verb::Start);
+    let acts = one.complete(&acts); // prestart: the receiver starts, then start_both
+    let start_both = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::RunScripts { op, .. } => Some(*op),
+            _ => None,
+        })
+        .expect("start_both");
+    one.ev(Event::PeerLost);
+    assert_eq!(
+        one.m.state(),
+        StateKind::Second,
+        "decisions wait for start_both"
+    );
+    let acts = one.ev(Event::Done {
+        op: start_both,
+        result: Ok(()),
+    });
+    // Not in sync: it waits rather than fail over, but only now that start_both is done.
+    assert_eq!(one.m.state(), StateKind::Wait, "{acts:?}");
+    let acts = one.verb(Verb::Prim);
+    let steps = drive(&mut one, acts);
+    assert_eq!(
+        steps,
+        ["Mount", "StartPrim", "TakeVip"],
+        "prestart and start_both ran already"
+    );
+    assert_eq!(one.m.state(), StateKind::Alone);
 }

@@ -234,12 +234,15 @@ pub enum PeerMsg {
     },
 }
 
-/// The module's scripts (module folder), run as a batch in the order given.
+/// The module's scripts (module folder), run as a batch in the order given. The shell runs
+/// the batches of one module one after the other, in the order they were asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Script {
     Prestart,
+    StartBoth,
     StartPrim,
     StopPrim,
+    StopBoth,
     Poststop,
 }
 

@@ -215,10 +215,12 @@ impl Machine {
                     return;
                 }
                 self.pending = pending(None);
-                if self.held.any() || self.receiver {
+                if self.held.any() || self.held.node() || self.receiver {
                     out.push(Action::ForceStop);
                 }
                 self.held = Held::default();
+                self.node_step = None;
+                self.deferred = false;
                 self.receiver = false;
                 self.stop_local(out);
                 let reason = format!(
@@ -287,10 +289,21 @@ impl Machine {
                 who,
                 result: Ok(StateKind::Stop),
             }),
+            Phase::Starting { .. } | Phase::Wait | Phase::Second if self.held.node() => {
+                // The node's own scripts ran: `stop_both`, the data released, `poststop`.
+                self.pending = pending;
+                self.release_witness(out);
+                self.start_demotion(now, Goal::Stop(reason.clone()), false, reason, out);
+            }
             Phase::Starting { .. } | Phase::Wait | Phase::Second => {
                 self.pending = pending;
                 self.stop_local(out);
                 self.enter(now, Phase::Stop, reason, out);
+            }
+            Phase::Promoting(_) if !self.held.any() && self.held.node() => {
+                self.pending = pending;
+                self.release_witness(out);
+                self.start_demotion(now, Goal::Stop(reason.clone()), false, reason, out);
             }
             Phase::Promoting(_) if !self.held.any() => {
                 self.pending = pending;
