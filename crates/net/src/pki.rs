@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, SanType,
 };
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
@@ -127,6 +127,20 @@ pub fn generate_cluster(
     nodes: &[&str],
     overwrite: bool,
 ) -> Result<(), NetError> {
+    generate_cluster_with_addresses(dir, cluster_name, nodes, &[], overwrite)
+}
+
+/// As [`generate_cluster`], with the IP addresses of some nodes (`(node, addresses)`) added to
+/// their certificates as IP SANs: a browser that trusts the cluster CA then accepts a node's
+/// console opened by address (`https://192.0.2.1:9010`), not only by node name. Nodes still
+/// authenticate each other by name.
+pub fn generate_cluster_with_addresses(
+    dir: &Path,
+    cluster_name: &str,
+    nodes: &[&str],
+    addresses: &[(&str, Vec<std::net::IpAddr>)],
+    overwrite: bool,
+) -> Result<(), NetError> {
     validate_cluster_name(cluster_name)?;
     if nodes.is_empty() {
         return Err(NetError::NoNodes);
@@ -140,7 +154,7 @@ pub fn generate_cluster(
         }
     }
 
-    let files = generate_files(dir, cluster_name, nodes)?;
+    let files = generate_files(dir, cluster_name, nodes, addresses)?;
 
     if !overwrite {
         if let Some(existing) = files.iter().find(|f| f.path.symlink_metadata().is_ok()) {
@@ -170,6 +184,7 @@ fn generate_files(
     dir: &Path,
     cluster_name: &str,
     nodes: &[&str],
+    addresses: &[(&str, Vec<std::net::IpAddr>)],
 ) -> Result<Vec<PkiFile>, NetError> {
     let now = SystemTime::now();
     let not_before = now - Duration::from_secs(CERT_BACKDATE_SECS);
@@ -230,6 +245,14 @@ fn generate_files(
                 source,
             }
         })?;
+        for (_, ips) in addresses.iter().filter(|(n, _)| n == node) {
+            for ip in ips {
+                let san = SanType::IpAddress(*ip);
+                if !params.subject_alt_names.contains(&san) {
+                    params.subject_alt_names.push(san);
+                }
+            }
+        }
         params.not_before = not_before.into();
         params.not_after = not_after.into();
         params.distinguished_name = rcgen::DistinguishedName::new();
@@ -267,6 +290,25 @@ fn generate_files(
         });
     }
     Ok(files)
+}
+
+/// Whether the certificate in `cert` (PEM) is valid for the IP address `ip` (an IP SAN), as a
+/// browser opening `https://<ip>:...` would check it.
+pub fn certificate_valid_for_ip(cert: &Path, ip: std::net::IpAddr) -> Result<bool, NetError> {
+    let pem = std::fs::read(cert).map_err(|source| NetError::Io {
+        action: "read",
+        path: cert.to_owned(),
+        source,
+    })?;
+    let parse = |reason: String| NetError::InvalidPem {
+        path: cert.to_owned(),
+        reason,
+    };
+    let der = CertificateDer::from_pem_slice(&pem).map_err(|e| parse(e.to_string()))?;
+    let end = webpki::EndEntityCert::try_from(&der).map_err(|e| parse(e.to_string()))?;
+    Ok(end
+        .verify_is_valid_for_subject_name(&ServerName::IpAddress(ip.into()))
+        .is_ok())
 }
 
 fn write_new_file(file: &PkiFile, overwrite: bool) -> Result<(), NetError> {
@@ -541,5 +583,34 @@ mod tests {
                 Err(NetError::InvalidClusterName { .. })
             ));
         }
+    }
+
+    #[test]
+    fn node_certificates_carry_their_addresses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a: std::net::IpAddr = "192.0.2.1".parse().expect("ip");
+        let b6: std::net::IpAddr = "2001:db8::2".parse().expect("ip");
+        generate_cluster_with_addresses(
+            dir.path(),
+            "c",
+            &["alpha", "beta"],
+            &[("alpha", vec![a, a]), ("beta", vec![b6])],
+            false,
+        )
+        .expect("generate");
+        let valid_for = |node: &str, name: ServerName<'_>| {
+            let pem = std::fs::read(cert_path(dir.path(), node)).expect("cert");
+            let der = CertificateDer::from_pem_slice(&pem).expect("pem");
+            let cert = webpki::EndEntityCert::try_from(&der).expect("parse");
+            cert.verify_is_valid_for_subject_name(&name).is_ok()
+        };
+        let ip = |s: &str| ServerName::IpAddress(s.parse::<std::net::IpAddr>().expect("ip").into());
+        let dns = |s: &'static str| ServerName::try_from(s).expect("dns");
+        assert!(valid_for("alpha", ip("192.0.2.1")));
+        assert!(valid_for("alpha", dns("alpha")), "still valid for its name");
+        assert!(!valid_for("alpha", ip("2001:db8::2")));
+        assert!(valid_for("beta", ip("2001:db8::2")));
+        assert!(!valid_for("beta", ip("192.0.2.1")));
+        assert!(!valid_for("beta", dns("alpha")));
     }
 }

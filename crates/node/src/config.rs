@@ -402,7 +402,29 @@ pub fn init(spec: &InitSpec, out: &Path) -> Result<Vec<PathBuf>, String> {
         names.push(w.as_str());
     }
     let ca_dir = out.join("ca");
-    mirrorkit_net::pki::generate_cluster(&ca_dir, &spec.cluster, &names, false).map_err(|e| {
+    // Each node's certificate also names its addresses (every network), so that its console
+    // opened by address passes a browser's check once the cluster CA is trusted.
+    let mut addresses: Vec<(&str, Vec<std::net::IpAddr>)> = spec
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut ips = vec![n.addr];
+            ips.extend(spec.extra_heartbeats.iter().map(|(_, a)| a[i]));
+            (n.name.as_str(), ips)
+        })
+        .collect();
+    if let Some((w, addr)) = &spec.witness {
+        addresses.push((w.as_str(), vec![addr.ip()]));
+    }
+    mirrorkit_net::pki::generate_cluster_with_addresses(
+        &ca_dir,
+        &spec.cluster,
+        &names,
+        &addresses,
+        false,
+    )
+    .map_err(|e| {
         format!(
             "cannot create the cluster's certificates in {}: {e}",
             ca_dir.display()
@@ -587,6 +609,17 @@ mod tests {
         mirrorkit_net::pki::NodeIdentity::load(&tmp.path().join("alpha/certs"), "alpha").unwrap();
         mirrorkit_net::pki::NodeIdentity::load(&tmp.path().join("beta/certs"), "beta").unwrap();
         assert!(!tmp.path().join("alpha/certs/beta.key").exists());
+        // Certificates name their node's addresses: a console opened by address is accepted.
+        let valid = |node: &str, ip: &str| {
+            mirrorkit_net::pki::certificate_valid_for_ip(
+                &tmp.path().join(format!("{node}/certs/{node}.pem")),
+                ip.parse().unwrap(),
+            )
+            .unwrap()
+        };
+        assert!(valid("alpha", "10.0.0.1") && valid("alpha", "192.168.9.1"));
+        assert!(valid("beta", "10.0.0.2") && valid("beta", "192.168.9.2"));
+        assert!(!valid("alpha", "10.0.0.2"));
         assert_eq!(a.witness.as_ref().map(|w| w.name.as_str()), Some("witness"));
         mirrorkit_net::pki::NodeIdentity::load(&tmp.path().join("witness/certs"), "witness")
             .unwrap();
