@@ -989,7 +989,30 @@ impl fuser::Filesystem for MirrorFs {
         };
         let n = match sys::pwrite(h.fd.as_fd(), data, offset) {
             Ok(n) => n,
-            Err(e) => return reply.error(errno_of(&e)),
+            Err(e) => {
+                // A refused write (a full disk) may still have set the file's mtime, as the
+                // kernel updates it before it looks for room: the peer gets the same mtime,
+                // so that the copies stay identical.
+                let t = match sys::fstat(h.fd.as_fd()) {
+                    Ok(st) => self.core.submit_on_handle(
+                        &h,
+                        Op::SetAttr {
+                            target: Target::Handle(fh.0),
+                            mode: None,
+                            uid: None,
+                            gid: None,
+                            atime: None,
+                            mtime: Some(sys::timespec(st.st_mtime, st.st_mtime_nsec)),
+                        },
+                        &[],
+                        Vec::new(),
+                    ),
+                    Err(_) => None,
+                };
+                drop(order);
+                self.core.wait(t);
+                return reply.error(errno_of(&e));
+            }
         };
         let mut tickets = [None, None];
         if n > 0 {

@@ -823,6 +823,19 @@ impl Link {
         self.inner.cv.notify_all();
     }
 
+    /// The connection driver waits `delay_ms` before its next attempt (the peer failed to
+    /// apply an operation): the reason says so, while alone.
+    pub fn note_retry(&self, delay_ms: u64) {
+        let mut st = self.lock();
+        if st.mode == Mode::Alone {
+            st.reason = format!(
+                "{}; next attempt in {} s",
+                st.reason,
+                delay_ms.div_ceil(1000)
+            );
+        }
+    }
+
     /// The heartbeats hear the peer again: operations wait the whole peer timeout again.
     pub fn peer_heard(&self) {
         self.lock().suspect = None;

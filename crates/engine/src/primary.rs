@@ -27,10 +27,35 @@ pub const CONNECT_ATTEMPT_MS: u64 = 1000;
 /// Default 5000 ms.
 pub const REFUSED_DELAY_MS: u64 = 5000;
 
-/// Why a session ended: the peer is unreachable or the link broke, or one side refused.
+/// After the peer failed to apply an operation (a full disk, say), the next attempts wait
+/// this long, doubled at each new failure up to [`FAILED_DELAY_MAX_MS`]: each attempt resends
+/// what the peer lacks, and it would fail the same way until an operator acts. Default 1000 ms.
+pub const FAILED_DELAY_MS: u64 = 1000;
+/// Default 30 s.
+pub const FAILED_DELAY_MAX_MS: u64 = 30_000;
+
+/// Why a session ended: the peer is unreachable or the link broke, or one side refused, or
+/// the peer could not apply an operation.
 enum Ended {
     Lost(String),
     Refused(String),
+    Failed(String),
+}
+
+/// How the reader of acknowledgements ended.
+struct ReadEnd {
+    reason: String,
+    /// The peer reported an operation it could not apply.
+    peer_failed: bool,
+}
+
+impl ReadEnd {
+    fn lost(reason: String) -> ReadEnd {
+        ReadEnd {
+            reason,
+            peer_failed: false,
+        }
+    }
 }
 
 impl From<String> for Ended {
@@ -52,11 +77,29 @@ pub struct PeerAddr {
 /// Run forever: keep the peer connected and in sync.
 pub async fn run(core: Arc<Core>, endpoint: quinn::Endpoint, node: String, peer: PeerAddr) {
     let mut last_error = String::new();
+    // Failures of the peer in a row (forgotten once none came for twice the longest delay).
+    let mut failures = 0u32;
+    let mut last_failure: Option<tokio::time::Instant> = None;
     loop {
         let (e, delay) = match session(&core, &endpoint, &node, &peer).await {
             Ok(()) => (String::new(), RECONNECT_DELAY_MS),
             Err(Ended::Lost(e)) => (e, RECONNECT_DELAY_MS),
             Err(Ended::Refused(e)) => (e, REFUSED_DELAY_MS),
+            Err(Ended::Failed(e)) => {
+                let now = tokio::time::Instant::now();
+                if last_failure
+                    .is_some_and(|t| now - t > Duration::from_millis(2 * FAILED_DELAY_MAX_MS))
+                {
+                    failures = 0;
+                }
+                last_failure = Some(now);
+                failures = failures.saturating_add(1);
+                let delay = FAILED_DELAY_MS
+                    .saturating_mul(1 << (failures - 1).min(16))
+                    .min(FAILED_DELAY_MAX_MS);
+                core.link.note_retry(delay);
+                (e, delay)
+            }
         };
         if e != last_error && !e.is_empty() {
             warn!(mirror = %core.mirror, peer = %peer.node, addr = %peer.addr, "replication link to the peer: {e}");
@@ -152,7 +195,7 @@ async fn session(
 
     let link = core.link.clone();
     let session = link.begin_session(send, tokio::runtime::Handle::current());
-    let reader = tokio::spawn(read_loop(recv, link.clone(), session));
+    let reader = tokio::spawn(read_loop(recv, link.clone(), session, peer.node.clone()));
     let sync_core = core.clone();
     let sync = tokio::task::spawn_blocking(move || {
         crate::sync::full_sync(&sync_core, session, mode, preserve)
@@ -162,13 +205,13 @@ async fn session(
     // which stops the synchroniser, instead of leaving it waiting for answers.
     let mut reader = reader;
     let mut sync = sync;
-    let mut reader_end: Option<String> = None;
+    let mut reader_end: Option<ReadEnd> = None;
     let sync_result = loop {
         tokio::select! {
             r = &mut sync => break r,
             r = &mut reader, if reader_end.is_none() => {
-                let why = r.unwrap_or_else(|e| format!("reader task failed: {e}"));
-                link.lost(session, why.clone());
+                let why = r.unwrap_or_else(|e| ReadEnd::lost(format!("reader task failed: {e}")));
+                link.lost(session, why.reason.clone());
                 reader_end = Some(why);
             }
         }
@@ -189,19 +232,23 @@ async fn session(
     } else {
         loop {
             tokio::select! {
-                r = &mut reader => break r.unwrap_or_else(|e| format!("reader task failed: {e}")),
+                r = &mut reader => break r.unwrap_or_else(|e| ReadEnd::lost(format!("reader task failed: {e}"))),
                 _ = tokio::time::sleep(Duration::from_millis(SESSION_CHECK_MS)) => {
                     if link.session() != session {
                         reader.abort();
-                        break link.status().1;
+                        break ReadEnd::lost(link.status().1);
                     }
                 }
             }
         }
     };
-    link.lost(session, end.clone());
+    link.lost(session, end.reason.clone());
     conn.close(0u32.into(), b"session ended");
-    Err(Ended::Lost(end))
+    Err(if end.peer_failed {
+        Ended::Failed(end.reason)
+    } else {
+        Ended::Lost(end.reason)
+    })
 }
 
 /// How to bring the peer to this node's data, or why this node must not (its data is older
@@ -240,13 +287,13 @@ pub fn plan(mine: &DataState, theirs: &DataState) -> Result<(SyncMode, bool), St
 }
 
 /// Read acknowledgements until the stream ends; returns why it ended.
-async fn read_loop(mut recv: quinn::RecvStream, link: Link, session: u64) -> String {
+async fn read_loop(mut recv: quinn::RecvStream, link: Link, session: u64, peer: String) -> ReadEnd {
     let mut buf = Vec::new();
     loop {
         match read_frame(&mut recv, &mut buf).await {
             Ok(true) => {}
-            Ok(false) => return "peer closed the replication stream".into(),
-            Err(e) => return format!("replication stream: {e}"),
+            Ok(false) => return ReadEnd::lost("peer closed the replication stream".into()),
+            Err(e) => return ReadEnd::lost(format!("replication stream: {e}")),
         }
         match wire::decode_frame(&buf) {
             Ok((Message::Ack { seq }, _)) => link.on_ack(session, seq),
@@ -254,23 +301,34 @@ async fn read_loop(mut recv: quinn::RecvStream, link: Link, session: u64) -> Str
                 link.on_probed(session, seq, file, digests.to_vec())
             }
             Ok((Message::Failed { seq, errno, reason }, _)) => {
+                // The reason usually names the error already ("... (os error 28)").
+                let code = if reason.contains("os error") {
+                    String::new()
+                } else {
+                    format!(" (errno {errno})")
+                };
                 let r = format!(
-                    "peer could not apply operation {seq}: {reason} (errno {errno}); the peer is out of sync"
+                    "{peer} could not apply operation {seq}: {reason}{code}; {peer} is out of sync (fix the cause on {peer}; the primary retries, less and less often)"
                 );
                 error!("{r}");
                 link.lost(session, r.clone());
-                return r;
+                return ReadEnd {
+                    reason: r,
+                    peer_failed: true,
+                };
             }
-            Ok((Message::Bye { reason }, _)) => return format!("peer ended the session: {reason}"),
+            Ok((Message::Bye { reason }, _)) => {
+                return ReadEnd::lost(format!("peer ended the session: {reason}"))
+            }
             Ok((other, _)) => {
                 let r = format!("unexpected message from the peer: {other:?}");
                 link.lost(session, r.clone());
-                return r;
+                return ReadEnd::lost(r);
             }
             Err(e) => {
                 let r = format!("malformed message from the peer: {e}");
                 link.lost(session, r.clone());
-                return r;
+                return ReadEnd::lost(r);
             }
         }
     }
