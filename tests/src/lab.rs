@@ -608,11 +608,15 @@ impl Lab {
             .enable_all()
             .build()
             .ok()?;
-        match rt.block_on(mirrorkit_node::api::call(
-            &cf.socket(),
-            &mirrorkit_node::api::Request::Status,
-        )) {
-            Ok(mirrorkit_node::api::Reply::Status(s)) => Some(s),
+        // A daemon that does not answer within 2 s counts as not answering.
+        match rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                mirrorkit_node::api::call(&cf.socket(), &mirrorkit_node::api::Request::Status),
+            )
+            .await
+        }) {
+            Ok(Ok(mirrorkit_node::api::Reply::Status(s))) => Some(s),
             _ => None,
         }
     }

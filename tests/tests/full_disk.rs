@@ -192,3 +192,71 @@ fn a_full_secondary_disk_leaves_the_primary_alone_with_the_reason_then_resyncs()
     drop(m);
     drop(disk);
 }
+
+/// The daemon's state disk is full when the primary must record a new generation (its peer
+/// died): the module waits, says why in the status, and the daemon keeps answering; once there
+/// is room, the module goes on (ALONE).
+#[test]
+fn a_full_state_disk_stalls_the_module_not_the_daemon() {
+    use mirrorkit_tests::lab::{require_lab, Lab, LabModule};
+    if !require_lab("a_full_state_disk_stalls_the_module_not_the_daemon") {
+        return;
+    }
+    let m = LabModule {
+        default_primary: Some("alpha".into()),
+        ..LabModule::demo("demo", 8080, 80)
+    };
+    let mut lab = Lab::new(vec![m]);
+    let state = lab.nodes[0].base.join("state");
+    let disk = SmallDisk::mount(&state, 4);
+    lab.start(0);
+    lab.start(1);
+    lab.wait_states("demo", [Some("PRIM"), Some("SECOND")], SYNC);
+    let filler = state.join("filler.bin");
+    let e = fill(&filler);
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+
+    lab.kill9(1);
+    // The daemon answers, and the module says what it waits for.
+    let stalled = wait_for(SYNC, || {
+        let s = lab.status_now(0)?;
+        let m = s.modules.into_iter().next()?;
+        m.problems
+            .iter()
+            .any(|p| {
+                (p.contains("cannot persist") || p.contains("cannot record"))
+                    && p.contains("No space left on device")
+            })
+            .then_some(m)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no stall reported: {:?}\n{}",
+            lab.status_now(0),
+            mirrorkit_tests::lab::tail(&lab.log(0), 40)
+        )
+    });
+    eprintln!("stalled: {:?}: {:?}", stalled.state, stalled.problems);
+    // Still answering a while later (the daemon's loop is not stuck in the retries).
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(lab.status_now(0).is_some(), "the daemon stopped answering");
+
+    std::fs::remove_file(&filler).expect("remove the filler");
+    let deadline = std::time::Instant::now() + SYNC;
+    loop {
+        let s = lab.status_now(0).and_then(|s| s.modules.into_iter().next());
+        if let Some(m) = &s {
+            if m.problems.is_empty() && m.state.map(|k| k.name()) == Some("ALONE") {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ALONE once the disk had room: {s:?}\n{}",
+            mirrorkit_tests::lab::tail(&lab.log(0), 40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(lab);
+    drop(disk);
+}

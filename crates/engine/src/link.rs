@@ -203,6 +203,12 @@ struct St {
     suspect: Option<(Instant, String)>,
     /// When the peer last acknowledged something (or the session began).
     last_ack_at: Instant,
+    /// Managed: what the peer may lack that could not be written to the dirty record yet (a
+    /// full state disk), with the record's base and the error. Writes stay held until it is
+    /// written (`retry_record`, `allow_alone`).
+    unrecorded: Option<(Option<GenId>, Vec<Mark>, String)>,
+    /// Managed: the manager's `allow_alone` that came while `unrecorded` waited.
+    allow_pending: Option<DataState>,
     /// Writes are failed, never acknowledged (the manager fenced this node).
     fenced: bool,
 }
@@ -286,6 +292,8 @@ impl Link {
                     replies: HashMap::new(),
                     suspect: None,
                     last_ack_at: Instant::now(),
+                    unrecorded: None,
+                    allow_pending: None,
                     held: false,
                     fenced: false,
                 }),
@@ -552,6 +560,15 @@ impl Link {
     /// the peer holds): writes held since the loss of the peer may complete.
     pub fn allow_alone(&self, data: DataState) {
         let mut st = self.lock();
+        if st.unrecorded.is_some() && !self.write_unrecorded(&mut st) {
+            // The record first: writes stay held until `retry_record` writes it.
+            st.allow_pending = Some(data);
+            return;
+        }
+        self.allow_alone_locked(&mut st, data);
+    }
+
+    fn allow_alone_locked(&self, st: &mut MutexGuard<'_, St>, data: DataState) {
         if data.bitmap.is_some() && data.bitmap != st.record.base() {
             warn!(mirror = %self.inner.mirror, "the new generation's base differs from the dirty record's: the next synchronisation compares all data");
         }
@@ -823,16 +840,13 @@ impl Link {
         self.inner.cv.notify_all();
     }
 
-    /// The connection driver waits `delay_ms` before its next attempt (the peer failed to
-    /// apply an operation): the reason says so, while alone.
-    pub fn note_retry(&self, delay_ms: u64) {
+    /// The session ended because the peer failed to apply an operation (`why`), and the
+    /// connection driver waits `delay_ms` before its next attempt: while alone, the reason
+    /// says both (whatever else ended the session first, such as its stream closing).
+    pub fn note_retry(&self, why: &str, delay_ms: u64) {
         let mut st = self.lock();
         if st.mode == Mode::Alone {
-            st.reason = format!(
-                "{}; next attempt in {} s",
-                st.reason,
-                delay_ms.div_ceil(1000)
-            );
+            st.reason = format!("{why}; next attempt in {} s", delay_ms.div_ceil(1000));
         }
     }
 
@@ -946,22 +960,56 @@ impl Link {
     /// (the manager's new generation names it as its base), durably; writes stay held.
     fn record_loss_managed(&self, st: &mut MutexGuard<'_, St>, marks: &[Mark]) {
         let base = st.data.current;
-        loop {
-            let stored = st
-                .record
-                .reset(base)
-                .and_then(|()| st.record.add(marks))
-                .map_err(|e| e.to_string());
-            match stored {
-                Ok(()) => break,
-                Err(e) => {
-                    error!(mirror = %self.inner.mirror, "cannot record what the peer may lack, retrying: {e}");
-                    std::thread::sleep(Duration::from_millis(100));
+        // Merged with what an earlier loss could not record yet (same base: the generation
+        // the peer last shared).
+        let (base, mut all, _) = st
+            .unrecorded
+            .take()
+            .unwrap_or((base, Vec::new(), String::new()));
+        all.extend_from_slice(marks);
+        st.unrecorded = Some((base, all, String::new()));
+        if self.write_unrecorded(st) {
+            info!(mirror = %self.inner.mirror, recorded = marks.len(),
+                "peer lost while in sync: changes recorded; writes held until the cluster manager records a new generation");
+        }
+    }
+
+    /// Write what waits to be recorded; on failure keep it (writes stay held) and say why,
+    /// once per new error.
+    fn write_unrecorded(&self, st: &mut MutexGuard<'_, St>) -> bool {
+        let Some((base, marks, last_error)) = st.unrecorded.take() else {
+            return true;
+        };
+        let stored = st
+            .record
+            .reset(base)
+            .and_then(|()| st.record.add(&marks))
+            .map_err(|e| e.to_string());
+        match stored {
+            Ok(()) => true,
+            Err(e) => {
+                if e != last_error {
+                    error!(mirror = %self.inner.mirror, "cannot record what the peer may lack ({e}): writes are held until it is recorded (retried)");
                 }
+                st.unrecorded = Some((base, marks, e));
+                false
             }
         }
-        info!(mirror = %self.inner.mirror, recorded = marks.len(),
-            "peer lost while in sync: changes recorded; writes held until the cluster manager records a new generation");
+    }
+
+    /// Managed: try again to record what the peer may lack (after a full state disk); once
+    /// done, a pending `allow_alone` completes. The record's error while it waits, if any.
+    pub fn retry_record(&self) -> Option<String> {
+        let mut st = self.lock();
+        st.unrecorded.as_ref()?;
+        if self.write_unrecorded(&mut st) {
+            info!(mirror = %self.inner.mirror, "what the peer may lack is recorded after all");
+            if let Some(data) = st.allow_pending.take() {
+                self.allow_alone_locked(&mut st, data);
+            }
+            return None;
+        }
+        st.unrecorded.as_ref().map(|(_, _, e)| e.clone())
     }
 
     fn end_session_locked(&self, st: &mut MutexGuard<'_, St>, reason: String) {

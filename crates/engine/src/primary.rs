@@ -97,7 +97,7 @@ pub async fn run(core: Arc<Core>, endpoint: quinn::Endpoint, node: String, peer:
                 let delay = FAILED_DELAY_MS
                     .saturating_mul(1 << (failures - 1).min(16))
                     .min(FAILED_DELAY_MAX_MS);
-                core.link.note_retry(delay);
+                core.link.note_retry(&e, delay);
                 (e, delay)
             }
         };

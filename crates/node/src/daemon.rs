@@ -331,7 +331,10 @@ pub async fn run(
                 }
             }
             _ = sleep => d.fire_timers().await,
-            _ = tick.tick() => d.poll_progress().await,
+            _ = tick.tick() => {
+                d.retry_stalled().await;
+                d.poll_progress().await;
+            }
         }
         if let Some((_, asked, stopped_since)) = &mut stopping {
             let all_stopped = d.modules.values().all(|m| {
@@ -539,9 +542,11 @@ impl Daemon {
         for (name, m) in &mut self.modules {
             let Some(mounted) = &m.mounted else {
                 m.write_rate.clear();
+                m.record_error = None;
                 continue;
             };
             let link = &mounted.core.link;
+            m.record_error = link.retry_record();
             let sent = link
                 .counters()
                 .data_bytes_sent
@@ -768,7 +773,23 @@ impl Daemon {
                     let st = m.machine.as_ref().map(|mc| mc.status());
                     ModuleStatus {
                         name: name.clone(),
-                        problems: m.problems.clone(),
+                        problems: m
+                            .problems
+                            .iter()
+                            .cloned()
+                            .chain(m.stalled.as_ref().map(|s| {
+                                format!(
+                                    "{}; the module acts on nothing until it is written (retried every 200 ms)",
+                                    s.error
+                                )
+                            }))
+                            .chain(m.record_error.as_ref().map(|e| {
+                                format!(
+                                    "cannot record what {} may lack: {e}; the application's writes wait until it is recorded (retried every 200 ms)",
+                                    self.cf.peer()
+                                )
+                            }))
+                            .collect(),
                         state: st.as_ref().map(|s| s.state),
                         colour: st.as_ref().map(|s| s.state.colour().to_owned()),
                         reason: st.as_ref().map(|s| s.reason.clone()).unwrap_or_default(),
@@ -803,6 +824,10 @@ impl Daemon {
             warn!(module = %name, "event for an unknown module ignored");
             return;
         };
+        if let Some(stall) = &mut m.stalled {
+            stall.events.push_back(ev);
+            return;
+        }
         let Some(machine) = m.machine.as_mut() else {
             return;
         };
@@ -831,12 +856,123 @@ impl Daemon {
                 ));
             }
         }
-        for a in actions {
-            self.perform(name, a).await;
-        }
+        self.run_actions(name, actions.into(), false).await;
         self.checker_modes(name);
         if after == StateKind::Stop && before != StateKind::Stop {
             self.apply_pending(name).await;
+        }
+    }
+
+    /// Perform a machine's actions in order. A `Persist` that fails stalls the module: the
+    /// rest waits (`retry_stalled`), so that nothing the machine asked for after it happens
+    /// before the state is durable, while the other modules and the API go on.
+    async fn run_actions(
+        &mut self,
+        name: &str,
+        mut actions: std::collections::VecDeque<Action>,
+        retrying: bool,
+    ) {
+        while let Some(a) = actions.pop_front() {
+            if let Action::Persist(d) = &a {
+                if let Err(error) = self.persist(name, d) {
+                    actions.push_front(a);
+                    if let Some(m) = self.modules.get_mut(name) {
+                        if !retrying {
+                            error!(module = %name, "{error}; this module acts on nothing until it is written (retried every 200 ms); the other modules go on");
+                            if let Some(log) = &m.log {
+                                log.append(
+                                    LogLevel::Error,
+                                    Kind::Log,
+                                    &format!("{error}; the module waits until it can be written"),
+                                );
+                            }
+                        }
+                        m.stalled = Some(crate::module_rt::Stall {
+                            actions,
+                            events: std::collections::VecDeque::new(),
+                            error,
+                        });
+                    }
+                    return;
+                }
+                continue;
+            }
+            self.perform(name, a).await;
+        }
+    }
+
+    /// Write the module's data state (unless the mounted link holds it already). The error
+    /// says what and where.
+    fn persist(
+        &mut self,
+        name: &str,
+        d: &mirrorkit_cluster::generation::DataState,
+    ) -> Result<(), String> {
+        let Some(m) = self.modules.get_mut(name) else {
+            return Ok(());
+        };
+        // The mounted link holds exactly what is on disk: when it already stored this state
+        // (the end of a resync), there is nothing to write again.
+        if m.mounted
+            .as_ref()
+            .is_some_and(|mt| mt.core.link.data_state() == *d)
+        {
+            return Ok(());
+        }
+        let file = StateFile::new(&m.state_dir);
+        tokio::task::block_in_place(|| file.store(d)).map_err(|e| {
+            format!(
+                "cannot persist the module's data state in {}: {e}",
+                m.state_dir.display()
+            )
+        })?;
+        if let Some(mt) = &m.mounted {
+            mt.core.link.adopt_state(d.clone());
+        }
+        Ok(())
+    }
+
+    /// Try the stalled modules' state again; once written, perform what waited and feed the
+    /// events that came meanwhile.
+    async fn retry_stalled(&mut self) {
+        let names: Vec<String> = self
+            .modules
+            .iter()
+            .filter(|(_, m)| m.stalled.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            let Some(stall) = self.modules.get_mut(&name).and_then(|m| m.stalled.take()) else {
+                continue;
+            };
+            let crate::module_rt::Stall {
+                actions,
+                events,
+                error,
+            } = stall;
+            self.run_actions(&name, actions, true).await;
+            let Some(m) = self.modules.get_mut(&name) else {
+                continue;
+            };
+            if let Some(again) = &mut m.stalled {
+                // Still failing: keep the first error's events, in order, before any new one.
+                let mut all = events;
+                all.append(&mut again.events);
+                again.events = all;
+                continue;
+            }
+            info!(module = %name, "data state persisted after all ({error} before); going on with {} events that waited", events.len());
+            if let Some(log) = &m.log {
+                log.append(
+                    LogLevel::Info,
+                    Kind::Log,
+                    &format!("data state persisted after all; was: {error}"),
+                );
+            }
+            for ev in events {
+                self.feed(&name, ev).await;
+            }
+            self.checker_modes(&name);
         }
     }
 
@@ -902,26 +1038,9 @@ impl Daemon {
         };
         match action {
             Action::Persist(d) => {
-                // The mounted link holds exactly what is on disk: when it already stored this
-                // state (the end of a resync), there is nothing to write again.
-                if m.mounted
-                    .as_ref()
-                    .is_some_and(|mt| mt.core.link.data_state() == d)
-                {
-                    return;
-                }
-                let file = StateFile::new(&m.state_dir);
-                loop {
-                    match tokio::task::block_in_place(|| file.store(&d)) {
-                        Ok(()) => break,
-                        Err(e) => {
-                            error!(module = %name, "cannot persist the data state, retrying: {e}");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                        }
-                    }
-                }
-                if let Some(mt) = &m.mounted {
-                    mt.core.link.adopt_state(d);
+                // Normally done by `run_actions`; here only if performed directly.
+                if let Err(e) = self.persist(name, &d) {
+                    error!(module = %name, "{e}");
                 }
             }
             Action::Log { level, text } => {

@@ -39,6 +39,11 @@ pub(crate) struct ModuleRt {
     pub(crate) pending_resync: Option<oneshot::Sender<Result<(), String>>>,
     pub(crate) verb_waiters: Vec<(Verb, oneshot::Sender<Reply>)>,
     pub(crate) last_progress: Option<Progress>,
+    /// A `Persist` failed (a full or broken state disk): the machine's actions from it on, and
+    /// the events that came since, wait until it succeeds.
+    pub(crate) stalled: Option<Stall>,
+    /// The mounted link could not write its dirty record (its error), so writes are held.
+    pub(crate) record_error: Option<String>,
     /// The module's latest batch of scripts (the next waits for it).
     pub(crate) scripts_running: Option<tokio::task::JoinHandle<()>>,
     /// Application data replicated per second, sampled on the daemon's tick.
@@ -87,6 +92,8 @@ pub(crate) fn module_rt(
         verb_waiters: Vec::new(),
         last_progress: None,
         scripts_running: None,
+        stalled: None,
+        record_error: None,
         write_rate: RateMeter::default(),
         peer: None,
         folder: dir.to_owned(),
@@ -374,4 +381,13 @@ mod rate_tests {
         r.sample(21_000, 1_005);
         assert_eq!(r.rate(), Some(1_000));
     }
+}
+
+/// A module whose data state could not be persisted: nothing it asked for after that, and no
+/// event since, is acted on before the state is on disk (the machine relies on it).
+#[derive(Debug)]
+pub(crate) struct Stall {
+    pub(crate) actions: std::collections::VecDeque<mirrorkit_cluster::machine::Action>,
+    pub(crate) events: std::collections::VecDeque<mirrorkit_cluster::machine::Event>,
+    pub(crate) error: String,
 }
