@@ -990,25 +990,7 @@ impl fuser::Filesystem for MirrorFs {
         let n = match sys::pwrite(h.fd.as_fd(), data, offset) {
             Ok(n) => n,
             Err(e) => {
-                // A refused write (a full disk) may still have set the file's mtime, as the
-                // kernel updates it before it looks for room: the peer gets the same mtime,
-                // so that the copies stay identical.
-                let t = match sys::fstat(h.fd.as_fd()) {
-                    Ok(st) => self.core.submit_on_handle(
-                        &h,
-                        Op::SetAttr {
-                            target: Target::Handle(fh.0),
-                            mode: None,
-                            uid: None,
-                            gid: None,
-                            atime: None,
-                            mtime: Some(sys::timespec(st.st_mtime, st.st_mtime_nsec)),
-                        },
-                        &[],
-                        Vec::new(),
-                    ),
-                    Err(_) => None,
-                };
+                let t = self.after_refused_change(&h, fh.0, None);
                 drop(order);
                 self.core.wait(t);
                 return reply.error(errno_of(&e));
@@ -1448,7 +1430,11 @@ impl fuser::Filesystem for MirrorFs {
             Ok(g) => g,
             Err(e) => return reply.error(errno_of(&e)),
         };
+        let size_before = sys::fstat(h.fd.as_fd()).map(|st| st.st_size).ok();
         if let Err(e) = sys::fallocate(h.fd.as_fd(), mode, offset, length) {
+            let t = self.after_refused_change(&h, fh.0, size_before.map(|s| (s, mode, offset)));
+            drop(order);
+            self.core.wait(t);
             return reply.error(errno_of(&e));
         }
         let fixes = sys::fstat(h.fd.as_fd())
@@ -1497,6 +1483,52 @@ impl fuser::Filesystem for MirrorFs {
 }
 
 impl MirrorFs {
+    /// A write or fallocate the disk refused (full) may still have changed the file: the
+    /// kernel sets the mtime before it looks for room, and ext4 keeps what an allocation got
+    /// before it ran out, with the size grown that far. The peer gets the same allocation
+    /// (`fallocate`: `(size before, mode, offset)`, redone up to the new size) and the mtime,
+    /// so that the copies stay identical. Call under the ordering lock.
+    fn after_refused_change(
+        &self,
+        h: &crate::core::Handle,
+        fh: u64,
+        fallocate: Option<(i64, i32, u64)>,
+    ) -> Option<crate::link::Ticket> {
+        let st = sys::fstat(h.fd.as_fd()).ok()?;
+        let target = Target::Handle(fh);
+        let mut t = None;
+        if let Some((before, mode, offset)) = fallocate {
+            let after = u64::try_from(st.st_size).unwrap_or(0);
+            if st.st_size != before && after > offset {
+                t = self.core.submit_on_handle(
+                    h,
+                    Op::Fallocate {
+                        handle: fh,
+                        mode,
+                        offset,
+                        len: after - offset,
+                    },
+                    &[],
+                    Vec::new(),
+                );
+            }
+        }
+        let mtime = self.core.submit_on_handle(
+            h,
+            Op::SetAttr {
+                target,
+                mode: None,
+                uid: None,
+                gid: None,
+                atime: None,
+                mtime: Some(sys::timespec(st.st_mtime, st.st_mtime_nsec)),
+            },
+            &[],
+            Vec::new(),
+        );
+        mtime.or(t)
+    }
+
     fn remove(&self, parent: INodeNo, name: &OsStr, flags: i32, reply: ReplyEmpty) {
         let (pfd, c) = match self.parent_and_name(parent, name) {
             Ok(x) => x,
