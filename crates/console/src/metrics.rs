@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use mirrorkit_cluster::machine::StateKind;
-use mirrorkit_node::api::NodeStatus;
+use mirrorkit_node::api::{ModuleStatus, NetStatus, NodeStatus};
 
 /// Every state a module can be in, for the 0/1 series of `mirrorkit_module_state`.
 pub const STATES: [StateKind; 9] = [
@@ -50,6 +50,37 @@ impl Out {
         let _ = writeln!(self.text, "# TYPE {name} {kind}");
     }
 
+    /// A family with one sample per module of this node (labels `module`, `node`), for the
+    /// modules `value` gives a value for.
+    fn per_module(
+        &mut self,
+        s: &NodeStatus,
+        (name, kind, help): (&str, &str, &str),
+        value: impl Fn(&ModuleStatus) -> Option<String>,
+    ) {
+        self.family(name, kind, help);
+        for m in &s.modules {
+            if let Some(v) = value(m) {
+                self.sample(name, &[("module", &m.name), ("node", &s.node)], v);
+            }
+        }
+    }
+
+    /// A family with one sample per heartbeat network (labels `node`, `network`).
+    fn per_network(
+        &mut self,
+        s: &NodeStatus,
+        (name, kind, help): (&str, &str, &str),
+        value: impl Fn(&NetStatus) -> Option<String>,
+    ) {
+        self.family(name, kind, help);
+        for h in &s.heartbeats {
+            if let Some(v) = value(h) {
+                self.sample(name, &[("node", &s.node), ("network", &h.name)], v);
+            }
+        }
+    }
+
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
         let labels: Vec<String> = labels
             .iter()
@@ -90,42 +121,33 @@ pub fn render(s: &NodeStatus) -> String {
             );
         }
     }
-    o.family(
-        "mirrorkit_module_problems",
-        "gauge",
-        "Problems that keep the module from running on this node (invalid module.toml...).",
-    );
-    for m in &s.modules {
-        o.sample(
+    o.per_module(
+        s,
+        (
             "mirrorkit_module_problems",
-            &[("module", &m.name), ("node", node)],
-            m.problems.len(),
-        );
-    }
-    o.family(
-        "mirrorkit_module_state_age_seconds",
-        "gauge",
-        "How long ago the module entered its state on this node.",
+            "gauge",
+            "Problems that keep the module from running on this node (invalid module.toml...).",
+        ),
+        |m| Some(m.problems.len().to_string()),
     );
-    for m in &s.modules {
-        o.sample(
+    o.per_module(
+        s,
+        (
             "mirrorkit_module_state_age_seconds",
-            &[("module", &m.name), ("node", node)],
-            seconds(m.since_ms_ago),
-        );
-    }
-    o.family(
-        "mirrorkit_module_split_brain",
-        "gauge",
-        "1 when the nodes' data diverged and an operator must choose the survivor.",
+            "gauge",
+            "How long ago the module entered its state on this node.",
+        ),
+        |m| Some(seconds(m.since_ms_ago)),
     );
-    for m in &s.modules {
-        o.sample(
+    o.per_module(
+        s,
+        (
             "mirrorkit_module_split_brain",
-            &[("module", &m.name), ("node", node)],
-            flag(m.split_brain),
-        );
-    }
+            "gauge",
+            "1 when the nodes' data diverged and an operator must choose the survivor.",
+        ),
+        |m| Some(flag(m.split_brain).to_string()),
+    );
     o.family(
         "mirrorkit_peer_module_state",
         "gauge",
@@ -175,34 +197,24 @@ pub fn render(s: &NodeStatus) -> String {
             );
         }
     }
-    o.family(
-        "mirrorkit_resync_done_bytes",
-        "gauge",
-        "Bytes of file data compared or sent by the running resync.",
+    o.per_module(
+        s,
+        (
+            "mirrorkit_resync_done_bytes",
+            "gauge",
+            "Bytes of file data compared or sent by the running resync.",
+        ),
+        |m| m.progress.map(|p| p.done_bytes.to_string()),
     );
-    for m in &s.modules {
-        if let Some(p) = m.progress {
-            o.sample(
-                "mirrorkit_resync_done_bytes",
-                &[("module", &m.name), ("node", node)],
-                p.done_bytes,
-            );
-        }
-    }
-    o.family(
-        "mirrorkit_resync_total_bytes",
-        "gauge",
-        "Bytes of file data the running resync plans to compare or send.",
+    o.per_module(
+        s,
+        (
+            "mirrorkit_resync_total_bytes",
+            "gauge",
+            "Bytes of file data the running resync plans to compare or send.",
+        ),
+        |m| m.progress.map(|p| p.total_bytes.to_string()),
     );
-    for m in &s.modules {
-        if let Some(p) = m.progress {
-            o.sample(
-                "mirrorkit_resync_total_bytes",
-                &[("module", &m.name), ("node", node)],
-                p.total_bytes,
-            );
-        }
-    }
     // Replication figures of the modules this node holds as primary, and of those it
     // receives as secondary.
     let primaries: Vec<(&str, &mirrorkit_engine::status::Status)> = s
@@ -268,20 +280,15 @@ pub fn render(s: &NodeStatus) -> String {
             );
         }
     }
-    o.family(
-        "mirrorkit_replication_write_rate_bytes_per_second",
-        "gauge",
-        "Application writes replicated per second over the last two seconds.",
+    o.per_module(
+        s,
+        (
+            "mirrorkit_replication_write_rate_bytes_per_second",
+            "gauge",
+            "Application writes replicated per second over the last two seconds.",
+        ),
+        |m| m.write_rate.map(|rate| rate.to_string()),
     );
-    for m in &s.modules {
-        if let Some(rate) = m.write_rate {
-            o.sample(
-                "mirrorkit_replication_write_rate_bytes_per_second",
-                &[("module", &m.name), ("node", node)],
-                rate,
-            );
-        }
-    }
     const LATENCY: &str = "mirrorkit_replication_latency_seconds";
     o.family(
         LATENCY,
@@ -318,84 +325,65 @@ pub fn render(s: &NodeStatus) -> String {
             r.acks,
         );
     }
-    o.family(
-        "mirrorkit_replication_operations_applied_total",
-        "counter",
-        "Operations this node applied as secondary of the module.",
+    o.per_module(
+        s,
+        (
+            "mirrorkit_replication_operations_applied_total",
+            "counter",
+            "Operations this node applied as secondary of the module.",
+        ),
+        |m| {
+            m.replication
+                .as_ref()
+                .filter(|r| r.role == "secondary")
+                .map(|r| r.ops_applied.to_string())
+        },
     );
-    for m in &s.modules {
-        if let Some(r) = m.replication.as_ref().filter(|r| r.role == "secondary") {
-            o.sample(
-                "mirrorkit_replication_operations_applied_total",
-                &[("module", &m.name), ("node", node)],
-                r.ops_applied,
-            );
-        }
-    }
-    o.family(
-        "mirrorkit_heartbeat_rtt_seconds",
-        "gauge",
-        "Round-trip time on the heartbeat network's current connection.",
+    o.per_network(
+        s,
+        (
+            "mirrorkit_heartbeat_rtt_seconds",
+            "gauge",
+            "Round-trip time on the heartbeat network's current connection.",
+        ),
+        |h| h.rtt_us.map(|us| format!("{:.6}", us as f64 / 1e6)),
     );
-    for h in &s.heartbeats {
-        if let Some(us) = h.rtt_us {
-            o.sample(
-                "mirrorkit_heartbeat_rtt_seconds",
-                &[("node", node), ("network", &h.name)],
-                format!("{:.6}", us as f64 / 1e6),
-            );
-        }
-    }
-    o.family(
-        "mirrorkit_heartbeat_received_total",
-        "counter",
-        "Heartbeats heard from the peer on this network.",
-    );
-    for h in &s.heartbeats {
-        o.sample(
+    o.per_network(
+        s,
+        (
             "mirrorkit_heartbeat_received_total",
-            &[("node", node), ("network", &h.name)],
-            h.received,
-        );
-    }
-    o.family(
-        "mirrorkit_heartbeat_missed_total",
-        "counter",
-        "Heartbeats the peer sent on this network that never arrived.",
+            "counter",
+            "Heartbeats heard from the peer on this network.",
+        ),
+        |h| Some(h.received.to_string()),
     );
-    for h in &s.heartbeats {
-        o.sample(
+    o.per_network(
+        s,
+        (
             "mirrorkit_heartbeat_missed_total",
-            &[("node", node), ("network", &h.name)],
-            h.missed,
-        );
-    }
-    o.family(
-        "mirrorkit_heartbeat_up",
-        "gauge",
-        "1 when the peer is heard on this heartbeat network.",
+            "counter",
+            "Heartbeats the peer sent on this network that never arrived.",
+        ),
+        |h| Some(h.missed.to_string()),
     );
-    for h in &s.heartbeats {
-        o.sample(
+    o.per_network(
+        s,
+        (
             "mirrorkit_heartbeat_up",
-            &[("node", node), ("network", &h.name)],
-            flag(h.up),
-        );
-    }
-    o.family(
-        "mirrorkit_heartbeat_last_heard_seconds",
-        "gauge",
-        "How long ago the peer was last heard on this heartbeat network.",
+            "gauge",
+            "1 when the peer is heard on this heartbeat network.",
+        ),
+        |h| Some(flag(h.up).to_string()),
     );
-    for h in &s.heartbeats {
-        if let Some(ms) = h.last_heard_ms_ago {
-            o.sample(
-                "mirrorkit_heartbeat_last_heard_seconds",
-                &[("node", node), ("network", &h.name)],
-                seconds(ms),
-            );
-        }
-    }
+    o.per_network(
+        s,
+        (
+            "mirrorkit_heartbeat_last_heard_seconds",
+            "gauge",
+            "How long ago the peer was last heard on this heartbeat network.",
+        ),
+        |h| h.last_heard_ms_ago.map(seconds),
+    );
     o.family(
         "mirrorkit_checker_state",
         "gauge",
