@@ -309,7 +309,7 @@ function cell(module, node, info) {
       text: "Unreachable, and the other node does not hear it: its state is unknown." });
   }
   const since = info.own ? el("span", { class: "since", "data-since": String(receivedAt - m.since_ms_ago) }) : null;
-  const problems = m.problems && m.problems.length ? el("div", { class: "problems", text: "cannot run here: " + m.problems.join("; ") }) : null;
+  const problems = m.problems && m.problems.length ? el("div", { class: "problems", text: "problem on this node: " + m.problems.join("; ") }) : null;
   const split = m.split_brain ? el("div", { class: "problems", text: "SPLIT BRAIN: the nodes' data diverged; choose the survivor with prim." }) : null;
   const verbs = el("div", { class: "verbs" }, VERBS.map((verb) => {
     const key = module + "|" + node + "|" + verb;
