@@ -459,6 +459,16 @@ impl Machine {
                 reason.push_str(&format!(". NOT ELIGIBLE to take over: {r}"));
             }
         }
+        if let Some(a) = self.node_step {
+            let script = if a.step == Step::Prestart {
+                "prestart"
+            } else {
+                "start_both"
+            };
+            reason.push_str(&format!(
+                " (this node's {script} script runs: it decides nothing, not even a failover, until it ends)"
+            ));
+        }
         Status {
             state: self.state(),
             reason,

@@ -387,6 +387,8 @@ fn a_secondary_fails_over_once_its_start_scripts_are_done() {
         StateKind::Second,
         "decisions wait for start_both"
     );
+    let reason = one.m.status().reason;
+    assert!(reason.contains("start_both script runs"), "{reason}");
     let acts = one.ev(Event::Done {
         op: start_both,
         result: Ok(()),
