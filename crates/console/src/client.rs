@@ -93,16 +93,21 @@ impl ClientError {
 }
 
 /// Where the CLI of the node whose cluster file is `cf` reaches its console: the console's
-/// listen address, loopback when it listens on every address. `None` when the node runs no
-/// console (no `[console]`, or no admin password: the daemon does not start it then).
+/// listen address; when it listens on every address, the node's own address from the cluster
+/// file (local on the node itself, and reachable from outside a network namespace the node
+/// runs in, as in `mirrorkit demo`), else loopback. `None` when the node runs no console (no
+/// `[console]`, or no admin password: the daemon does not start it then).
 pub fn console_address(cf: &ClusterFile) -> Option<SocketAddr> {
     let console = cf.console.as_ref()?;
     console.admin_password_hash.as_ref()?;
     let listen = console.listen;
-    let ip = match listen.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
+    let own = cf.replication(&cf.node).map(|a| a.ip());
+    let ip = match (listen.ip(), own) {
+        (IpAddr::V4(ip), Some(own @ IpAddr::V4(_))) if ip.is_unspecified() => own,
+        (IpAddr::V6(ip), Some(own)) if ip.is_unspecified() => own,
+        (IpAddr::V4(ip), _) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        (IpAddr::V6(ip), _) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        (ip, _) => ip,
     };
     Some(SocketAddr::new(ip, listen.port()))
 }
@@ -304,7 +309,7 @@ mod tests {
     }
 
     #[test]
-    fn the_cli_reaches_a_console_listening_everywhere_on_loopback() {
+    fn the_cli_reaches_a_console_listening_everywhere_at_the_nodes_address() {
         let mut cf = ClusterFile::on_one_machine(
             "c",
             "alpha",
@@ -326,9 +331,10 @@ mod tests {
         cf.console = section("0.0.0.0:9010", None);
         assert_eq!(console_address(&cf), None, "no password: no console runs");
         cf.console = section("0.0.0.0:9010", Some("$argon2id$..."));
-        assert_eq!(console_address(&cf), "127.0.0.1:9010".parse().ok());
+        assert_eq!(console_address(&cf), "10.0.0.1:9010".parse().ok());
+        // A dual-stack listener takes the IPv4 address too.
         cf.console = section("[::]:9011", Some("$argon2id$..."));
-        assert_eq!(console_address(&cf), "[::1]:9011".parse().ok());
+        assert_eq!(console_address(&cf), "10.0.0.1:9011".parse().ok());
         cf.console = section("10.0.0.1:9010", Some("$argon2id$..."));
         assert_eq!(console_address(&cf), "10.0.0.1:9010".parse().ok());
     }
