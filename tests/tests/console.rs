@@ -139,6 +139,18 @@ fn page_fetch(b: &Browser, method: &str, path: &str, headers: serde_json::Value)
     )
 }
 
+/// Both nodes with their consoles, the demo module PRIM on alpha and SECOND on beta.
+fn console_lab() -> Lab {
+    let mut m = LabModule::demo("demo", 8080, 80);
+    m.default_primary = Some("alpha".into());
+    let mut lab = Lab::new(vec![m]);
+    lab.with_console(PASSWORD);
+    lab.start(0);
+    lab.start(1);
+    lab.wait_states("demo", [Some("PRIM"), Some("SECOND")], BOOT);
+    lab
+}
+
 #[test]
 fn console_in_a_real_browser() {
     if !require_lab("console_in_a_real_browser") {
@@ -150,13 +162,7 @@ fn console_in_a_real_browser() {
         );
         return;
     };
-    let mut m = LabModule::demo("demo", 8080, 80);
-    m.default_primary = Some("alpha".into());
-    let mut lab = Lab::new(vec![m]);
-    lab.with_console(PASSWORD);
-    lab.start(0);
-    lab.start(1);
-    lab.wait_states("demo", [Some("PRIM"), Some("SECOND")], BOOT);
+    let mut lab = console_lab();
 
     let shots = screenshots();
     let _ = std::fs::create_dir_all(&shots);
@@ -378,13 +384,7 @@ fn the_cli_goes_through_the_console_api() {
     if !require_lab("the_cli_goes_through_the_console_api") {
         return;
     }
-    let mut m = LabModule::demo("demo", 8080, 80);
-    m.default_primary = Some("alpha".into());
-    let mut lab = Lab::new(vec![m]);
-    lab.with_console(PASSWORD);
-    lab.start(0);
-    lab.start(1);
-    lab.wait_states("demo", [Some("PRIM"), Some("SECOND")], BOOT);
+    let lab = console_lab();
 
     // Status through the REST API: the cluster view, with beta's own status in alpha's
     // answer (alpha's control socket only knows what beta last said).

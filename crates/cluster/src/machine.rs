@@ -703,6 +703,12 @@ impl Machine {
         self.set_awaiting(step, op);
     }
 
+    /// Run `scripts` (one batch) as the step `step` of the current phase.
+    fn script_step(&mut self, now: u64, step: Step, scripts: Vec<Script>, out: &mut Vec<Action>) {
+        let op = self.op();
+        self.start_step(now, step, op, Action::RunScripts { op, scripts }, out);
+    }
+
     /// Claim (or confirm) the primary role at the witness for the data as persisted now.
     fn claim(&mut self, now: u64, force: bool, out: &mut Vec<Action>) -> OpId {
         let op = self.op();
@@ -1149,17 +1155,7 @@ impl Machine {
             return self.mount(now, out);
         }
         self.held.pre = true;
-        let op = self.op();
-        self.start_step(
-            now,
-            Step::Prestart,
-            op,
-            Action::RunScripts {
-                op,
-                scripts: vec![Script::Prestart],
-            },
-            out,
-        );
+        self.script_step(now, Step::Prestart, vec![Script::Prestart], out);
         let reason = format!(
             "becoming primary ({}): running prestart",
             self.promotion_why()
@@ -1232,14 +1228,7 @@ impl Machine {
                     scripts.push(Script::StartBoth);
                 }
                 scripts.push(Script::StartPrim);
-                let op = self.op();
-                self.start_step(
-                    now,
-                    Step::StartScripts,
-                    op,
-                    Action::RunScripts { op, scripts },
-                    out,
-                );
+                self.script_step(now, Step::StartScripts, scripts, out);
                 let reason = format!(
                     "becoming primary ({}): running the start scripts",
                     self.promotion_why()
@@ -1353,15 +1342,7 @@ impl Machine {
                         format!("releasing the virtual IP failed while restarting: {f}; going on");
                     self.log(out, Level::Warn, text);
                 }
-                let op = self.op();
-                let scripts = vec![Script::StopPrim];
-                self.start_step(
-                    now,
-                    Step::StopScripts,
-                    op,
-                    Action::RunScripts { op, scripts },
-                    out,
-                );
+                self.script_step(now, Step::StopScripts, vec![Script::StopPrim], out);
             }
             (Step::StopScripts, result) => {
                 self.held.app = false;
@@ -1371,15 +1352,7 @@ impl Machine {
                     self.log(out, Level::Warn, text);
                 }
                 self.held.app = true;
-                let op = self.op();
-                let scripts = vec![Script::StartPrim];
-                self.start_step(
-                    now,
-                    Step::StartScripts,
-                    op,
-                    Action::RunScripts { op, scripts },
-                    out,
-                );
+                self.script_step(now, Step::StartScripts, vec![Script::StartPrim], out);
             }
             (Step::StartScripts, Ok(())) => {
                 self.held.vip = true;

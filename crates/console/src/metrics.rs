@@ -98,6 +98,9 @@ fn seconds(ms: u64) -> String {
     format!("{:.3}", ms as f64 / 1000.0)
 }
 
+/// One figure of a checker's status.
+type CheckerFigure = fn(&mirrorkit_checkers::CheckerStatus) -> u32;
+
 /// One figure of a primary's replication status.
 type Figure = fn(&mirrorkit_engine::status::Status) -> u64;
 
@@ -405,32 +408,28 @@ pub fn render(s: &NodeStatus) -> String {
             }
         }
     }
-    o.family(
-        "mirrorkit_checker_consecutive_failures",
-        "gauge",
-        "Failures of the checker in a row.",
-    );
-    for m in &s.modules {
-        for c in &m.checkers {
-            o.sample(
-                "mirrorkit_checker_consecutive_failures",
-                &[("module", &m.name), ("node", node), ("checker", &c.name)],
-                c.consecutive_failures,
-            );
-        }
-    }
-    o.family(
-        "mirrorkit_checker_restarts_in_window",
-        "gauge",
-        "Restarts the checker asked for within its restart window.",
-    );
-    for m in &s.modules {
-        for c in &m.checkers {
-            o.sample(
-                "mirrorkit_checker_restarts_in_window",
-                &[("module", &m.name), ("node", node), ("checker", &c.name)],
-                c.restarts_in_window,
-            );
+    let per_checker: [(&str, &str, CheckerFigure); 2] = [
+        (
+            "mirrorkit_checker_consecutive_failures",
+            "Failures of the checker in a row.",
+            |c| c.consecutive_failures,
+        ),
+        (
+            "mirrorkit_checker_restarts_in_window",
+            "Restarts the checker asked for within its restart window.",
+            |c| c.restarts_in_window,
+        ),
+    ];
+    for (name, help, get) in per_checker {
+        o.family(name, "gauge", help);
+        for m in &s.modules {
+            for c in &m.checkers {
+                o.sample(
+                    name,
+                    &[("module", &m.name), ("node", node), ("checker", &c.name)],
+                    get(c),
+                );
+            }
         }
     }
     o.family(
