@@ -511,6 +511,7 @@ fn run(cli: Cli) -> Result<()> {
         peer_timeout_ms: cfg.peer_timeout_ms,
         resync_bandwidth: None,
         log_filter: "warn".into(),
+        ..MirrorOpts::default()
     });
     let mut bench = Bench::new(&cfg, &mirror)?;
     let result = bench.run(&workloads);

@@ -364,6 +364,7 @@ impl<'a> Runner<'a> {
             peer_timeout_ms: cfg.peer_timeout_ms,
             resync_bandwidth: None,
             log_filter: "info".into(),
+            ..MirrorOpts::default()
         });
         let native = m.base.path().join("native");
         std::fs::create_dir_all(&native).with_context(|| format!("{}", native.display()))?;

@@ -203,6 +203,8 @@ pub struct LabModule {
     pub scripts: String,
     /// More executable files of the module folder: name and content.
     pub files: Vec<(String, String)>,
+    /// More lines of its `[[mirror]]` table (`include`, `exclude`).
+    pub mirror_extra: String,
 }
 
 impl LabModule {
@@ -217,6 +219,7 @@ impl LabModule {
             extra: String::new(),
             scripts: String::new(),
             files: Vec::new(),
+            mirror_extra: String::new(),
         }
     }
 
@@ -402,6 +405,7 @@ impl Lab {
                 checkers: m.checkers,
                 extra: &m.extra,
                 more_scripts: &m.scripts,
+                mirror_extra: &m.mirror_extra,
             });
             std::fs::write(md.join("module.toml"), toml).expect("module.toml");
             for (f, text) in &m.files {

@@ -181,6 +181,9 @@ pub struct MirrorOpts {
     pub resync_bandwidth: Option<u64>,
     /// Extra `RUST_LOG` for the nodes.
     pub log_filter: String,
+    /// The primary's `--include` and `--exclude` patterns (none: everything is replicated).
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
 }
 
 impl Default for MirrorOpts {
@@ -190,6 +193,8 @@ impl Default for MirrorOpts {
             resync_bandwidth: None,
             // MIRRORKIT_TEST_LOG=info,mirrorkit_engine::sync=trace (say) to see more.
             log_filter: std::env::var("MIRRORKIT_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            include: Vec::new(),
+            exclude: Vec::new(),
         }
     }
 }
@@ -328,6 +333,12 @@ impl Mirror {
         ]);
         if let Some(rate) = self.opts.resync_bandwidth {
             args.extend(["--resync-bandwidth".into(), rate.to_string()]);
+        }
+        for p in &self.opts.include {
+            args.extend(["--include".into(), p.clone()]);
+        }
+        for p in &self.opts.exclude {
+            args.extend(["--exclude".into(), p.clone()]);
         }
         let child = self.spawn(&self.a.dirs, &args);
         self.a.child = Some(child);

@@ -258,6 +258,61 @@ pub fn compare_with(a: &Path, b: &Path, limit: usize, opts: CompareOpts) -> Resu
     ))
 }
 
+/// Keep of `m` only what `filter` replicates. Directories keep their kind, mode, owner and
+/// extended attributes, but not their link count (subdirectories outside the set count) nor
+/// their time (entries outside the set, made or removed, change it on their node only).
+pub fn selected(m: &Manifest, filter: &mirrorkit_module::MirrorFilter) -> Manifest {
+    let mut out = Manifest::new();
+    for (k, v) in m {
+        let dir = v.starts_with("dir ");
+        let rel = if k == "." { "" } else { k.as_str() };
+        if !filter.replicates(Path::new(rel), dir) {
+            continue;
+        }
+        let v = if dir {
+            v.split(' ')
+                .map(|f| {
+                    if f.starts_with("nlink=") {
+                        "nlink=-"
+                    } else if f.starts_with("mtime=") {
+                        "mtime=-"
+                    } else {
+                        f
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            v.clone()
+        };
+        out.insert(k.clone(), v);
+    }
+    out
+}
+
+/// `compare` of what `filter` replicates of both trees (see `selected`).
+pub fn compare_selected(
+    a: &Path,
+    b: &Path,
+    limit: usize,
+    filter: &mirrorkit_module::MirrorFilter,
+) -> Result<(), String> {
+    let ma = manifest(a).map_err(|e| format!("reading {}: {e}", a.display()))?;
+    let mb = manifest(b).map_err(|e| format!("reading {}: {e}", b.display()))?;
+    let d = diff(&selected(&ma, filter), &selected(&mb, filter));
+    if d.is_empty() {
+        return Ok(());
+    }
+    let n = d.len();
+    let s: Vec<String> = d.into_iter().take(limit).collect();
+    Err(format!(
+        "{} and {} differ in {n} replicated entries:\n{}",
+        a.display(),
+        b.display(),
+        s.join("\n")
+    ))
+}
+
 /// blake3 of a whole tree's manifest: one value to compare or print.
 pub fn tree_hash(root: &Path) -> std::io::Result<String> {
     let m = manifest(root)?;

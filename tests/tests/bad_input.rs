@@ -162,6 +162,8 @@ fn hello(node: &str, mirror: &str, role: Role, version: u16) -> Message {
             forced: true,
             ..wire::DataState::default()
         },
+        include: vec!["**".into()],
+        exclude: Vec::new(),
     })
 }
 

@@ -501,6 +501,8 @@ fn resync_follows_the_modules_bandwidth_limit() {
     let m = LabModule {
         default_primary: Some("alpha".into()),
         extra: format!("[replication]\nresync_limit_mib_per_s = {LIMIT_MIB}\n"),
+        // The daemon applies the module's patterns: an excluded file stays on its node.
+        mirror_extra: "exclude = [\"scratch\"]\n".into(),
         ..LabModule::demo("demo", 8080, 80)
     };
     let mut lab = Lab::new(vec![m.clone()]);
@@ -518,6 +520,9 @@ fn resync_follows_the_modules_bandwidth_limit() {
             f.write_all(&chunk).expect("write");
         }
         f.sync_all().expect("fsync");
+        std::fs::create_dir_all(lab.data_dir(0, &m).join("scratch")).expect("mkdir scratch");
+        std::fs::write(lab.data_dir(0, &m).join("scratch/big"), vec![9u8; 8 << 20])
+            .expect("write an excluded file");
     }
     let started = Instant::now();
     lab.start(1);
@@ -549,8 +554,22 @@ fn resync_follows_the_modules_bandwidth_limit() {
         "engine rate {} B/s above the limit",
         r.sync_rate
     );
-    tree::compare(&lab.data_dir(0, &m), &lab.data_dir(1, &m), 20)
-        .expect("copies identical after the resync");
+    assert!(
+        !lab.data_dir(1, &m).join("scratch").exists(),
+        "the excluded directory reached the secondary"
+    );
+    assert!(
+        r.sync_data_bytes_sent < (DATA_MIB + 8) << 20,
+        "the resync sent the excluded file too: {} bytes",
+        r.sync_data_bytes_sent
+    );
+    let selection = mirrorkit_module::MirrorFilter::from_patterns(
+        &["**".to_string()],
+        &["scratch".to_string()],
+    )
+    .expect("patterns");
+    tree::compare_selected(&lab.data_dir(0, &m), &lab.data_dir(1, &m), 20, &selection)
+        .expect("copies identical after the resync, but for the excluded directory");
 }
 
 /// The module's scripts run in the documented order on each node: `prestart`, the data role,

@@ -328,7 +328,9 @@ impl Core {
     /// needs nothing. Call with `order` held; `what` names the operation for the log.
     pub fn peer_target(&self, ino: u64, what: &str) -> Option<Target> {
         if let Some(p) = self.path_of(ino) {
-            return Some(Target::Path(p));
+            // Outside the replicated set: this node's own, the peer needs nothing.
+            let dir = self.node_kind(ino) == Some(libc::S_IFDIR);
+            return self.replicates(&p, dir).then_some(Target::Path(p));
         }
         if let Some(s) = self.link.in_sync_session() {
             let handles = self.handles.read().unwrap_or_else(|p| p.into_inner());
@@ -391,6 +393,16 @@ impl Core {
     /// Marks for a change of an inode's attributes: all its known names.
     pub fn meta_node(&self, ino: u64) -> Vec<Mark> {
         self.all_paths_of(ino).into_iter().map(Mark::Meta).collect()
+    }
+
+    /// What this mirror replicates.
+    pub fn filter(&self) -> &mirrorkit_module::MirrorFilter {
+        &self.link.config().filter
+    }
+
+    /// Whether `path` is replicated, as a directory (`dir`) or as another entry.
+    pub fn replicates(&self, path: &RelPath, dir: bool) -> bool {
+        self.filter().replicates_bytes(path.as_bytes(), dir)
     }
 
     /// Wait for the peer, if the operation was sent.

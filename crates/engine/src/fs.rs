@@ -22,8 +22,11 @@ use fuser::{
 use mirrorkit_store::sys::{self, TimeSet};
 use mirrorkit_wire::{Op, SpecialKind, Target, TimeFix};
 
+use tracing::debug;
+
 use crate::core::{meta_of, time_set, Core, Handle, Mark, ROOT_INO};
 use crate::passthrough::{may_register, stack_depth_for, Io, ReadAdmission};
+use crate::selection::{self, Crossing};
 
 /// How long the kernel may cache attributes and names. Nothing changes the backing tree
 /// behind the mount, so the kernel's cache stays true; one second bounds any surprise.
@@ -70,6 +73,10 @@ impl Drop for Admitted<'_> {
             self.core.passthrough.released(self.ino, self.io);
         }
     }
+}
+
+fn is_dir(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
 fn errno_of(e: &std::io::Error) -> Errno {
@@ -253,11 +260,11 @@ impl MirrorFs {
             Err(e) => return reply.error(e),
         };
         let t = match self.core.child_path(parent.0, sys::os_bytes(name)) {
-            Some(path) => {
+            Some(path) if self.core.replicates(&path, is_dir(&st)) => {
                 let fixes = self.fixes(&[parent]);
                 self.core.submit(op(path, &st), &[], fixes)
             }
-            None => None,
+            _ => None,
         };
         drop(order);
         self.core.wait(t);
@@ -734,6 +741,32 @@ impl fuser::Filesystem for MirrorFs {
         let dst = sys::fstatat(npfd.as_fd(), &nc, libc::AT_SYMLINK_NOFOLLOW).ok();
         let from = self.core.child_path(parent.0, sys::os_bytes(name));
         let to = self.core.child_path(newparent.0, sys::os_bytes(newname));
+        let crossing = match (&from, &to, &src) {
+            (Some(from), Some(to), Some(s)) => {
+                let there = self.rename_crossing(&pfd, &c, from, to, s);
+                match (&dst, flags & libc::RENAME_EXCHANGE != 0) {
+                    // An exchange moves the destination entry the other way: done on the
+                    // peer only if both entries are replicated before and after, else not.
+                    (Some(d), true) => match (there, self.rename_crossing(&npfd, &nc, to, from, d))
+                    {
+                        (Crossing::Inside, Crossing::Inside) => Crossing::Inside,
+                        (Crossing::Outside, Crossing::Outside) => Crossing::Outside,
+                        (Crossing::Refused(why), _) | (_, Crossing::Refused(why)) => {
+                            Crossing::Refused(why)
+                        }
+                        _ => Crossing::Refused(
+                            "an exchanged entry would cross the boundary of the replicated set",
+                        ),
+                    },
+                    _ => there,
+                }
+            }
+            _ => Crossing::Inside,
+        };
+        if let Crossing::Refused(why) = crossing {
+            debug!(mirror = %self.core.mirror, from = ?from, to = ?to, "rename refused with EXDEV: {why}");
+            return reply.error(Errno::EXDEV);
+        }
         if let Err(e) = sys::renameat2(pfd.as_fd(), &c, npfd.as_fd(), &nc, flags) {
             return reply.error(errno_of(&e));
         }
@@ -753,6 +786,40 @@ impl fuser::Filesystem for MirrorFs {
             }
         }
         let t = match (from, to) {
+            (Some(_), Some(_)) if crossing == Crossing::Outside => None,
+            (Some(from), Some(_)) if crossing == Crossing::Leaves => {
+                let ino = src.map(|s| self.core.fuse_ino(s.st_ino));
+                let closed = ino.and_then(|ino| selection::close_leaving_file(&self.core, ino));
+                let fixes = self.fixes(&[parent]);
+                let op = if src.is_some_and(|s| is_dir(&s)) {
+                    Op::SyncRemove { path: from }
+                } else {
+                    Op::Unlink { path: from }
+                };
+                self.core.submit(op, &[], fixes).or(closed)
+            }
+            (Some(_), Some(to)) if crossing == Crossing::Enters => {
+                let ino = src.map(|s| self.core.fuse_ino(s.st_ino));
+                let sent = match (ino, self.core.link.in_sync_session()) {
+                    (Some(ino), Some(_)) => self
+                        .core
+                        .node_fd(ino)
+                        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESTALE))
+                        .and_then(|fd| selection::send_entering_file(&self.core, ino, &fd, &to)),
+                    // Not in sync: the marks taken above list the new name for the next
+                    // synchronisation.
+                    _ => Ok(None),
+                };
+                match sent {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.core.link.lost_current(&format!(
+                            "cannot read {to}, renamed into the replicated set, to send it: {e}"
+                        ));
+                        None
+                    }
+                }
+            }
             (Some(from), Some(to)) => {
                 let fixes = self.fixes(&[parent, newparent]);
                 self.core.submit(
@@ -801,6 +868,17 @@ impl fuser::Filesystem for MirrorFs {
             Err(e) => return reply.error(errno_of(&e)),
         };
         let existing = self.core.path_of(ino.0);
+        let new = self.core.child_path(newparent.0, sys::os_bytes(newname));
+        let replicated = match (&existing, &new) {
+            (Some(existing), Some(new)) => match selection::link_side(&self.core, existing, new) {
+                Some(r) => r,
+                None => {
+                    debug!(mirror = %self.core.mirror, %existing, %new, "link refused with EXDEV: one name is replicated, the other is not");
+                    return reply.error(Errno::EXDEV);
+                }
+            },
+            _ => true,
+        };
         if let Err(e) = sys::linkat(fd.as_fd(), c"", npfd.as_fd(), &nc, libc::AT_EMPTY_PATH) {
             return reply.error(errno_of(&e));
         }
@@ -808,8 +886,8 @@ impl fuser::Filesystem for MirrorFs {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
-        let new = self.core.child_path(newparent.0, sys::os_bytes(newname));
         let t = match (existing, new) {
+            _ if !replicated => None,
             (Some(existing), Some(new)) => {
                 let fixes = self.fixes(&[newparent]);
                 self.core.submit(Op::Link { existing, new }, &[], fixes)
@@ -867,7 +945,7 @@ impl fuser::Filesystem for MirrorFs {
                 Err(e) => return reply.error(e),
             };
             let t = match (self.core.path_of(ino.0), sys::fstat(h.fd.as_fd())) {
-                (Some(path), Ok(st)) => self.core.submit(
+                (Some(path), Ok(st)) if self.core.replicates(&path, false) => self.core.submit(
                     Op::Truncate {
                         target: Target::Path(path.clone()),
                         size: 0,
@@ -893,7 +971,7 @@ impl fuser::Filesystem for MirrorFs {
         };
         let truncate = flags & libc::O_TRUNC != 0;
         let t = match self.core.path_of(ino.0) {
-            Some(path) => {
+            Some(path) if self.core.replicates(&path, false) => {
                 let fixes = if truncate {
                     sys::fstat(h.fd.as_fd())
                         .map(|st| {
@@ -922,7 +1000,7 @@ impl fuser::Filesystem for MirrorFs {
                 }
                 t
             }
-            None => None,
+            _ => None,
         };
         drop(order);
         self.core.wait(t);
@@ -1100,7 +1178,10 @@ impl fuser::Filesystem for MirrorFs {
             )
         } else {
             match self.core.path_of(ino.0) {
-                Some(path) => self.core.submit(Op::FsyncPath { path }, &[], Vec::new()),
+                Some(path) if self.core.replicates(&path, false) => {
+                    self.core.submit(Op::FsyncPath { path }, &[], Vec::new())
+                }
+                Some(_) => None,
                 None => self.core.submit(Op::Barrier, &[], Vec::new()),
             }
         };
@@ -1203,8 +1284,10 @@ impl fuser::Filesystem for MirrorFs {
         };
         let order = self.core.order();
         let t = match self.core.path_of(ino.0) {
-            Some(path) => self.core.submit(Op::FsyncPath { path }, &[], Vec::new()),
-            None => None,
+            Some(path) if self.core.replicates(&path, true) => {
+                self.core.submit(Op::FsyncPath { path }, &[], Vec::new())
+            }
+            _ => None,
         };
         drop(order);
         match self.durable(&h.fd, t, datasync) {
@@ -1378,7 +1461,7 @@ impl fuser::Filesystem for MirrorFs {
             Err(e) => return reply.error(e),
         };
         let t = match self.core.child_path(parent.0, sys::os_bytes(name)) {
-            Some(path) => {
+            Some(path) if self.core.replicates(&path, false) => {
                 let fixes = self.fixes(&[parent]);
                 let t = self.core.submit(
                     Op::Create {
@@ -1396,7 +1479,7 @@ impl fuser::Filesystem for MirrorFs {
                 }
                 t
             }
-            None => None,
+            _ => None,
         };
         drop(order);
         self.core.wait(t);
@@ -1515,14 +1598,7 @@ impl MirrorFs {
         }
         let mtime = self.core.submit_on_handle(
             h,
-            Op::SetAttr {
-                target,
-                mode: None,
-                uid: None,
-                gid: None,
-                atime: None,
-                mtime: Some(sys::timespec(st.st_mtime, st.st_mtime_nsec)),
-            },
+            Op::set_mtime(target, sys::timespec(st.st_mtime, st.st_mtime_nsec)),
             &[],
             Vec::new(),
         );
@@ -1554,7 +1630,7 @@ impl MirrorFs {
                 .drop_link(self.core.fuse_ino(st.st_ino), parent.0, sys::os_bytes(name));
         }
         let t = match path {
-            Some(path) => {
+            Some(path) if self.core.replicates(&path, flags & libc::AT_REMOVEDIR != 0) => {
                 let fixes = self.fixes(&[parent]);
                 let op = if flags & libc::AT_REMOVEDIR != 0 {
                     Op::Rmdir { path }
@@ -1563,11 +1639,41 @@ impl MirrorFs {
                 };
                 self.core.submit(op, &[], fixes)
             }
-            None => None,
+            _ => None,
         };
         drop(order);
         self.core.wait(t);
         reply.ok();
+    }
+
+    /// How a rename of the entry `name` of `pfd` (`st`) from `from` to `to` concerns the peer.
+    fn rename_crossing(
+        &self,
+        pfd: &OwnedFd,
+        name: &std::ffi::CStr,
+        from: &mirrorkit_wire::RelPath,
+        to: &mirrorkit_wire::RelPath,
+        st: &libc::stat,
+    ) -> Crossing {
+        if self.core.filter().selects_everything() {
+            return Crossing::Inside;
+        }
+        let dir_fd = is_dir(st)
+            .then(|| {
+                sys::openat2(
+                    pfd.as_fd(),
+                    name,
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    0,
+                    sys::RESOLVE_STRICT,
+                )
+                .ok()
+            })
+            .flatten();
+        if is_dir(st) && dir_fd.is_none() {
+            return Crossing::Refused("cannot read the directory to check what is below it");
+        }
+        selection::rename_crossing(&self.core, from, to, st, dir_fd.as_ref())
     }
 
     /// The parent descriptor and name of one of an inode's links.

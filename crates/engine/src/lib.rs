@@ -21,6 +21,7 @@ pub mod primary;
 pub mod progress;
 pub mod record;
 pub mod secondary;
+pub mod selection;
 pub mod status;
 pub mod sync;
 pub mod verify;

@@ -50,6 +50,9 @@ pub struct LinkConfig {
     /// A cluster manager drives this link (`crate::managed`): it persists the generations,
     /// and writes are held from the loss of the peer until it calls `allow_alone`.
     pub managed: Option<crate::managed::Events>,
+    /// What is replicated (`module.toml`'s `include`/`exclude` patterns); the peer follows
+    /// the same selection, sent in the greeting. Default: everything.
+    pub filter: std::sync::Arc<mirrorkit_module::MirrorFilter>,
 }
 
 impl Default for LinkConfig {
@@ -61,6 +64,7 @@ impl Default for LinkConfig {
             resync_bytes_per_sec: None,
             forced_by: None,
             managed: None,
+            filter: std::sync::Arc::new(mirrorkit_module::MirrorFilter::everything()),
         }
     }
 }

@@ -138,6 +138,8 @@ async fn session(
         mirror: core.mirror.clone(),
         role: Role::Primary,
         data: mine.clone(),
+        include: core.filter().patterns().0.to_vec(),
+        exclude: core.filter().patterns().1.to_vec(),
     });
     write_message(&mut send, &hello)
         .await

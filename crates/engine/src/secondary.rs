@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Mutex as AsyncMutex;
 
 use mirrorkit_cluster::generation::{compare, Relation};
+use mirrorkit_module::MirrorFilter;
 use mirrorkit_store::{StateFile, Store};
 use mirrorkit_wire::{
     self as wire, DataState, Hello, Message, Op, Role, SyncMode, PROTOCOL_VERSION,
@@ -72,6 +73,23 @@ pub async fn run(
         });
     }
     Ok(())
+}
+
+/// The primary's selection of what is replicated, from its greeting.
+fn selection(hello: &Hello) -> Result<Arc<MirrorFilter>, String> {
+    if hello.include.len() > wire::MAX_PATTERNS || hello.exclude.len() > wire::MAX_PATTERNS {
+        return Err(format!(
+            "the primary sent more than {} include or exclude patterns",
+            wire::MAX_PATTERNS
+        ));
+    }
+    for p in hello.include.iter().chain(&hello.exclude) {
+        mirrorkit_module::rules::parse_pattern(p)
+            .map_err(|e| format!("the primary sent an invalid pattern: {e}"))?;
+    }
+    MirrorFilter::from_patterns(&hello.include, &hello.exclude)
+        .map(Arc::new)
+        .map_err(|e| format!("the primary's include/exclude patterns: {e}"))
 }
 
 /// Longest a new connection may take to open its stream and greet. Default 5000 ms.
@@ -240,12 +258,18 @@ async fn serve(
     if let Err(r) = acceptable(relation, &mstate, &hello.data) {
         return refuse(conn, send, cfg, r).await;
     }
+    match selection(&hello) {
+        Ok(filter) => store.set_filter(filter),
+        Err(r) => return refuse(conn, send, cfg, r).await,
+    }
     let me = Message::Hello(Hello {
         version: PROTOCOL_VERSION,
         node: cfg.node.clone(),
         mirror: cfg.mirror.clone(),
         role: Role::Secondary,
         data: mstate.clone(),
+        include: Vec::new(),
+        exclude: Vec::new(),
     });
     if let Err(e) = write_message(send, &me).await {
         return format!("greeting: {e}");

@@ -26,6 +26,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
+use mirrorkit_module::MirrorFilter;
 use mirrorkit_store::digest::{self, Digester};
 use mirrorkit_store::sys;
 use mirrorkit_wire::{
@@ -222,6 +223,10 @@ pub fn full_sync(
         last.dirty(dirty)?;
         for (fh, h) in core.writable_handles() {
             if let Some(path) = last.handle_path(h.ino, &h.fd)? {
+                if !core.replicates(&path, false) {
+                    // Outside the replicated set: the peer does not open it.
+                    continue;
+                }
                 core.link.submit_sync(
                     session,
                     &Op::Open {
@@ -272,12 +277,15 @@ pub fn unix_ms() -> u64 {
 pub(crate) fn for_each_file<E>(
     dir: BorrowedFd<'_>,
     path: &RelPath,
+    filter: &MirrorFilter,
     whole: &dyn Fn(&RelPath) -> bool,
     visit: &mut dyn FnMut(&RelPath, &libc::stat, bool) -> Result<(), E>,
 ) -> Result<(), E> {
+    #[allow(clippy::too_many_arguments)]
     fn walk<E>(
         dir: BorrowedFd<'_>,
         path: &RelPath,
+        filter: &MirrorFilter,
         under: bool,
         whole: &dyn Fn(&RelPath) -> bool,
         visit: &mut dyn FnMut(&RelPath, &libc::stat, bool) -> Result<(), E>,
@@ -293,8 +301,12 @@ pub(crate) fn for_each_file<E>(
             let Ok(st) = sys::fstatat(dir, &name, libc::AT_SYMLINK_NOFOLLOW) else {
                 continue;
             };
+            let fmt = st.st_mode & libc::S_IFMT;
+            if !filter.replicates_bytes(child.as_bytes(), fmt == libc::S_IFDIR) {
+                continue;
+            }
             let under = under || whole(&child);
-            match st.st_mode & libc::S_IFMT {
+            match fmt {
                 libc::S_IFREG if st.st_nlink > 1 && !linked.insert(st.st_ino) => {}
                 libc::S_IFREG => visit(&child, &st, under)?,
                 libc::S_IFDIR => {
@@ -305,7 +317,7 @@ pub(crate) fn for_each_file<E>(
                         0,
                         sys::RESOLVE_STRICT,
                     ) {
-                        walk(fd.as_fd(), &child, under, whole, visit, linked)?;
+                        walk(fd.as_fd(), &child, filter, under, whole, visit, linked)?;
                     }
                 }
                 _ => {}
@@ -313,7 +325,15 @@ pub(crate) fn for_each_file<E>(
         }
         Ok(())
     }
-    walk(dir, path, whole(path), whole, visit, &mut HashSet::new())
+    walk(
+        dir,
+        path,
+        filter,
+        whole(path),
+        whole,
+        visit,
+        &mut HashSet::new(),
+    )
 }
 
 /// Bytes of file data the bulk pass will probe: a walk of the backing tree, metadata only,
@@ -325,6 +345,7 @@ fn planned_bytes(core: &Core, marks: &MarkSet, compare_all: bool) -> u64 {
     let _ = for_each_file::<()>(
         core.root.as_fd(),
         &RelPath::root(),
+        core.filter(),
         &whole,
         &mut |_, st, whole| {
             let size = st.st_size as u64;
@@ -454,6 +475,14 @@ impl<'a> Pass<'a> {
                     break;
                 }
                 if let Some((st, _)) = self.lstat(&p)? {
+                    if st.st_ino == ino
+                        && st.st_mode & libc::S_IFMT == libc::S_IFREG
+                        && !self.core.replicates(&p, false)
+                    {
+                        // Outside the replicated set: the peer needs none of its data.
+                        found = true;
+                        break;
+                    }
                     if st.st_ino == ino && st.st_mode & libc::S_IFMT == libc::S_IFREG {
                         if st.st_nlink > 1 {
                             // The peer replaces a file with several names (its probe keeps
@@ -587,7 +616,8 @@ impl<'a> Pass<'a> {
         let Some((st, _)) = self.lstat(path)? else {
             return Ok(());
         };
-        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        let fmt = st.st_mode & libc::S_IFMT;
+        if fmt == libc::S_IFLNK || !self.core.replicates(path, fmt == libc::S_IFDIR) {
             return Ok(());
         }
         self.send(
@@ -606,11 +636,21 @@ impl<'a> Pass<'a> {
     /// Make the peer's `path` identical to this node's, recursively.
     fn entry(&mut self, path: &RelPath) -> Result<(), SyncError> {
         let Some((st, fd)) = self.lstat(path)? else {
-            if !path.is_root() {
+            // Gone here. Removed on the peer if it could be replicated there (the peer keeps
+            // an entry of its own outside the replicated set).
+            if !path.is_root()
+                && (self.core.replicates(path, false) || self.core.replicates(path, true))
+            {
                 self.send(&Op::SyncRemove { path: path.clone() }, &[])?;
             }
             return Ok(());
         };
+        if !self
+            .core
+            .replicates(path, st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+        {
+            return Ok(());
+        }
         let meta = meta_of(&st);
         // Any inode but a directory can have several names (symlinks and FIFOs too): the
         // second name sent in a pass becomes a link to the first.
@@ -742,7 +782,12 @@ impl<'a> Pass<'a> {
 
     fn dir(&mut self, path: &RelPath, fd: &OwnedFd, meta: Meta) -> Result<(), SyncError> {
         let entries = sys::read_dir(fd.as_fd()).map_err(read_err(path))?;
-        let names: Vec<Vec<u8>> = entries.iter().map(|e| e.name.clone()).collect();
+        let everything = self.core.filter().selects_everything();
+        let names: Vec<Vec<u8>> = entries
+            .iter()
+            .filter(|e| everything || self.listed(fd, path, e))
+            .map(|e| e.name.clone())
+            .collect();
         let chunks = listing_chunks(&names);
         let n = chunks.len();
         for (i, chunk) in chunks.into_iter().enumerate() {
@@ -764,17 +809,17 @@ impl<'a> Pass<'a> {
             self.entry(&child)?;
         }
         // Making the entries changed the peer's directory time: set it back.
-        self.send(
-            &Op::SetAttr {
-                target: Target::Path(path.clone()),
-                mode: None,
-                uid: None,
-                gid: None,
-                atime: None,
-                mtime: Some(meta.mtime),
-            },
-            &[],
-        )
+        self.send(&Op::set_mtime(Target::Path(path.clone()), meta.mtime), &[])
+    }
+
+    /// Whether the entry `e` of the directory `fd` (at `path`) is replicated: only those are
+    /// listed and sent (the peer keeps its own entries outside the replicated set).
+    fn listed(&self, fd: &OwnedFd, path: &RelPath, e: &sys::DirEntry) -> bool {
+        let Ok(child) = path.join(&e.name) else {
+            return true;
+        };
+        self.core
+            .replicates(&child, sys::entry_is_dir(fd.as_fd(), e))
     }
 
     /// Whether `path` or a directory above it changed identity (compare it whole).

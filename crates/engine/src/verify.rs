@@ -110,6 +110,7 @@ pub fn verify(
     let result = crate::sync::for_each_file(
         core.root.as_fd(),
         &RelPath::root(),
+        core.filter(),
         &|_| false,
         &mut |path, _, _| v.file(path),
     )

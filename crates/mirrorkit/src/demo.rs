@@ -180,6 +180,7 @@ pub fn run(base: &Path) -> Result<()> {
         checkers: true,
         extra: "",
         more_scripts: "",
+        mirror_extra: "",
     };
     std::fs::write(md.join("module.toml"), module_toml(&module))?;
     mirrorkit_net::pki::generate_cluster(&base.join("certs"), "demo", &NODES, true)?;

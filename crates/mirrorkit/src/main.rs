@@ -177,6 +177,13 @@ enum RoleCmd {
         /// 5 s, then fails with ETXTBSY. Also turned on by MIRRORKIT_READ_PASSTHROUGH=1.
         #[arg(long)]
         read_passthrough: bool,
+        /// Replicate only what matches these patterns (repeatable; default everything), as
+        /// `include` in module.toml: see docs/modules.md.
+        #[arg(long = "include", value_name = "PATTERN")]
+        include: Vec<String>,
+        /// Leave out what matches these patterns (repeatable), as `exclude` in module.toml.
+        #[arg(long = "exclude", value_name = "PATTERN")]
+        exclude: Vec<String>,
     },
     /// Receive the primary's changes into DIR.
     Secondary {
@@ -333,6 +340,23 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// The `--include`/`--exclude` patterns, checked as module.toml's are.
+fn selection(include: Vec<String>, exclude: &[String]) -> Result<mirrorkit_module::MirrorFilter> {
+    let include = if include.is_empty() {
+        vec![mirrorkit_module::INCLUDE_ALL.to_owned()]
+    } else {
+        include
+    };
+    for (flag, p) in include
+        .iter()
+        .map(|p| ("--include", p))
+        .chain(exclude.iter().map(|p| ("--exclude", p)))
+    {
+        mirrorkit_module::rules::parse_pattern(p).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+    }
+    mirrorkit_module::MirrorFilter::from_patterns(&include, exclude).map_err(anyhow::Error::msg)
+}
+
 fn run_mirror(role: RoleCmd) -> Result<()> {
     let rt = runtime()?;
     match role {
@@ -343,14 +367,18 @@ fn run_mirror(role: RoleCmd) -> Result<()> {
             resync_bandwidth,
             force,
             read_passthrough,
+            include,
+            exclude,
         } => {
             check_state_dir(&common)?;
             let peer = parse_peer(&peer)?;
             let identity = NodeIdentity::load(&common.certs, &common.node)?;
+            let filter = selection(include, &exclude)?;
             let cfg = LinkConfig {
                 peer_timeout_ms,
                 resync_bytes_per_sec: resync_bandwidth,
                 forced_by: force.then(operator),
+                filter: std::sync::Arc::new(filter),
                 ..LinkConfig::default()
             };
             let mut opts = mirrorkit_engine::mount::MountOptions::from_env();

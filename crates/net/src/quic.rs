@@ -17,7 +17,7 @@ use crate::NetError;
 
 /// ALPN protocol of mirrorkit's node-to-node traffic; bump the version on incompatible changes
 /// so that mismatched nodes fail the handshake instead of misreading each other.
-pub const ALPN: &[u8] = b"mirrorkit/2";
+pub const ALPN: &[u8] = b"mirrorkit/3";
 
 /// Congestion window at connection start. The default (about 14 KB) would make every fresh
 /// connection crawl through slow start; nodes talk over a LAN or a dedicated link where a burst

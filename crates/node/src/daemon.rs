@@ -1112,11 +1112,29 @@ impl Daemon {
                     .as_ref()
                     .map(|l| l.config.replication)
                     .unwrap_or_default();
+                // The checked module's patterns always compile; a failure here is a bug,
+                // reported as a failed mount rather than replicating another set.
+                let filter = match m.loaded.as_ref().and_then(|l| l.config.mirrors.first()) {
+                    Some(mirror) => mirrorkit_module::MirrorFilter::new(mirror),
+                    None => Ok(mirrorkit_module::MirrorFilter::everything()),
+                };
+                let filter = match filter {
+                    Ok(f) => std::sync::Arc::new(f),
+                    Err(e) => {
+                        let _ = tx.send(Input::Mounted {
+                            module,
+                            op,
+                            result: Err(format!("include/exclude patterns: {e}")),
+                        });
+                        return;
+                    }
+                };
                 let cfg = LinkConfig {
                     managed: Some(self.engine_tx.clone()),
                     forced_by: forced.then(|| "an operator (prim)".to_owned()),
                     peer_timeout_ms: replication.peer_timeout_ms,
                     resync_bytes_per_sec: replication.resync_bytes_per_sec(),
+                    filter,
                     ..LinkConfig::default()
                 };
                 tokio::task::spawn_blocking(move || {

@@ -27,6 +27,8 @@ pub struct DemoModule<'a> {
     pub extra: &'a str,
     /// More lines of `[scripts]` (tests: the other slots).
     pub more_scripts: &'a str,
+    /// More lines of the `[[mirror]]` table (tests: `include`, `exclude`).
+    pub mirror_extra: &'a str,
 }
 
 /// The module's `module.toml` (its scripts are the shipped `start_prim` and `stop_prim`).
@@ -43,7 +45,7 @@ pub fn module_toml(m: &DemoModule) -> String {
          heartbeat = \"{heartbeat}\"\n\
          {default_primary}\n\
          [[mirror]]\n\
-         dir = \"{dir}\"\n\n\
+         dir = \"{dir}\"\n{mirror_extra}\n\
          [[vip]]\n\
          address = \"{vip}/{prefix}\"\n\
          interface = \"{interface}\"\n\n\
@@ -79,6 +81,7 @@ pub fn module_toml(m: &DemoModule) -> String {
         },
         extra = m.extra,
         more_scripts = m.more_scripts,
+        mirror_extra = m.mirror_extra,
         name = m.name,
         port = m.port,
         heartbeat = m.heartbeat,
@@ -110,6 +113,7 @@ mod tests {
             checkers: true,
             extra: "",
             more_scripts: "prestart = \"prestart\"\n",
+            mirror_extra: "",
         };
         let text = module_toml(&m);
         let nodes = ["alpha".to_owned(), "beta".to_owned()];

@@ -174,15 +174,6 @@ pub(crate) fn unsupported(loaded: &LoadedModule) -> Vec<String> {
             c.mirrors.len()
         ));
     }
-    for m in &c.mirrors {
-        if m.include != [mirrorkit_module::INCLUDE_ALL] || !m.exclude.is_empty() {
-            problems.push(format!(
-                "{}: mirror {}: include/exclude patterns are not applied by this version: refusing to run rather than replicate a different set than declared",
-                loaded.file.display(),
-                m.dir.display()
-            ));
-        }
-    }
     problems
 }
 

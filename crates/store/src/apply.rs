@@ -12,7 +12,9 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use mirrorkit_module::MirrorFilter;
 use mirrorkit_wire::{Meta, Op, ProbeFile, RelPath, SpecialKind, Target, TimeFix};
 
 use crate::digest::{self, Digester};
@@ -56,6 +58,10 @@ pub struct Store {
     /// Files removed or replaced while being filled (the application moved them after their
     /// probe): their remaining `SyncData`/`SyncHole` are skipped, a later pass sends them.
     forgotten: HashSet<RelPath>,
+    /// What the primary replicates (its `include`/`exclude` patterns, from its greeting).
+    /// Entries outside it are this node's own: a listing does not remove them, and a
+    /// directory the primary removes or replaces is emptied of them first.
+    filter: Arc<MirrorFilter>,
 }
 
 /// Most files kept open for `SyncData` (the primary has fewer probes outstanding).
@@ -84,6 +90,7 @@ impl Store {
             probe: (ProbeFile::Created, Vec::new()),
             syncing: false,
             forgotten: HashSet::new(),
+            filter: Arc::new(MirrorFilter::everything()),
         })
     }
 
@@ -94,6 +101,59 @@ impl Store {
     /// Number of open handles (for tests and metrics).
     pub fn open_handles(&self) -> usize {
         self.handles.len()
+    }
+
+    /// Follow the primary's selection of what is replicated (from its greeting).
+    pub fn set_filter(&mut self, filter: Arc<MirrorFilter>) {
+        self.filter = filter;
+    }
+
+    /// Whether the entry `name` of directory `dir` (at `parent`) is outside what the primary
+    /// replicates: this node's own, never removed by a listing.
+    fn local_only(&self, dir: BorrowedFd<'_>, parent: &RelPath, e: &sys::DirEntry) -> bool {
+        if self.filter.selects_everything() {
+            return false;
+        }
+        let Ok(path) = parent.join(&e.name) else {
+            return false;
+        };
+        !self
+            .filter
+            .replicates_bytes(path.as_bytes(), sys::entry_is_dir(dir, e))
+    }
+
+    /// Remove, below the directory `path`, every entry outside what the primary replicates
+    /// (and, recursively, from the replicated directories below): a directory the primary
+    /// removes or replaces when it is empty there may still hold this node's own files.
+    fn purge_local_only(&self, path: &RelPath) -> io::Result<()> {
+        let dir = sys::open_beneath(self.root.as_fd(), path, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        for e in sys::read_dir(dir.as_fd())? {
+            let name = sys::cstr(&e.name)?;
+            if self.local_only(dir.as_fd(), path, &e) {
+                sys::remove_all_at(dir.as_fd(), &name)?;
+            } else if e.kind == libc::DT_DIR {
+                if let Ok(child) = path.join(&e.name) {
+                    self.purge_local_only(&child)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Run `f`, a removal or replacement of the directory `path`; if it fails because the
+    /// directory is not empty here and entries outside the replicated set may be why, remove
+    /// those and run `f` again.
+    fn emptied<T>(&self, path: &RelPath, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        match f() {
+            Err(e)
+                if !self.filter.selects_everything()
+                    && matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) =>
+            {
+                self.purge_local_only(path)?;
+                f()
+            }
+            r => r,
+        }
     }
 
     /// Forget all handles (the primary's session ended; it reopens what it needs).
@@ -551,14 +611,19 @@ impl Store {
             }
             Op::Rmdir { path } => {
                 let (dir, name) = sys::open_parent(root, path).map_err(err(op, path))?;
-                sys::unlinkat(dir.as_fd(), &name, libc::AT_REMOVEDIR).map_err(err(op, path))?;
+                self.emptied(path, || {
+                    sys::unlinkat(dir.as_fd(), &name, libc::AT_REMOVEDIR)
+                })
+                .map_err(err(op, path))?;
             }
             Op::Rename { from, to, flags } => {
                 let what = format!("{from} -> {to}");
                 let (odir, oname) = sys::open_parent(root, from).map_err(err(op, &what))?;
                 let (ndir, nname) = sys::open_parent(root, to).map_err(err(op, &what))?;
-                sys::renameat2(odir.as_fd(), &oname, ndir.as_fd(), &nname, *flags)
-                    .map_err(err(op, &what))?;
+                self.emptied(to, || {
+                    sys::renameat2(odir.as_fd(), &oname, ndir.as_fd(), &nname, *flags)
+                })
+                .map_err(err(op, &what))?;
             }
             Op::SetAttr {
                 target,
@@ -607,6 +672,17 @@ impl Store {
             }
             Op::SyncRemove { path } => {
                 let (dir, name) = sys::open_parent(root, path).map_err(err(op, path))?;
+                // An entry of this node's own outside the replicated set stays.
+                if let Some((parent, last)) = path.split_last() {
+                    let e = sys::DirEntry {
+                        name: last.to_vec(),
+                        ino: 0,
+                        kind: libc::DT_UNKNOWN,
+                    };
+                    if self.local_only(dir.as_fd(), &parent, &e) {
+                        return Ok(());
+                    }
+                }
                 sys::remove_all_at(dir.as_fd(), &name).map_err(err(op, path))?;
                 self.forget_sync_files(path);
             }
@@ -732,7 +808,7 @@ impl Store {
             .map_err(err(op, path))?;
         let mut removed = Vec::new();
         for e in sys::read_dir(dir.as_fd()).map_err(err(op, path))? {
-            if !keep.contains(&e.name) {
+            if !keep.contains(&e.name) && !self.local_only(dir.as_fd(), path, &e) {
                 let name = sys::cstr(&e.name).map_err(err(op, path))?;
                 sys::remove_all_at(dir.as_fd(), &name).map_err(err(op, path))?;
                 removed.extend(path.join(&e.name).ok());

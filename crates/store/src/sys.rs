@@ -574,6 +574,18 @@ pub struct DirEntry {
     pub kind: u8,
 }
 
+/// Whether the entry `e` of the directory `dir` is a directory (`lstat` when the file system
+/// did not say in the listing).
+pub fn entry_is_dir(dir: BorrowedFd<'_>, e: &DirEntry) -> bool {
+    match e.kind {
+        libc::DT_DIR => true,
+        libc::DT_UNKNOWN => cstr(&e.name)
+            .and_then(|c| fstatat(dir, &c, libc::AT_SYMLINK_NOFOLLOW))
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR),
+        _ => false,
+    }
+}
+
 /// All entries of a directory except `.` and `..`, read through a fresh descriptor.
 pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
     let fd = openat2(

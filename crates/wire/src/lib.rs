@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use mirrorkit_cluster::generation::{DataState, GenId, Role as DataRole};
 
 /// Version of the protocol spoken on the replication stream; both ends must speak the same.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Granularity of comparison and of the primary's dirty record: one digest, one bit, per
 /// chunk of this many bytes of a file.
 pub const CHUNK_BYTES: u64 = 64 << 10;
@@ -293,6 +293,18 @@ pub enum SyncMode {
 }
 
 impl Op {
+    /// `SetAttr` of the modification time alone.
+    pub fn set_mtime(target: Target, mtime: Timespec) -> Op {
+        Op::SetAttr {
+            target,
+            mode: None,
+            uid: None,
+            gid: None,
+            atime: None,
+            mtime: Some(mtime),
+        }
+    }
+
     /// Whether this operation's message carries raw data after the header.
     pub fn carries_data(&self) -> bool {
         matches!(
@@ -356,7 +368,15 @@ pub struct Hello {
     pub role: Role,
     /// What the sender knows of its data: generation, history, consistency.
     pub data: DataState,
+    /// The primary's selection of what is replicated (`module.toml`'s `include` and `exclude`
+    /// patterns): the secondary follows the primary's, so that both ends agree on one set.
+    /// Empty from the secondary. At most `MAX_PATTERNS` each.
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
 }
+
+/// Most `include` or `exclude` patterns in a `Hello`.
+pub const MAX_PATTERNS: usize = 256;
 
 /// Every message on the replication stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

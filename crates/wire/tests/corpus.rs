@@ -370,6 +370,8 @@ fn message(rng: &mut StdRng, i: usize) -> (Message, Vec<u8>) {
                     forced: rng.gen(),
                     outdated: rng.gen(),
                 },
+                include: vec!["**".into()],
+                exclude: Vec::new(),
             }),
             vec![],
         ),
