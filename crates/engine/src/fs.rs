@@ -80,7 +80,45 @@ fn is_dir(st: &libc::stat) -> bool {
 }
 
 fn errno_of(e: &std::io::Error) -> Errno {
-    Errno::from_i32(sys::errno(e))
+    let n = sys::errno(e);
+    if n == libc::EMFILE || n == libc::ENFILE {
+        out_of_descriptors(n);
+    }
+    Errno::from_i32(n)
+}
+
+/// Seconds since the epoch of the last "out of descriptors" error logged (one per 10 s).
+static DESCRIPTORS_LOGGED: AtomicU64 = AtomicU64::new(0);
+
+/// The engine could not open a file: say why applications get EMFILE/ENFILE from the mount.
+fn out_of_descriptors(errno: i32) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = DESCRIPTORS_LOGGED.load(Ordering::Relaxed);
+    if now < last + 10
+        || DESCRIPTORS_LOGGED
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    let which = if errno == libc::ENFILE {
+        "the system's limit on open files (fs.file-max)".to_string()
+    } else {
+        format!("this process's limit on open files ({})", lim.rlim_cur)
+    };
+    tracing::error!(
+        "the mirror cannot open a file: {which} is reached. The primary keeps one open per file \
+         the kernel caches through the mount; applications get \"Too many open files\" until \
+         the kernel forgets some. Raise the limit (LimitNOFILE= of the systemd unit, fs.nr_open)"
+    );
 }
 
 fn system_time(sec: i64, nsec: i64) -> SystemTime {
@@ -252,15 +290,21 @@ impl MirrorFs {
             Ok(g) => g,
             Err(e) => return reply.error(errno_of(&e)),
         };
-        if let Err(e) = make(&pfd, &c).and_then(|()| self.chown_new(req, &pfd, &c)) {
+        if let Err(e) = make(&pfd, &c) {
             return reply.error(errno_of(&e));
         }
-        let (attr, st) = match self.made_entry(parent, name) {
-            Ok(x) => x,
-            Err(e) => return reply.error(e),
+        // The entry exists from here: whatever fails next (out of descriptors for its lookup,
+        // say), the peer gets it as it is here, and the application the error.
+        let made = self
+            .chown_new(req, &pfd, &c)
+            .map_err(|e| errno_of(&e))
+            .and_then(|()| self.made_entry(parent, name));
+        let st = match &made {
+            Ok((_, st)) => Some(*st),
+            Err(_) => sys::fstatat(pfd.as_fd(), &c, libc::AT_SYMLINK_NOFOLLOW).ok(),
         };
-        let t = match self.core.child_path(parent.0, sys::os_bytes(name)) {
-            Some(path) if self.core.replicates(&path, is_dir(&st)) => {
+        let t = match (self.core.child_path(parent.0, sys::os_bytes(name)), st) {
+            (Some(path), Some(st)) if self.core.replicates(&path, is_dir(&st)) => {
                 let fixes = self.fixes(&[parent]);
                 self.core.submit(op(path, &st), &[], fixes)
             }
@@ -268,7 +312,10 @@ impl MirrorFs {
         };
         drop(order);
         self.core.wait(t);
-        reply.entry(&TTL, &attr, Generation(0));
+        match made {
+            Ok((attr, _)) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn open_handle(
@@ -882,10 +929,8 @@ impl fuser::Filesystem for MirrorFs {
         if let Err(e) = sys::linkat(fd.as_fd(), c"", npfd.as_fd(), &nc, libc::AT_EMPTY_PATH) {
             return reply.error(errno_of(&e));
         }
-        let (attr, _) = match self.made_entry(newparent, newname) {
-            Ok(x) => x,
-            Err(e) => return reply.error(e),
-        };
+        // The name exists from here: the peer gets it even if its lookup fails.
+        let made = self.made_entry(newparent, newname);
         let t = match (existing, new) {
             _ if !replicated => None,
             (Some(existing), Some(new)) => {
@@ -901,7 +946,10 @@ impl fuser::Filesystem for MirrorFs {
         };
         drop(order);
         self.core.wait(t);
-        reply.entry(&TTL, &attr, Generation(0));
+        match made {
+            Ok((attr, _)) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -1444,15 +1492,42 @@ impl fuser::Filesystem for MirrorFs {
             oflags,
             mode & !umask & 0o7777,
             sys::RESOLVE_STRICT,
-        )
-        .and_then(|fd| self.chown_new(req, &pfd, &c).map(|()| fd))
-        {
+        ) {
             Ok(fd) => fd,
             Err(e) => return reply.error(errno_of(&e)),
         };
-        let (attr, st) = match self.made_entry(parent, name) {
+        let create = |path, st: &libc::stat, handle| Op::Create {
+            path,
+            meta: meta_of(st),
+            excl: flags & libc::O_EXCL != 0,
+            truncate: flags & libc::O_TRUNC != 0,
+            handle,
+        };
+        let path = self
+            .core
+            .child_path(parent.0, sys::os_bytes(name))
+            .filter(|p| self.core.replicates(p, false));
+        // The file exists from here: whatever fails next (out of descriptors for its lookup,
+        // say), the peer gets it as it is here (without a handle), and the application the
+        // error.
+        let made = self
+            .chown_new(req, &pfd, &c)
+            .map_err(|e| errno_of(&e))
+            .and_then(|()| self.made_entry(parent, name));
+        let (attr, st) = match made {
             Ok(x) => x,
-            Err(e) => return reply.error(e),
+            Err(e) => {
+                let t = match (path, sys::fstat(fd.as_fd())) {
+                    (Some(path), Ok(st)) => {
+                        self.core
+                            .submit(create(path, &st, None), &[], self.fixes(&[parent]))
+                    }
+                    _ => None,
+                };
+                drop(order);
+                self.core.wait(t);
+                return reply.error(e);
+            }
         };
         let ino = attr.ino;
         let io = self.core.passthrough.created(ino.0);
@@ -1460,20 +1535,12 @@ impl fuser::Filesystem for MirrorFs {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
-        let t = match self.core.child_path(parent.0, sys::os_bytes(name)) {
-            Some(path) if self.core.replicates(&path, false) => {
+        let t = match path {
+            Some(path) => {
                 let fixes = self.fixes(&[parent]);
-                let t = self.core.submit(
-                    Op::Create {
-                        path,
-                        meta: meta_of(&st),
-                        excl: flags & libc::O_EXCL != 0,
-                        truncate: flags & libc::O_TRUNC != 0,
-                        handle: h.writable.then_some(fh),
-                    },
-                    &[],
-                    fixes,
-                );
+                let t = self
+                    .core
+                    .submit(create(path, &st, h.writable.then_some(fh)), &[], fixes);
                 if let (Some(s), true) = (self.core.link.in_sync_session(), t.is_some()) {
                     h.remote_session.store(s, Ordering::Relaxed);
                 }

@@ -203,6 +203,51 @@ fn mount_device(mountinfo: &str, target: &str) -> Option<String> {
         .next_back()
 }
 
+/// Most open files the engine asks for when it may raise its hard limit (as root): the
+/// kernel's default `fs.nr_open`.
+pub const OPEN_FILES_WANTED: u64 = 1 << 20;
+
+/// Raise this process's limit on open files as far as allowed: the soft limit to the hard one,
+/// and, when privileged, both to `fs.nr_open` (at most [`OPEN_FILES_WANTED`]). The primary
+/// holds one descriptor per inode the kernel caches through the mount, so the usual soft
+/// limit (1024) would make an application's open or create fail with EMFILE once it has seen
+/// that many files. Returns the limit before and after. Children (the modules' scripts and the
+/// applications they start) inherit the raised limit, as under the shipped systemd unit.
+pub fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur;
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(OPEN_FILES_WANTED)
+        .min(OPEN_FILES_WANTED);
+    if lim.rlim_max < nr_open {
+        let raised = libc::rlimit {
+            rlim_cur: nr_open,
+            rlim_max: nr_open,
+        };
+        // SAFETY: a valid rlimit. Refused without CAP_SYS_RESOURCE: then the soft limit only.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok((before, nr_open));
+        }
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: a valid rlimit, the soft limit at most the hard one.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((before, lim.rlim_cur))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ use mirrorkit_engine::secondary::{SecondaryConfig, SecondaryCounters};
 use mirrorkit_engine::status::{Status, STATUS_INTERVAL_MS};
 use mirrorkit_net::pki::NodeIdentity;
 use mirrorkit_net::TransportParams;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -226,6 +226,21 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if matches!(cli.cmd, Cmd::Mirror { .. } | Cmd::Daemon { .. }) {
+        // The primary holds a descriptor per file the kernel caches through the mount.
+        match mirrorkit_engine::mount::raise_open_file_limit() {
+            Ok((before, after)) if after > before => {
+                info!("limit on open files raised from {before} to {after}")
+            }
+            Ok((_, after)) if after < 65536 => warn!(
+                "limit on open files is {after}: the primary keeps one open per file the \
+                 kernel caches, so applications may get EMFILE (\"Too many open files\") from \
+                 a mirror; raise it (LimitNOFILE= in the systemd unit, or ulimit -n)"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!("cannot raise the limit on open files: {e}"),
+        }
+    }
     if let Err(e) = run(cli) {
         error!("{e:#}");
         eprintln!("mirrorkit: {e:#}");
