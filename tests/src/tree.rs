@@ -290,15 +290,20 @@ pub fn selected(m: &Manifest, filter: &mirrorkit_module::MirrorFilter) -> Manife
     out
 }
 
-/// `compare` of what `filter` replicates of both trees (see `selected`).
+/// `compare_with` of what `filter` replicates of both trees (see `selected`). With the
+/// filter that selects everything, the same as `compare_with` (directories included).
 pub fn compare_selected(
     a: &Path,
     b: &Path,
     limit: usize,
     filter: &mirrorkit_module::MirrorFilter,
+    opts: CompareOpts,
 ) -> Result<(), String> {
-    let ma = manifest(a).map_err(|e| format!("reading {}: {e}", a.display()))?;
-    let mb = manifest(b).map_err(|e| format!("reading {}: {e}", b.display()))?;
+    if filter.selects_everything() {
+        return compare_with(a, b, limit, opts);
+    }
+    let ma = manifest_with(a, opts).map_err(|e| format!("reading {}: {e}", a.display()))?;
+    let mb = manifest_with(b, opts).map_err(|e| format!("reading {}: {e}", b.display()))?;
     let d = diff(&selected(&ma, filter), &selected(&mb, filter));
     if d.is_empty() {
         return Ok(());

@@ -568,8 +568,14 @@ fn resync_follows_the_modules_bandwidth_limit() {
         &["scratch".to_string()],
     )
     .expect("patterns");
-    tree::compare_selected(&lab.data_dir(0, &m), &lab.data_dir(1, &m), 20, &selection)
-        .expect("copies identical after the resync, but for the excluded directory");
+    tree::compare_selected(
+        &lab.data_dir(0, &m),
+        &lab.data_dir(1, &m),
+        20,
+        &selection,
+        tree::CompareOpts::default(),
+    )
+    .expect("copies identical after the resync, but for the excluded directory");
 }
 
 /// The module's scripts run in the documented order on each node: `prestart`, the data role,

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mirrorkit_module::MirrorFilter;
 use mirrorkit_tests::fill::{self, TreeSpec};
 use mirrorkit_tests::{require_root_and_fuse, tree, Mirror, MirrorOpts};
 use rand::rngs::StdRng;
@@ -986,7 +987,7 @@ fn random_operations_match_native_and_mirror() {
     if !require_root_and_fuse("random_operations_match_native_and_mirror") {
         return;
     }
-    run("random_ops", DEFAULT_OPS, None);
+    run("random_ops", DEFAULT_OPS, None, None);
 }
 
 /// The same, with the secondary killed (kill -9) a third of the way through and restarted a
@@ -1002,7 +1003,147 @@ fn random_operations_across_a_resync() {
         "random_ops_resync",
         DEFAULT_OPS_RESYNC,
         Some(RESTART_AFTER_OPS),
+        None,
     );
+}
+
+/// Excluded paths (every entry named `c`, the children of the top-level `e`): the same
+/// operations, the secondary killed and restarted as above; what is replicated matches, the
+/// secondary never fails to apply anything, and renames that move files across the boundary
+/// (in and out) reach the peer. Operations the mirror refuses with EXDEV (see
+/// `engine::selection`) are not generated: `selection` tests those.
+#[test]
+fn random_operations_with_excluded_paths() {
+    if !require_root_and_fuse("random_operations_with_excluded_paths") {
+        return;
+    }
+    run(
+        "random_ops_selection",
+        DEFAULT_OPS_RESYNC,
+        Some(RESTART_AFTER_OPS),
+        Some((vec!["**".into()], vec!["**/c".into(), "e/*".into()])),
+    );
+}
+
+/// Whether the mirror would refuse `op` with EXDEV if the native directory `root` let it
+/// through: the rules of `engine::selection`, on the native tree as it is.
+fn crosses_refused(op: &Op, root: &Path, f: &MirrorFilter) -> bool {
+    // The path the mirror sees: its parent resolved (a symlink on the way is followed).
+    let resolved = |rel: &str| -> Option<String> {
+        let p = Path::new(rel);
+        let parent = std::fs::canonicalize(root.join(p.parent()?)).ok()?;
+        let under = parent
+            .strip_prefix(std::fs::canonicalize(root).ok()?)
+            .ok()?;
+        Some(under.join(p.file_name()?).to_string_lossy().into_owned())
+    };
+    let (from, to) = match op {
+        Op::Link { from, to } | Op::Rename { from, to, .. } => {
+            match (resolved(from), resolved(to)) {
+                (Some(a), Some(b)) => (a, b),
+                _ => return false,
+            }
+        }
+        _ => return false,
+    };
+    let (from, to) = (from.as_str(), to.as_str());
+    let st = |rel: &str| std::fs::symlink_metadata(root.join(rel)).ok();
+    let rep = |rel: &str, dir: bool| f.replicates(Path::new(rel), dir);
+    // Rename of the entry `md` from `from` to `to`: None if allowed, Some(inside) when both
+    // names are on one side (inside the set or not), refused otherwise (Err).
+    let crossing = |from: &str, to: &str, md: &std::fs::Metadata| -> Result<Option<bool>, ()> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = md.is_dir();
+        match (rep(from, dir), rep(to, dir)) {
+            (true, true) => {
+                if dir && below_changes(&root.join(from), from, to, f) {
+                    return Err(());
+                }
+                Ok(Some(true))
+            }
+            (false, false) => Ok(Some(false)),
+            (false, true) if !md.file_type().is_file() || md.nlink() > 1 => Err(()),
+            (true, false) if md.file_type().is_file() && md.nlink() > 1 => Err(()),
+            (true, false) if dir && holds_linked(&root.join(from)) => Err(()),
+            _ => Ok(None),
+        }
+    };
+    match op {
+        Op::Link { .. } => match st(from) {
+            Some(md) if !md.is_dir() => rep(from, false) != rep(to, false),
+            _ => false,
+        },
+        Op::Rename { flags, .. } => {
+            let Some(src) = st(from) else {
+                return false;
+            };
+            let there = crossing(from, to, &src);
+            if *flags & libc::RENAME_EXCHANGE == 0 {
+                return there.is_err();
+            }
+            let Some(dst) = st(to) else {
+                return false;
+            };
+            !matches!(
+                (there, crossing(to, from, &dst)),
+                (Ok(Some(a)), Ok(Some(b))) if a == b
+            )
+        }
+        _ => false,
+    }
+}
+
+/// For a rename about to run: `Some(true)` if it moves an entry into the replicated set,
+/// `Some(false)` out of it, `None` otherwise (for the counts printed at the end).
+fn boundary_move(op: &Op, root: &Path, f: &MirrorFilter) -> Option<bool> {
+    let Op::Rename { from, to, flags } = op else {
+        return None;
+    };
+    if *flags & libc::RENAME_EXCHANGE != 0 || f.selects_everything() {
+        return None;
+    }
+    let dir = std::fs::symlink_metadata(root.join(from)).ok()?.is_dir();
+    let (was, will) = (
+        f.replicates(Path::new(from), dir),
+        f.replicates(Path::new(to), dir),
+    );
+    (was != will).then_some(will)
+}
+
+/// Whether anything below the directory `dir` but a directory has several names.
+fn holds_linked(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries
+        .flatten()
+        .any(|e| match std::fs::symlink_metadata(e.path()) {
+            Ok(md) if md.is_dir() => holds_linked(&e.path()),
+            Ok(md) => md.nlink() > 1,
+            Err(_) => false,
+        })
+}
+
+/// Whether, below the directory `dir` (named `from`), being replicated differs between the
+/// names `from` and `to`.
+fn below_changes(dir: &Path, from: &str, to: &str, f: &MirrorFilter) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        let (a, b) = (format!("{from}/{name}"), format!("{to}/{name}"));
+        let was = f.replicates(Path::new(&a), is_dir);
+        if was != f.replicates(Path::new(&b), is_dir) {
+            return true;
+        }
+        if is_dir && was && below_changes(&e.path(), &a, &b, f) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Where the link is, for the checks between operations.
@@ -1015,8 +1156,14 @@ enum Phase {
 }
 
 /// Run the operations; with `restart`, kill the secondary after a third of them and restart
-/// it `restart` operations later.
-fn run(name: &str, default_ops: usize, restart: Option<usize>) {
+/// it `restart` operations later; with `selection`, the primary replicates by these include
+/// and exclude patterns.
+fn run(
+    name: &str,
+    default_ops: usize,
+    restart: Option<usize>,
+    selection: Option<(Vec<String>, Vec<String>)>,
+) {
     let seed: u64 = match std::env::var("MIRRORKIT_SEED") {
         Ok(s) => s.parse().expect("MIRRORKIT_SEED must be a u64"),
         Err(_) => rand::thread_rng().gen(),
@@ -1030,7 +1177,15 @@ fn run(name: &str, default_ops: usize, restart: Option<usize>) {
     let trace = std::env::var_os("MIRRORKIT_TRACE").is_some();
     let started = Instant::now();
 
+    let (include, exclude) = selection.unwrap_or_default();
+    let filter = if include.is_empty() {
+        MirrorFilter::everything()
+    } else {
+        MirrorFilter::from_patterns(&include, &exclude).expect("valid patterns")
+    };
     let mut m = Mirror::start(MirrorOpts {
+        include,
+        exclude,
         ..MirrorOpts::default()
     });
     let native_dir = m.base.path().join("native");
@@ -1100,14 +1255,26 @@ fn run(name: &str, default_ops: usize, restart: Option<usize>) {
         if tree_changed {
             gen.tree = list_tree(&native_dir);
         }
-        let op = gen.next(&open);
+        let mut op = gen.next(&open);
+        while crosses_refused(&op, &native_dir, &filter) {
+            op = gen.next(&open);
+        }
         {
             let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
             p.index = i;
             p.op = format!("{op:?}");
             p.since = Instant::now();
         }
+        let moves = boundary_move(&op, &native_dir, &filter);
         let expected = native.apply(&op);
+        if let (Some(into), true) = (moves, expected.is_ok()) {
+            let key = if into {
+                "(into the set)"
+            } else {
+                "(out of the set)"
+            };
+            counts.entry(key.into()).or_default().0 += 1;
+        }
         let got = mirror.apply(&op);
         tree_changed = expected.is_ok() && op.changes_names();
         if trace {
@@ -1141,7 +1308,8 @@ fn run(name: &str, default_ops: usize, restart: Option<usize>) {
                 extents: false,
                 ..Default::default()
             };
-            if let Err(e) = tree::compare_with(m.primary_dir(), m.secondary_dir(), 20, opts) {
+            let r = tree::compare_selected(m.primary_dir(), m.secondary_dir(), 20, &filter, opts);
+            if let Err(e) = r {
                 panic!("seed {seed}: after operation {i}: primary and secondary differ: {e}");
             }
         }
@@ -1165,8 +1333,14 @@ fn run(name: &str, default_ops: usize, restart: Option<usize>) {
     eprintln!("{name}: seed {seed}: operations (succeeded, failed) by kind: {counts:?}");
 
     tree::drop_page_caches().expect("drop page caches (needs root)");
-    tree::compare(m.primary_dir(), m.secondary_dir(), 30)
-        .unwrap_or_else(|e| panic!("seed {seed}: primary and secondary differ at the end: {e}"));
+    tree::compare_selected(
+        m.primary_dir(),
+        m.secondary_dir(),
+        30,
+        &filter,
+        tree::CompareOpts::default(),
+    )
+    .unwrap_or_else(|e| panic!("seed {seed}: primary and secondary differ at the end: {e}"));
     // Not the data/hole maps: ext4 decides per page-cache folio whether a range written with
     // zeros through mmap is allocated (a whole large folio is written back), so the native
     // directory may hold allocated zeros where the mirror, fed the same operations through
@@ -1175,7 +1349,7 @@ fn run(name: &str, default_ops: usize, restart: Option<usize>) {
         mtimes: false,
         extents: false,
     };
-    tree::compare_with(&native_dir, m.secondary_dir(), 30, opts)
+    tree::compare_selected(&native_dir, m.secondary_dir(), 30, &filter, opts)
         .unwrap_or_else(|e| panic!("seed {seed}: native directory and secondary differ: {e}"));
     assert_in_sync(&m, seed, ops, sessions);
     eprintln!(

@@ -53,7 +53,13 @@ fn same_content(a: &Path, b: &Path) {
 }
 
 fn assert_same(m: &Mirror, f: &MirrorFilter) {
-    if let Err(d) = tree::compare_selected(m.primary_dir(), m.secondary_dir(), 20, f) {
+    if let Err(d) = tree::compare_selected(
+        m.primary_dir(),
+        m.secondary_dir(),
+        20,
+        f,
+        tree::CompareOpts::default(),
+    ) {
         panic!("{d}\n--- a log\n{}\n--- b log\n{}", m.a.log(), m.b.log());
     }
 }
@@ -174,6 +180,13 @@ fn excluded_entries_stay_on_their_node_and_renames_cross_the_boundary() {
         "rename that changes what is excluded below",
     );
     assert!(p.join("app/scratch/s").exists() && !p.join("app2").exists());
+    std::fs::create_dir(p.join("hl")).unwrap();
+    std::fs::write(p.join("hl/f"), b"linked").unwrap();
+    std::fs::hard_link(p.join("hl/f"), p.join("hl-f")).unwrap();
+    exdev(
+        std::fs::rename(p.join("hl"), p.join("hl.tmp")),
+        "directory holding a file with several names out of the set",
+    );
     // Renames inside the set and outside it work as usual.
     std::fs::rename(p.join("app/data"), p.join("app/data2")).unwrap();
     std::fs::rename(p.join("a.tmp"), p.join("b.tmp")).unwrap();

@@ -10,7 +10,8 @@
 //! - a hard link whose two names are not both in or both out of the set;
 //! - a rename into the set of anything but a regular file (a directory, a symbolic link, a
 //!   special file), or of a regular file that has several names;
-//! - a rename out of the set of a regular file that has several names;
+//! - a rename out of the set of a regular file that has several names, or of a directory
+//!   holding one (every name of an inode stays on one side);
 //! - `RENAME_EXCHANGE` where either entry would cross the boundary;
 //! - a rename of a directory that changes, for something below it, whether it is replicated
 //!   (`exclude = ["a/cache"]` and `mv a b`).
@@ -18,7 +19,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
-use mirrorkit_store::sys;
+use mirrorkit_store::{digest, sys};
 use mirrorkit_wire::{Op, RelPath, Target};
 
 use crate::core::{meta_of, Core};
@@ -97,8 +98,52 @@ pub fn rename_crossing(
             "a file with several names cannot cross the boundary of the replicated set",
         ),
         (false, true) => Crossing::Enters,
-        (true, false) => Crossing::Leaves,
+        (true, false) => match dir_fd {
+            Some(fd) if holds_linked_file(fd) => Crossing::Refused(
+                "a directory holding a file with several names cannot leave the replicated set",
+            ),
+            _ => Crossing::Leaves,
+        },
     }
+}
+
+/// Whether anything below the directory `fd` other than a directory has several names (or
+/// cannot be read: then refuse rather than guess).
+fn holds_linked_file(fd: &OwnedFd) -> bool {
+    let Ok(root) = fd.try_clone() else {
+        return true;
+    };
+    let mut stack = vec![root];
+    while let Some(dfd) = stack.pop() {
+        let Ok(entries) = sys::read_dir(dfd.as_fd()) else {
+            return true;
+        };
+        for e in entries {
+            let Ok(c) = sys::cstr(&e.name) else {
+                return true;
+            };
+            let Ok(st) = sys::fstatat(dfd.as_fd(), &c, libc::AT_SYMLINK_NOFOLLOW) else {
+                return true;
+            };
+            if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                if st.st_nlink > 1 {
+                    return true;
+                }
+                continue;
+            }
+            match sys::openat2(
+                dfd.as_fd(),
+                &c,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0,
+                sys::RESOLVE_STRICT,
+            ) {
+                Ok(child) => stack.push(child),
+                Err(_) => return true,
+            }
+        }
+    }
+    false
 }
 
 /// Whether, for anything below the directory `fd`, being replicated differs between the
@@ -155,7 +200,7 @@ pub fn link_side(core: &Core, existing: &RelPath, new: &RelPath) -> Option<bool>
 }
 
 /// In sync: send the regular file `fd` (of FUSE inode `ino`), which just entered the replicated
-/// set under `path`, whole: a fresh file, its data (runs of zeros stay holes), its extended
+/// set under `path`, whole: a fresh file, its data (its holes stay holes), its extended
 /// attributes, its time; then open on the peer every handle this node holds open for writing
 /// on it, so that what the application writes next reaches the peer too. Call with the
 /// ordering lock held. Returns the last ticket (the peer acknowledges in order).
@@ -190,23 +235,24 @@ pub fn send_entering_file(
     if first.is_none() {
         return Ok(None);
     }
+    // Its data ranges only: the new file is all holes, so the holes stay holes.
     let mut buf = vec![0u8; CHUNK];
-    let mut offset = 0u64;
-    while offset < size {
-        let want = ((size - offset) as usize).min(CHUNK);
-        let mut done = 0;
-        while done < want {
-            match sys::pread(fd.as_fd(), &mut buf[done..want], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+    for (start, end) in digest::data_ranges(fd.as_fd(), size)? {
+        let mut offset = start;
+        while offset < end {
+            let want = ((end - offset) as usize).min(CHUNK);
+            let mut done = 0;
+            while done < want {
+                match sys::pread(fd.as_fd(), &mut buf[done..want], offset + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
             }
-        }
-        if done == 0 {
-            break;
-        }
-        if buf[..done].iter().any(|b| *b != 0) {
+            if done == 0 {
+                break;
+            }
             core.submit(
                 Op::SyncData {
                     path: path.clone(),
@@ -215,8 +261,8 @@ pub fn send_entering_file(
                 &buf[..done],
                 Vec::new(),
             );
+            offset += done as u64;
         }
-        offset += done as u64;
     }
     let names = match sys::list_xattr_names(&proc, true) {
         Ok(n) => n,
