@@ -1025,6 +1025,21 @@ fn random_operations_with_excluded_paths() {
     );
 }
 
+/// Only what `include` selects (files named `b` anywhere, everything below a top-level `a`;
+/// directories always), less every entry named `d`: as above.
+#[test]
+fn random_operations_with_included_paths() {
+    if !require_root_and_fuse("random_operations_with_included_paths") {
+        return;
+    }
+    run(
+        "random_ops_include",
+        DEFAULT_OPS_RESYNC,
+        Some(RESTART_AFTER_OPS),
+        Some((vec!["a".into(), "**/b".into()], vec!["**/d".into()])),
+    );
+}
+
 /// Whether the mirror would refuse `op` with EXDEV if the native directory `root` let it
 /// through: the rules of `engine::selection`, on the native tree as it is.
 fn crosses_refused(op: &Op, root: &Path, f: &MirrorFilter) -> bool {
