@@ -1517,6 +1517,8 @@ impl fuser::Filesystem for MirrorFs {
         let (attr, st) = match made {
             Ok(x) => x,
             Err(e) => {
+                tracing::warn!(mirror = %self.core.mirror, parent = parent.0, name = ?name,
+                    "created, but cannot be looked up ({e:?}): replicated, and the create fails");
                 let t = match (path, sys::fstat(fd.as_fd())) {
                     (Some(path), Ok(st)) => {
                         self.core
