@@ -469,6 +469,39 @@ fn foreign_certificates_are_refused() {
     );
     assert_unchanged(what, &before, &snapshot(&m, &outside));
     assert_primary_still_mirrors(&m, what);
+
+    // The primary's own certificate, greeting with a pattern that leaves the mirror's
+    // directory: refused at the greeting, the live session untouched.
+    let what = "a greeting with an invalid exclude pattern";
+    let before = snapshot(&m, &outside);
+    let from = m.b.log().len();
+    let rogue = Rogue::new(&m.certs, "a");
+    let mut s = rogue.session(b_addr);
+    let mut greeting = hello("a", "test", Role::Primary, PROTOCOL_VERSION);
+    if let Message::Hello(h) = &mut greeting {
+        h.exclude = vec!["../outside".into()];
+    }
+    s.send_msg(&greeting, &[]);
+    match s.reply() {
+        Reply::Msg(Message::Bye { reason }) => assert!(
+            reason.contains("invalid pattern") && reason.contains(".."),
+            "{what}: refused with {reason:?}"
+        ),
+        other => panic!("{what}: the secondary answered {other:?}"),
+    }
+    s.close();
+    expect_log(
+        &m,
+        from,
+        what,
+        &[
+            "refused replication session",
+            "invalid pattern",
+            "../outside",
+        ],
+    );
+    assert_unchanged(what, &before, &snapshot(&m, &outside));
+    assert_primary_still_mirrors(&m, what);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -83,13 +83,10 @@ fn selection(hello: &Hello) -> Result<Arc<MirrorFilter>, String> {
             wire::MAX_PATTERNS
         ));
     }
-    for p in hello.include.iter().chain(&hello.exclude) {
-        mirrorkit_module::rules::parse_pattern(p)
-            .map_err(|e| format!("the primary sent an invalid pattern: {e}"))?;
-    }
+    // Each pattern is checked as module.toml's are.
     MirrorFilter::from_patterns(&hello.include, &hello.exclude)
         .map(Arc::new)
-        .map_err(|e| format!("the primary's include/exclude patterns: {e}"))
+        .map_err(|e| format!("the primary sent an invalid pattern: {e}"))
 }
 
 /// Longest a new connection may take to open its stream and greet. Default 5000 ms.
@@ -239,6 +236,10 @@ async fn serve(
         );
         return refuse(conn, send, cfg, r).await;
     }
+    let filter = match selection(&hello) {
+        Ok(f) => f,
+        Err(r) => return refuse(conn, send, cfg, r).await,
+    };
     // A valid greeting: this session replaces the current one, whose thread then ends and lets
     // go of the store.
     let old = current
@@ -258,10 +259,7 @@ async fn serve(
     if let Err(r) = acceptable(relation, &mstate, &hello.data) {
         return refuse(conn, send, cfg, r).await;
     }
-    match selection(&hello) {
-        Ok(filter) => store.set_filter(filter),
-        Err(r) => return refuse(conn, send, cfg, r).await,
-    }
+    store.set_filter(filter);
     let me = Message::Hello(Hello {
         version: PROTOCOL_VERSION,
         node: cfg.node.clone(),
