@@ -241,7 +241,11 @@ pub fn compare(a: &Path, b: &Path, limit: usize) -> Result<(), String> {
 pub fn compare_with(a: &Path, b: &Path, limit: usize, opts: CompareOpts) -> Result<(), String> {
     let ma = manifest_with(a, opts).map_err(|e| format!("reading {}: {e}", a.display()))?;
     let mb = manifest_with(b, opts).map_err(|e| format!("reading {}: {e}", b.display()))?;
-    let d = diff(&ma, &mb);
+    report(a, b, diff(&ma, &mb), limit, "entries")
+}
+
+/// `Ok` without differences, else the first `limit` of them, saying how many `what` differ.
+fn report(a: &Path, b: &Path, d: Vec<String>, limit: usize, what: &str) -> Result<(), String> {
     if d.is_empty() {
         return Ok(());
     }
@@ -251,7 +255,7 @@ pub fn compare_with(a: &Path, b: &Path, limit: usize, opts: CompareOpts) -> Resu
         s.push(format!("... and {} more", n - limit));
     }
     Err(format!(
-        "{} and {} differ in {n} entries:\n{}",
+        "{} and {} differ in {n} {what}:\n{}",
         a.display(),
         b.display(),
         s.join("\n")
@@ -305,17 +309,7 @@ pub fn compare_selected(
     let ma = manifest_with(a, opts).map_err(|e| format!("reading {}: {e}", a.display()))?;
     let mb = manifest_with(b, opts).map_err(|e| format!("reading {}: {e}", b.display()))?;
     let d = diff(&selected(&ma, filter), &selected(&mb, filter));
-    if d.is_empty() {
-        return Ok(());
-    }
-    let n = d.len();
-    let s: Vec<String> = d.into_iter().take(limit).collect();
-    Err(format!(
-        "{} and {} differ in {n} replicated entries:\n{}",
-        a.display(),
-        b.display(),
-        s.join("\n")
-    ))
+    report(a, b, d, limit, "replicated entries")
 }
 
 /// blake3 of a whole tree's manifest: one value to compare or print.

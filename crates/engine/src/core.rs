@@ -329,8 +329,9 @@ impl Core {
     pub fn peer_target(&self, ino: u64, what: &str) -> Option<Target> {
         if let Some(p) = self.path_of(ino) {
             // Outside the replicated set: this node's own, the peer needs nothing.
-            let dir = self.node_kind(ino) == Some(libc::S_IFDIR);
-            return self.replicates(&p, dir).then_some(Target::Path(p));
+            let replicated = self.filter().selects_everything()
+                || self.replicates(&p, self.node_kind(ino) == Some(libc::S_IFDIR));
+            return replicated.then_some(Target::Path(p));
         }
         if let Some(s) = self.link.in_sync_session() {
             let handles = self.handles.read().unwrap_or_else(|p| p.into_inner());

@@ -16,7 +16,7 @@
 //! - a rename of a directory that changes, for something below it, whether it is replicated
 //!   (`exclude = ["a/cache"]` and `mv a b`).
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
 use mirrorkit_store::{digest, sys};
@@ -41,27 +41,6 @@ pub enum Crossing {
     Leaves,
     /// Refused with `EXDEV` (see the module documentation); the reason, for the log.
     Refused(&'static str),
-}
-
-/// Whether something at `rel` (below a renamed directory) is replicated.
-fn replicated_below(core: &Core, base: &RelPath, rel: &[u8], dir: bool) -> bool {
-    match join_rel(base, rel) {
-        Some(p) => core.replicates(&p, dir),
-        None => true,
-    }
-}
-
-fn join_rel(base: &RelPath, rel: &[u8]) -> Option<RelPath> {
-    if rel.is_empty() {
-        return Some(base.clone());
-    }
-    if base.is_root() {
-        return RelPath::new(rel.to_vec()).ok();
-    }
-    let mut b = base.as_bytes().to_vec();
-    b.push(b'/');
-    b.extend_from_slice(rel);
-    RelPath::new(b).ok()
 }
 
 /// Decide a rename of the entry `st` from `from` to `to` (both known paths).
@@ -107,39 +86,50 @@ pub fn rename_crossing(
     }
 }
 
-/// Whether anything below the directory `fd` other than a directory has several names (or
-/// cannot be read: then refuse rather than guess).
-fn holds_linked_file(fd: &OwnedFd) -> bool {
+/// What a walk below a directory does with one entry.
+enum Seen<T> {
+    /// Stop: the answer is yes.
+    Found,
+    /// A directory to walk too, with what its entries need to know.
+    Enter(T),
+    Next,
+}
+
+/// Whether `visit` finds something below the directory `fd`, walking depth first; `top` is
+/// what the entries of `fd` itself need to know. A directory that cannot be read counts as
+/// found (the caller refuses rather than guess).
+fn any_below<T>(
+    fd: &OwnedFd,
+    top: T,
+    mut visit: impl FnMut(BorrowedFd<'_>, &sys::DirEntry, &T) -> Seen<T>,
+) -> bool {
     let Ok(root) = fd.try_clone() else {
         return true;
     };
-    let mut stack = vec![root];
-    while let Some(dfd) = stack.pop() {
+    let mut stack = vec![(root, top)];
+    while let Some((dfd, at)) = stack.pop() {
         let Ok(entries) = sys::read_dir(dfd.as_fd()) else {
             return true;
         };
         for e in entries {
-            let Ok(c) = sys::cstr(&e.name) else {
-                return true;
-            };
-            let Ok(st) = sys::fstatat(dfd.as_fd(), &c, libc::AT_SYMLINK_NOFOLLOW) else {
-                return true;
-            };
-            if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-                if st.st_nlink > 1 {
-                    return true;
+            match visit(dfd.as_fd(), &e, &at) {
+                Seen::Found => return true,
+                Seen::Next => {}
+                Seen::Enter(next) => {
+                    let opened = sys::cstr(&e.name).and_then(|c| {
+                        sys::openat2(
+                            dfd.as_fd(),
+                            &c,
+                            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                            0,
+                            sys::RESOLVE_STRICT,
+                        )
+                    });
+                    match opened {
+                        Ok(child) => stack.push((child, next)),
+                        Err(_) => return true,
+                    }
                 }
-                continue;
-            }
-            match sys::openat2(
-                dfd.as_fd(),
-                &c,
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0,
-                sys::RESOLVE_STRICT,
-            ) {
-                Ok(child) => stack.push(child),
-                Err(_) => return true,
             }
         }
     }
@@ -149,44 +139,34 @@ fn holds_linked_file(fd: &OwnedFd) -> bool {
 /// Whether, for anything below the directory `fd`, being replicated differs between the
 /// directory's names `from` and `to`. Subtrees excluded under both names are not entered.
 fn below_changes(core: &Core, from: &RelPath, to: &RelPath, fd: &OwnedFd) -> bool {
-    let Ok(root) = fd.try_clone() else {
-        return true;
-    };
-    let mut stack: Vec<(OwnedFd, Vec<u8>)> = vec![(root, Vec::new())];
-    while let Some((dfd, rel)) = stack.pop() {
-        let Ok(entries) = sys::read_dir(dfd.as_fd()) else {
-            return true;
+    any_below(fd, (from.clone(), to.clone()), |dir, e, (from, to)| {
+        let (Ok(from), Ok(to)) = (from.join(&e.name), to.join(&e.name)) else {
+            return Seen::Next;
         };
-        for e in entries {
-            let mut sub = rel.clone();
-            if !sub.is_empty() {
-                sub.push(b'/');
-            }
-            sub.extend_from_slice(&e.name);
-            let is_dir = sys::entry_is_dir(dfd.as_fd(), &e);
-            let was = replicated_below(core, from, &sub, is_dir);
-            let will = replicated_below(core, to, &sub, is_dir);
-            if was != will {
-                return true;
-            }
-            if is_dir && was {
-                let Ok(c) = sys::cstr(&e.name) else {
-                    return true;
-                };
-                match sys::openat2(
-                    dfd.as_fd(),
-                    &c,
-                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                    0,
-                    sys::RESOLVE_STRICT,
-                ) {
-                    Ok(child) => stack.push((child, sub)),
-                    Err(_) => return true,
-                }
-            }
+        let is_dir = sys::entry_is_dir(dir, e);
+        let was = core.replicates(&from, is_dir);
+        if was != core.replicates(&to, is_dir) {
+            Seen::Found
+        } else if is_dir && was {
+            Seen::Enter((from, to))
+        } else {
+            Seen::Next
         }
-    }
-    false
+    })
+}
+
+/// Whether anything below the directory `fd` other than a directory has several names (or
+/// cannot be read: then refuse rather than guess).
+fn holds_linked_file(fd: &OwnedFd) -> bool {
+    any_below(fd, (), |dir, e, _| {
+        let st = sys::cstr(&e.name).and_then(|c| sys::fstatat(dir, &c, libc::AT_SYMLINK_NOFOLLOW));
+        match st {
+            Err(_) => Seen::Found,
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Seen::Enter(()),
+            Ok(st) if st.st_nlink > 1 => Seen::Found,
+            Ok(_) => Seen::Next,
+        }
+    })
 }
 
 /// Whether a hard link from `existing` to `new` (names of a non-directory) keeps both names on
@@ -325,24 +305,4 @@ pub fn close_leaving_file(core: &Core, ino: u64) -> Option<Ticket> {
         }
     }
     last
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn join_rel_builds_paths_below_a_base() {
-        let root = RelPath::root();
-        let a = RelPath::new(b"a".to_vec()).expect("path");
-        assert_eq!(
-            join_rel(&root, b"x/y").map(|p| p.to_string()),
-            Some("x/y".into())
-        );
-        assert_eq!(join_rel(&a, b"").map(|p| p.to_string()), Some("a".into()));
-        assert_eq!(
-            join_rel(&a, b"x/y").map(|p| p.to_string()),
-            Some("a/x/y".into())
-        );
-    }
 }
