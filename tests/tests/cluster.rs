@@ -576,6 +576,37 @@ fn resync_follows_the_modules_bandwidth_limit() {
         tree::CompareOpts::default(),
     )
     .expect("copies identical after the resync, but for the excluded directory");
+
+    // The patterns change while the module is stopped: the excluded directory enters the set.
+    // The secondary holds a file of its own there, of the same name and size: the dirty record
+    // knows nothing of it, so the resync must compare all data, not trust the record.
+    lab.stop(1, MOVE);
+    lab.wait_states("demo", [Some("ALONE"), None], MOVE);
+    lab.stop(0, MOVE);
+    std::fs::create_dir_all(lab.data_dir(1, &m).join("scratch")).expect("mkdir scratch");
+    std::fs::write(lab.data_dir(1, &m).join("scratch/big"), vec![7u8; 8 << 20])
+        .expect("the secondary's own file");
+    let toml = lab.dir.path().join("modules/demo/module.toml");
+    let text = std::fs::read_to_string(&toml).expect("module.toml");
+    assert!(text.contains("exclude = [\"scratch\"]"), "{text}");
+    std::fs::write(&toml, text.replace("exclude = [\"scratch\"]", "")).expect("module.toml");
+    lab.start(0);
+    lab.start(1);
+    lab.wait_states("demo", [Some("PRIM"), Some("SECOND")], BOOT);
+    tree::compare_selected(
+        &lab.data_dir(0, &m),
+        &lab.data_dir(1, &m),
+        20,
+        &mirrorkit_module::MirrorFilter::everything(),
+        tree::CompareOpts::default(),
+    )
+    .expect("copies identical once the excluded directory entered the set");
+    assert!(
+        lab.log(0)
+            .contains("what is replicated changed since the peer was last in sync"),
+        "the primary did not compare all data after its patterns changed:\n{}",
+        lab.log(0)
+    );
 }
 
 /// The module's scripts run in the documented order on each node: `prestart`, the data role,

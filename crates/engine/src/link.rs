@@ -215,6 +215,10 @@ struct St {
     allow_pending: Option<DataState>,
     /// Writes are failed, never acknowledged (the manager fenced this node).
     fenced: bool,
+    /// What is replicated (the directory and its patterns) differs from what the peer last
+    /// confirmed in sync, or that is unknown: the next synchronisation compares all data,
+    /// since the dirty record says nothing of entries that just entered the set.
+    selection_changed: bool,
 }
 
 struct Inner {
@@ -224,6 +228,34 @@ struct Inner {
     state_file: StateFile,
     counters: Counters,
     mirror: String,
+    /// Where the selection last confirmed in sync is kept, and the current one.
+    selection_file: std::path::PathBuf,
+    selection: String,
+}
+
+/// File, in the state directory, naming the selection (directory and patterns) the peer last
+/// confirmed in sync.
+pub const SELECTION_FILE: &str = "selection";
+
+/// What a peer's copy is a copy of: the replicated directory and its patterns.
+fn selection_id(root: &std::path::Path, filter: &mirrorkit_module::MirrorFilter) -> String {
+    let (include, exclude) = filter.patterns();
+    format!(
+        "directory {}\ninclude {include:?}\nexclude {exclude:?}\n",
+        root.display()
+    )
+}
+
+/// Replace `path` with `bytes` durably (temporary file, fsync, rename, fsync of the directory).
+fn store_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Shared handle to the link; cheap to clone.
@@ -241,11 +273,13 @@ impl Link {
     /// A link that starts alone: this node becomes primary without its peer, so a new
     /// generation of its data starts, and the record keeps every change until a
     /// synchronisation completes.
+    /// `root`: the replicated directory (it is part of what the peer holds a copy of).
     pub fn new(
         mirror: &str,
         cfg: LinkConfig,
         state_file: StateFile,
         state_dir: &std::path::Path,
+        root: &std::path::Path,
     ) -> Result<Self, String> {
         let mut data = state_file.load().map_err(|e| e.to_string())?;
         let was = data.clone();
@@ -272,6 +306,23 @@ impl Link {
             warn!(mirror, "this node stopped while primary with its peer in sync, without recording what the peer may lack: the next synchronisation compares all data");
         }
         state_file.store(&data).map_err(|e| e.to_string())?;
+        let selection = selection_id(root, &cfg.filter);
+        let selection_file = state_dir.join(SELECTION_FILE);
+        let selection_changed = match std::fs::read_to_string(&selection_file) {
+            Ok(last) if last == selection => false,
+            Ok(_) => {
+                warn!(mirror, file = %selection_file.display(), "the replicated directory or its include/exclude patterns changed since the peer was last in sync: the next synchronisation compares all data");
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                info!(mirror, "no record of the selection the peer last confirmed: the next synchronisation compares all data");
+                true
+            }
+            Err(e) => {
+                warn!(mirror, file = %selection_file.display(), "cannot read the selection the peer last confirmed ({e}): the next synchronisation compares all data");
+                true
+            }
+        };
         info!(mirror, generation = %data.current.map(|g| g.to_string()).unwrap_or_default(),
             base = %data.bitmap.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
             managed = cfg.managed.is_some(), "primary starts alone");
@@ -300,12 +351,15 @@ impl Link {
                     allow_pending: None,
                     held: false,
                     fenced: false,
+                    selection_changed,
                 }),
                 cv: Condvar::new(),
                 cfg,
                 state_file,
                 counters: Counters::default(),
                 mirror: mirror.to_string(),
+                selection_file,
+                selection,
             }),
         })
     }
@@ -337,6 +391,12 @@ impl Link {
             }
         }
         Ok(())
+    }
+
+    /// Whether the next synchronisation must compare all data because what is replicated
+    /// changed (or is not known to match) since the peer was last confirmed in sync.
+    pub fn selection_changed(&self) -> bool {
+        self.lock().selection_changed
     }
 
     /// What this node knows of its data, for the greeting.
@@ -736,6 +796,15 @@ impl Link {
         }
         st.data = data;
         st.stored_in_sync = true;
+        if st.selection_changed {
+            // This synchronisation compared all data under the current selection.
+            match store_atomically(&self.inner.selection_file, self.inner.selection.as_bytes()) {
+                Ok(()) => st.selection_changed = false,
+                Err(e) => {
+                    warn!(mirror = %self.inner.mirror, file = %self.inner.selection_file.display(), "cannot record the selection now in sync ({e}): the next synchronisation compares all data again")
+                }
+            }
+        }
         if let Err(e) = st.record.reset(None) {
             // Harmless: the record is only read relative to the generation it names.
             warn!(mirror = %self.inner.mirror, "cannot empty the dirty record: {e}");

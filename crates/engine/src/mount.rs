@@ -133,7 +133,7 @@ pub fn mount_with(
         .map_err(|e| format!("replicated directory {}: {e}", dir.display()))?;
     detach_stale_mount(&dir)
         .map_err(|e| format!("cannot detach stale mount {}: {e}", dir.display()))?;
-    let link = Link::new(mirror, cfg, StateFile::new(state_dir), state_dir)
+    let link = Link::new(mirror, cfg, StateFile::new(state_dir), state_dir, &dir)
         .map_err(|e| format!("mirror {mirror}: {e}"))?;
     let core = Arc::new(
         Core::open(mirror, &dir, link)

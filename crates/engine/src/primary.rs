@@ -179,6 +179,10 @@ async fn session(
         }
     };
     let (mode, preserve) = match plan(&mine, &theirs) {
+        Ok((SyncMode::Incremental, preserve)) if core.link.selection_changed() => {
+            info!(mirror = %core.mirror, peer = %peer.node, "what is replicated changed since the peer was last in sync: comparing all data instead of an incremental resync");
+            (SyncMode::Compare, preserve)
+        }
         Ok(p) => p,
         Err(reason) => {
             error!(mirror = %core.mirror, peer = %peer.node, "{reason}");
