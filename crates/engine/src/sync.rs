@@ -723,18 +723,36 @@ impl<'a> Pass<'a> {
         self.xattrs(path, &fd, st.st_mode & libc::S_IFMT == libc::S_IFLNK)
     }
 
+    /// The entry at `path` went away while this pass read it (the application removed or
+    /// renamed it, or a parent: its operation is recorded, and waits for nothing): the next
+    /// pass sends that path again. Not in the last pass, which runs with the application's
+    /// changes held: there it is an error.
+    fn vanished(&mut self, path: &RelPath, e: &std::io::Error) -> bool {
+        if self.last || !matches!(sys::errno(e), libc::ENOENT | libc::ENOTDIR) {
+            return false;
+        }
+        trace!(%path, "sync: gone while read, sending it again next pass");
+        self.core
+            .link
+            .mark_pending(crate::link::Mark::Entry(path.clone()));
+        true
+    }
+
     fn xattrs(&mut self, path: &RelPath, fd: &OwnedFd, symlink: bool) -> Result<(), SyncError> {
         if symlink {
             let Some((parent, name)) = path.split_last() else {
                 return Ok(());
             };
-            let pfd = sys::open_beneath(
+            let pfd = match sys::open_beneath(
                 self.core.root.as_fd(),
                 &parent,
                 libc::O_PATH | libc::O_DIRECTORY,
                 0,
-            )
-            .map_err(read_err(path))?;
+            ) {
+                Ok(fd) => fd,
+                Err(e) if self.vanished(path, &e) => return Ok(()),
+                Err(e) => return Err(read_err(path)(e)),
+            };
             let c = sys::cstr(name).map_err(read_err(path))?;
             // `pfd` stays open while its /proc path is used.
             let p = sys::proc_path(pfd.as_fd(), Some(&c));
@@ -753,6 +771,7 @@ impl<'a> Pass<'a> {
         let names = match sys::list_xattr_names(p, follow) {
             Ok(n) => n,
             Err(e) if sys::errno(&e) == libc::ENOTSUP => return Ok(()),
+            Err(e) if self.vanished(path, &e) => return Ok(()),
             Err(e) => return Err(read_err(path)(e)),
         };
         self.send(
@@ -766,6 +785,7 @@ impl<'a> Pass<'a> {
             let value = match sys::get_xattr_value(p, follow, &c) {
                 Ok(v) => v,
                 Err(e) if sys::errno(&e) == libc::ENODATA => continue,
+                Err(e) if self.vanished(path, &e) => return Ok(()),
                 Err(e) => return Err(read_err(path)(e)),
             };
             self.send(
