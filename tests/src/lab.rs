@@ -944,3 +944,15 @@ impl Drop for Lab {
 pub fn client_addr() -> Ipv4Addr {
     format!("{LAN_PREFIX}.100").parse().expect("ip")
 }
+
+/// The output of a command that must succeed (stdout and stderr together); panics with it,
+/// naming `what`, if it failed.
+pub fn ok(out: std::process::Output, what: &str) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{what} failed: {text}");
+    text
+}

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use mirrorkit_tests::lab::{require_lab, Lab, LabModule, Writer};
+use mirrorkit_tests::lab::{ok, require_lab, Lab, LabModule, Writer};
 use mirrorkit_tests::tree;
 
 const BOOT: Duration = Duration::from_secs(90);
@@ -36,16 +36,6 @@ fn wait_notes(lab: &Lab, m: &LabModule, want: &[&str], timeout: Duration) -> Dur
     }
     panic!("notes {want:?} not served through the virtual IP within {timeout:?}; last answer {last:?}\n--- alpha log:\n{}\n--- beta log:\n{}",
         mirrorkit_tests::lab::tail(&lab.log(0), 60), mirrorkit_tests::lab::tail(&lab.log(1), 60));
-}
-
-fn ok(out: std::process::Output, what: &str) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{what} failed: {text}");
-    text
 }
 
 /// Scenario: the primary's daemon is killed: the other node takes the virtual IP and serves

@@ -633,7 +633,8 @@ impl Link {
     }
 
     fn allow_alone_locked(&self, st: &mut MutexGuard<'_, St>, data: DataState) {
-        if data.bitmap.is_some() && data.bitmap != st.record.base() {
+        // (A link that holds nothing, in sync in a module of several mirrors, only adopts it.)
+        if st.held && data.bitmap.is_some() && data.bitmap != st.record.base() {
             warn!(mirror = %self.inner.mirror, "the new generation's base differs from the dirty record's: the next synchronisation compares all data");
         }
         st.data = data;

@@ -131,6 +131,95 @@ impl Status {
         }
     }
 
+    /// One status for several mirrors of one module (`mirror` names the module): counters
+    /// and progress add up, the mode is the least synchronised one's (alone, then syncing),
+    /// and the reasons of the mirrors not in sync are kept, each after its mirror's name.
+    pub fn combine(mirror: &str, parts: &[Status]) -> Status {
+        let Some(first) = parts.first() else {
+            return Status {
+                mirror: mirror.into(),
+                ..Default::default()
+            };
+        };
+        if parts.len() == 1 {
+            return first.clone();
+        }
+        let rank = |m: &str| match m {
+            "alone" => 0,
+            "syncing" => 1,
+            _ => 2,
+        };
+        let worst = parts
+            .iter()
+            .min_by_key(|p| rank(&p.mode))
+            .map_or(first.mode.clone(), |p| p.mode.clone());
+        let reasons: Vec<String> = parts
+            .iter()
+            .filter(|p| p.mode != "in-sync" || parts.iter().all(|q| q.mode == "in-sync"))
+            .map(|p| format!("{}: {}", p.mirror, p.reason))
+            .collect();
+        let sum = |f: fn(&Status) -> u64| parts.iter().map(f).fold(0u64, u64::saturating_add);
+        let mut buckets = vec![
+            0u64;
+            parts
+                .iter()
+                .map(|p| p.ack_latency_buckets.len())
+                .max()
+                .unwrap_or(0)
+        ];
+        for p in parts {
+            for (b, v) in buckets.iter_mut().zip(&p.ack_latency_buckets) {
+                *b = b.saturating_add(*v);
+            }
+        }
+        Status {
+            mirror: mirror.into(),
+            role: first.role.clone(),
+            mode: worst,
+            reason: reasons.join("; "),
+            ops_sent: sum(|p| p.ops_sent),
+            data_bytes_sent: sum(|p| p.data_bytes_sent),
+            sync_data_bytes_sent: sum(|p| p.sync_data_bytes_sent),
+            sync_recorded_bytes: sum(|p| p.sync_recorded_bytes),
+            sync_compared_bytes: sum(|p| p.sync_compared_bytes),
+            sync_done_bytes: sum(|p| p.sync_done_bytes),
+            sync_total_bytes: sum(|p| p.sync_total_bytes),
+            sync_rate: sum(|p| p.sync_rate),
+            sync_eta_secs: if parts.iter().any(|p| p.mode == "syncing") {
+                parts
+                    .iter()
+                    .filter(|p| p.mode == "syncing")
+                    .map(|p| p.sync_eta_secs)
+                    .try_fold(0u64, |acc, e| e.map(|e| acc.max(e)))
+            } else {
+                None
+            },
+            verify_running: parts.iter().any(|p| p.verify_running),
+            verify_done_bytes: sum(|p| p.verify_done_bytes),
+            verify_differences: sum(|p| p.verify_differences),
+            sessions: sum(|p| p.sessions),
+            times_alone: sum(|p| p.times_alone),
+            ops_applied: sum(|p| p.ops_applied),
+            refused_sessions: sum(|p| p.refused_sessions),
+            read_passthrough: parts.iter().all(|p| p.read_passthrough),
+            read_passthrough_reason: first.read_passthrough_reason.clone(),
+            passthrough_opens: sum(|p| p.passthrough_opens),
+            engine_read_opens: sum(|p| p.engine_read_opens),
+            engine_reads: sum(|p| p.engine_reads),
+            passthrough_waits: sum(|p| p.passthrough_waits),
+            passthrough_refusals: sum(|p| p.passthrough_refusals),
+            pid: first.pid,
+            acks: sum(|p| p.acks),
+            ack_latency_us_sum: sum(|p| p.ack_latency_us_sum),
+            ack_latency_recent_us: parts
+                .iter()
+                .map(|p| p.ack_latency_recent_us)
+                .max()
+                .unwrap_or(0),
+            ack_latency_buckets: buckets,
+        }
+    }
+
     /// Replace the status file (atomically: readers never see half a file).
     pub fn write(&self, state_dir: &Path) -> std::io::Result<()> {
         let tmp = state_dir.join(format!("{STATUS_FILE}.tmp"));
@@ -142,5 +231,54 @@ impl Status {
     pub fn read(state_dir: &Path) -> std::io::Result<Self> {
         let bytes = std::fs::read(state_dir.join(STATUS_FILE))?;
         serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Status;
+
+    fn part(mirror: &str, mode: &str, sent: u64, eta: Option<u64>) -> Status {
+        Status {
+            mirror: mirror.into(),
+            role: "primary".into(),
+            mode: mode.into(),
+            reason: format!("{mirror} is {mode}"),
+            data_bytes_sent: sent,
+            sync_eta_secs: eta,
+            ack_latency_buckets: vec![1, 2],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn several_mirrors_add_up_and_show_the_least_synchronised() {
+        let one = part("m", "in-sync", 5, None);
+        assert_eq!(Status::combine("m", std::slice::from_ref(&one)), one);
+        let all = [
+            part("a", "in-sync", 5, None),
+            part("b", "syncing", 7, Some(30)),
+            part("c", "syncing", 1, Some(90)),
+        ];
+        let s = Status::combine("m", &all);
+        assert_eq!(s.mirror, "m");
+        assert_eq!(s.mode, "syncing");
+        assert_eq!(s.data_bytes_sent, 13);
+        assert_eq!(s.sync_eta_secs, Some(90));
+        assert_eq!(s.ack_latency_buckets, vec![3, 6]);
+        assert_eq!(s.reason, "b: b is syncing; c: c is syncing");
+        let alone = [part("a", "in-sync", 0, None), part("b", "alone", 0, None)];
+        assert_eq!(Status::combine("m", &alone).mode, "alone");
+        let synced = [part("a", "in-sync", 0, None), part("b", "in-sync", 0, None)];
+        let s = Status::combine("m", &synced);
+        assert_eq!(s.mode, "in-sync");
+        assert_eq!(s.sync_eta_secs, None);
+        assert_eq!(s.reason, "a: a is in-sync; b: b is in-sync");
+        // A syncing mirror whose time left is not known yet: not known for the module.
+        let unknown = [
+            part("a", "syncing", 0, None),
+            part("b", "syncing", 0, Some(4)),
+        ];
+        assert_eq!(Status::combine("m", &unknown).sync_eta_secs, None);
     }
 }

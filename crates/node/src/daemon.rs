@@ -29,6 +29,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{self, ModuleStatus, NetStatus, NodeStatus, Reply, Request};
 use crate::config::ClusterFile;
+use crate::module_rt::EngineReport;
 use crate::module_rt::{module_rt, ModuleRt};
 
 /// Everything the loop reacts to.
@@ -39,7 +40,8 @@ pub(crate) enum Input {
     Mounted {
         module: String,
         op: OpId,
-        result: Result<(Mounted, Option<u64>), String>,
+        /// One mount per mirror, in the module's order, with its FUSE device.
+        result: Result<Vec<(Mounted, Option<u64>)>, String>,
     },
     Liveness(HeartbeatProfile, bool),
     /// No heartbeat from the peer for its profile's detection time less two intervals.
@@ -440,11 +442,13 @@ fn drop_vips(name: &str, vips: &[VipSpec], why: &str) {
 /// release reaches the application as a success).
 fn cut_off(name: &str, m: &ModuleRt, why: &str) {
     drop_vips(name, &m.vips, why);
-    if let Some(mt) = &m.mounted {
-        if let Some(dev) = m.fuse_dev {
+    for mr in &m.mirrors {
+        if let (Some(_), Some(dev)) = (&mr.mounted, mr.fuse_dev) {
             crate::fence::abort_fuse(dev);
         }
-        mt.core.link.fence();
+    }
+    for link in m.links() {
+        link.fence();
     }
 }
 
@@ -501,9 +505,9 @@ impl Daemon {
         }
         // Releasing is idempotent: the vip crate logs an address it actually removes.
         drop_vips(name, &m.vips, "left by a previous daemon of this node");
-        if let Some(dir) = &m.data_dir {
-            if let Err(e) = mirrorkit_engine::mount::detach_stale_mount(dir) {
-                error!(module = %name, dir = %dir.display(), "cannot detach a stale mount: {e}");
+        for mr in &m.mirrors {
+            if let Err(e) = mirrorkit_engine::mount::detach_stale_mount(&mr.dir) {
+                error!(module = %name, dir = %mr.dir.display(), "cannot detach a stale mount: {e}");
             }
         }
     }
@@ -540,28 +544,32 @@ impl Daemon {
         let mut events = Vec::new();
         let now = self.now();
         for (name, m) in &mut self.modules {
-            let Some(mounted) = &m.mounted else {
+            if !m.is_mounted() {
                 m.write_rate.clear();
                 m.record_error = None;
                 continue;
-            };
-            let link = &mounted.core.link;
-            m.record_error = link.retry_record();
-            let sent = link
-                .counters()
-                .data_bytes_sent
-                .load(std::sync::atomic::Ordering::Relaxed);
+            }
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            let mut record_errors = Vec::new();
+            let (mut sent, mut syncing) = (0u64, false);
+            let mut p = Progress::default();
+            for link in m.links() {
+                record_errors.extend(link.retry_record());
+                let c = link.counters();
+                sent = sent.saturating_add(c.data_bytes_sent.load(relaxed));
+                if link.status().0 == Mode::Syncing {
+                    syncing = true;
+                    p.done_bytes = p.done_bytes.saturating_add(c.sync_done_bytes.load(relaxed));
+                    p.total_bytes = p
+                        .total_bytes
+                        .saturating_add(c.sync_total_bytes.load(relaxed));
+                }
+            }
+            m.record_error = (!record_errors.is_empty()).then(|| record_errors.join("; "));
             m.write_rate.sample(now, sent);
-            if link.status().0 != Mode::Syncing {
+            if !syncing {
                 continue;
             }
-            let c = link.counters();
-            let p = Progress {
-                done_bytes: c.sync_done_bytes.load(std::sync::atomic::Ordering::Relaxed),
-                total_bytes: c
-                    .sync_total_bytes
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            };
             if m.last_progress != Some(p) {
                 m.last_progress = Some(p);
                 events.push((name.clone(), Event::Mirror(MirrorEvent::ResyncProgress(p))));
@@ -591,11 +599,11 @@ impl Daemon {
                         }
                         // A mounted primary stops waiting the whole peer timeout for a peer
                         // the heartbeats lost (it waits only while acknowledgements come).
-                        if let Some(mt) = &m.mounted {
+                        for link in m.links() {
                             if seen {
-                                mt.core.link.peer_heard();
+                                link.peer_heard();
                             } else {
-                                mt.core.link.peer_silent(format!(
+                                link.peer_silent(format!(
                                     "the heartbeats lost {} ({} profile)",
                                     self.cf.peer(),
                                     profile.name()
@@ -625,8 +633,7 @@ impl Daemon {
             Input::Engine(e) => self.engine_event(e).await,
             Input::Mounted { module, op, result } => {
                 let result = match result {
-                    Ok((mounted, dev)) => {
-                        let core = mounted.core.clone();
+                    Ok(mounts) => {
                         let peer = PeerAddr {
                             node: self.cf.peer().to_owned(),
                             addr: self
@@ -634,20 +641,32 @@ impl Daemon {
                                 .replication(self.cf.peer())
                                 .unwrap_or(self.cf.nodes[&self.cf.node].replication),
                         };
-                        let task = tokio::spawn(mirrorkit_engine::primary::run(
-                            core.clone(),
-                            self.endpoint.clone(),
-                            self.cf.node.clone(),
-                            peer,
-                        ));
-                        self.guard.mounted(&module, core.clone(), dev);
+                        self.guard.mounted(
+                            &module,
+                            mounts
+                                .iter()
+                                .map(|(mt, dev)| (mt.core.clone(), *dev))
+                                .collect(),
+                        );
                         if let Some(m) = self.modules.get_mut(&module) {
-                            if let Err(e) = mirrorkit_engine::control::serve(core, &m.state_dir) {
-                                warn!(module = %module, "verify socket unavailable: {e}");
+                            for (mr, (mounted, dev)) in m.mirrors.iter_mut().zip(mounts) {
+                                let core = mounted.core.clone();
+                                mr.primary_task =
+                                    Some(tokio::spawn(mirrorkit_engine::primary::run(
+                                        core.clone(),
+                                        self.endpoint.clone(),
+                                        self.cf.node.clone(),
+                                        peer.clone(),
+                                    )));
+                                if let Err(e) =
+                                    mirrorkit_engine::control::serve(core, &mr.state_dir)
+                                {
+                                    warn!(module = %module, dir = %mr.dir.display(), "verify socket unavailable: {e}");
+                                }
+                                mr.mounted = Some(mounted);
+                                mr.fuse_dev = dev;
+                                mr.in_sync = false;
                             }
-                            m.mounted = Some(mounted);
-                            m.fuse_dev = dev;
-                            m.primary_task = Some(task);
                         }
                         Ok(())
                     }
@@ -663,31 +682,82 @@ impl Daemon {
         }
     }
 
+    /// The module and index of the mirror an engine names.
+    fn mirror_of(&self, key: &str) -> Option<(String, usize)> {
+        self.modules.iter().find_map(|(name, m)| {
+            m.mirrors
+                .iter()
+                .position(|mr| mr.key == key)
+                .map(|k| (name.clone(), k))
+        })
+    }
+
+    /// An engine's report, as the module's machine hears it: a module with several mirrors is
+    /// in sync only when all its engines are, and any engine's loss is the module's.
     async fn engine_event(&mut self, e: EngineEvent) {
-        let (module, ev) = match e {
-            EngineEvent::PeerInSync { mirror } => (mirror, MirrorEvent::PeerInSync),
-            EngineEvent::PeerOutOfSync { mirror, reason } => {
-                (mirror, MirrorEvent::PeerOutOfSync { reason })
+        let key = match &e {
+            EngineEvent::PeerInSync { mirror }
+            | EngineEvent::PeerOutOfSync { mirror, .. }
+            | EngineEvent::ResyncStarting { mirror, .. }
+            | EngineEvent::InSync { mirror, .. }
+            | EngineEvent::SyncLost { mirror, .. } => mirror.clone(),
+        };
+        let Some((module, k)) = self.mirror_of(&key) else {
+            warn!(mirror = %key, "report of an engine no module runs, ignored");
+            if let EngineEvent::ResyncStarting { reply, .. } = e {
+                let _ = reply.send(Err(format!("no module runs mirror {key} on this node")));
             }
+            return;
+        };
+        let Some(m) = self.modules.get_mut(&module) else {
+            return;
+        };
+        let mut flags: Vec<bool> = m.mirrors.iter().map(|mr| mr.in_sync).collect();
+        let (report, ev) = match e {
+            EngineEvent::PeerInSync { .. } => (EngineReport::InSync, MirrorEvent::PeerInSync),
+            EngineEvent::PeerOutOfSync { reason, .. } => (
+                EngineReport::Lost,
+                MirrorEvent::PeerOutOfSync {
+                    reason: m.mirror_reason(k, reason),
+                },
+            ),
             EngineEvent::ResyncStarting {
-                mirror,
                 source,
                 full,
                 reply,
+                ..
             } => {
-                let Some(m) = self.modules.get_mut(&mirror) else {
-                    let _ = reply.send(Err(format!("no module {mirror} on this node")));
-                    return;
-                };
-                if let Some(old) = m.pending_resync.replace(reply) {
+                if let Some(old) = m.mirrors[k].pending_resync.replace(reply) {
                     let _ = old.send(Err("superseded by a newer session".into()));
                 }
-                (mirror, MirrorEvent::ResyncStarting { source, full })
+                (
+                    EngineReport::Lost,
+                    MirrorEvent::ResyncStarting { source, full },
+                )
             }
-            EngineEvent::InSync { mirror, source } => (mirror, MirrorEvent::InSync { source }),
-            EngineEvent::SyncLost { mirror, reason } => (mirror, MirrorEvent::SyncLost { reason }),
+            EngineEvent::InSync { source, .. } => {
+                (EngineReport::InSync, MirrorEvent::InSync { source })
+            }
+            EngineEvent::SyncLost { reason, .. } => (
+                EngineReport::Lost,
+                MirrorEvent::SyncLost {
+                    reason: m.mirror_reason(k, reason),
+                },
+            ),
         };
+        let heard = crate::module_rt::aggregate(&mut flags, k, report);
+        for (mr, f) in m.mirrors.iter_mut().zip(flags) {
+            mr.in_sync = f;
+        }
+        if !heard {
+            info!(module = %module, dir = %m.mirrors[k].dir.display(), "this mirror is in sync; the module's other mirrors are not yet");
+            return;
+        }
+        m.answering = Some(k);
         self.feed(&module, Event::Mirror(ev)).await;
+        if let Some(m) = self.modules.get_mut(&module) {
+            m.answering = None;
+        }
     }
 
     async fn api(&mut self, req: Request, reply: oneshot::Sender<Reply>) {
@@ -797,20 +867,46 @@ impl Daemon {
                         progress: st.as_ref().and_then(|s| s.progress),
                         split_brain: st.as_ref().is_some_and(|s| s.split_brain),
                         config_problems: m.config_problems.clone(),
-                        mirror: m.mounted.as_ref().map(|mt| {
-                            let (mode, reason) = mt.core.link.status();
-                            format!("{}: {reason}", mode.as_str())
+                        mirror: m.is_mounted().then(|| {
+                            m.mirrors
+                                .iter()
+                                .filter_map(|mr| {
+                                    let (mode, reason) = mr.mounted.as_ref()?.core.link.status();
+                                    Some(if m.shares_state() {
+                                        format!("{}: {}: {reason}", mr.declared.display(), mode.as_str())
+                                    } else {
+                                        format!("{}: {reason}", mode.as_str())
+                                    })
+                                })
+                                .collect::<Vec<_>>()
+                                .join("; ")
                         }),
                         checkers: m.checkers.as_ref().map(|c| c.status()).unwrap_or_default(),
                         peer_state: m.peer.as_ref().map(|p| p.state),
                         peer_reason: m.peer.as_ref().map(|p| p.reason.clone()),
                         peer_in_sync: m.peer.as_ref().map(|p| p.in_sync),
-                        replication: match (&m.mounted, &m.receiver) {
-                            (Some(mt), _) => Some(EngineStatus::of_primary(&mt.core)),
-                            (None, Some(r)) => Some(EngineStatus::of_secondary(name, r.counters())),
-                            (None, None) => None,
+                        replication: if m.is_mounted() {
+                            let parts: Vec<EngineStatus> = m
+                                .mirrors
+                                .iter()
+                                .filter_map(|mr| mr.mounted.as_ref())
+                                .map(|mt| EngineStatus::of_primary(&mt.core))
+                                .collect();
+                            Some(EngineStatus::combine(name, &parts))
+                        } else if m.has_receiver() {
+                            let parts: Vec<EngineStatus> = m
+                                .mirrors
+                                .iter()
+                                .filter_map(|mr| {
+                                    let r = mr.receiver.as_ref()?;
+                                    Some(EngineStatus::of_secondary(&mr.key, r.counters()))
+                                })
+                                .collect();
+                            Some(EngineStatus::combine(name, &parts))
+                        } else {
+                            None
                         },
-                        write_rate: m.mounted.as_ref().and_then(|_| m.write_rate.rate()),
+                        write_rate: if m.is_mounted() { m.write_rate.rate() } else { None },
                     }
                 })
                 .collect(),
@@ -825,7 +921,7 @@ impl Daemon {
             return;
         };
         if let Some(stall) = &mut m.stalled {
-            stall.events.push_back(ev);
+            stall.events.push_back((m.answering, ev));
             return;
         }
         let Some(machine) = m.machine.as_mut() else {
@@ -911,12 +1007,9 @@ impl Daemon {
         let Some(m) = self.modules.get_mut(name) else {
             return Ok(());
         };
-        // The mounted link holds exactly what is on disk: when it already stored this state
-        // (the end of a resync), there is nothing to write again.
-        if m.mounted
-            .as_ref()
-            .is_some_and(|mt| mt.core.link.data_state() == *d)
-        {
+        // With one mirror, the mounted link holds exactly what is on disk: when it already
+        // stored this state (the end of a resync), there is nothing to write again.
+        if !m.shares_state() && m.links().next().is_some_and(|l| l.data_state() == *d) {
             return Ok(());
         }
         let file = StateFile::new(&m.state_dir);
@@ -926,8 +1019,22 @@ impl Daemon {
                 m.state_dir.display()
             )
         })?;
-        if let Some(mt) = &m.mounted {
-            mt.core.link.adopt_state(d.clone());
+        // Several mirrors: the module's file decides; each engine's copy follows it (a copy
+        // left older by a crash here is written again before its engine starts).
+        if m.shares_state() {
+            for mr in &m.mirrors {
+                let copy = StateFile::new(&mr.state_dir);
+                tokio::task::block_in_place(|| copy.store(d)).map_err(|e| {
+                    format!(
+                        "cannot copy the module's data state to {} (mirror {}): {e}",
+                        mr.state_dir.display(),
+                        mr.declared.display()
+                    )
+                })?;
+            }
+        }
+        for link in m.links() {
+            link.adopt_state(d.clone());
         }
         Ok(())
     }
@@ -969,8 +1076,14 @@ impl Daemon {
                     &format!("data state persisted after all; was: {error}"),
                 );
             }
-            for ev in events {
+            for (answering, ev) in events {
+                if let Some(m) = self.modules.get_mut(&name) {
+                    m.answering = answering;
+                }
                 self.feed(&name, ev).await;
+                if let Some(m) = self.modules.get_mut(&name) {
+                    m.answering = None;
+                }
             }
             self.checker_modes(&name);
         }
@@ -1069,9 +1182,9 @@ impl Daemon {
                 let Some(loaded) = &m.loaded else { return };
                 let mut batch = Vec::new();
                 // MIRRORKIT_ROLE: the role taken or left; none for prestart and poststop.
-                let data_role = if m.mounted.is_some() {
+                let data_role = if m.is_mounted() {
                     ScriptRole::Primary
-                } else if m.receiver.is_some() {
+                } else if m.has_receiver() {
                     ScriptRole::Secondary
                 } else {
                     ScriptRole::None
@@ -1103,10 +1216,6 @@ impl Daemon {
                 }));
             }
             Action::MountPrimary { op, forced } => {
-                let Some(dir) = m.data_dir.clone() else {
-                    return;
-                };
-                let state_dir = m.state_dir.clone();
                 let replication = m
                     .loaded
                     .as_ref()
@@ -1114,78 +1223,145 @@ impl Daemon {
                     .unwrap_or_default();
                 // The checked module's patterns always compile; a failure here is a bug,
                 // reported as a failed mount rather than replicating another set.
-                let filter = match m.loaded.as_ref().and_then(|l| l.config.mirrors.first()) {
-                    Some(mirror) => mirrorkit_module::MirrorFilter::new(mirror),
-                    None => Ok(mirrorkit_module::MirrorFilter::everything()),
-                };
-                let filter = match filter {
-                    Ok(f) => std::sync::Arc::new(f),
-                    Err(e) => {
-                        let _ = tx.send(Input::Mounted {
-                            module,
-                            op,
-                            result: Err(format!("include/exclude patterns: {e}")),
-                        });
-                        return;
-                    }
-                };
-                let cfg = LinkConfig {
-                    managed: Some(self.engine_tx.clone()),
-                    forced_by: forced.then(|| "an operator (prim)".to_owned()),
-                    peer_timeout_ms: replication.peer_timeout_ms,
-                    resync_bytes_per_sec: replication.resync_bytes_per_sec(),
-                    filter,
-                    ..LinkConfig::default()
-                };
+                let mut plan = Vec::new();
+                for mr in &m.mirrors {
+                    let filter = match &mr.filter {
+                        Ok(f) => f.clone(),
+                        Err(e) => {
+                            let _ = tx.send(Input::Mounted {
+                                module,
+                                op,
+                                result: Err(e.clone()),
+                            });
+                            return;
+                        }
+                    };
+                    let cfg = LinkConfig {
+                        managed: Some(self.engine_tx.clone()),
+                        forced_by: forced.then(|| "an operator (prim)".to_owned()),
+                        peer_timeout_ms: replication.peer_timeout_ms,
+                        resync_bytes_per_sec: replication.resync_bytes_per_sec(),
+                        filter,
+                        ..LinkConfig::default()
+                    };
+                    plan.push((mr.key.clone(), mr.dir.clone(), mr.state_dir.clone(), cfg));
+                }
+                // Several mirrors: each engine starts from the module's data state, which
+                // the machine persisted before asking for the mount.
+                let shared = m
+                    .shares_state()
+                    .then(|| m.machine.as_ref().map(|mc| mc.data().clone()))
+                    .flatten();
                 tokio::task::spawn_blocking(move || {
-                    let result = mirrorkit_engine::mount::mount(&module, &dir, &state_dir, cfg)
-                        .map(|mt| {
-                            let dev = crate::fence::device_of(&mt.dir);
-                            (mt, dev)
-                        });
-                    let _ = tx.send(Input::Mounted { module, op, result });
+                    let mut mounts = Vec::new();
+                    for (key, dir, state_dir, cfg) in plan {
+                        let mounted = match &shared {
+                            Some(d) => StateFile::new(&state_dir).store(d).map_err(|e| {
+                                format!(
+                                    "cannot give the mirror of {} the module's data state: {e}",
+                                    dir.display()
+                                )
+                            }),
+                            None => Ok(()),
+                        }
+                        .and_then(|()| mirrorkit_engine::mount::mount(&key, &dir, &state_dir, cfg));
+                        match mounted {
+                            Ok(mt) => {
+                                let dev = crate::fence::device_of(&mt.dir);
+                                mounts.push((mt, dev));
+                            }
+                            Err(e) => {
+                                // The mounts made so far go (dropping one unmounts it).
+                                drop(mounts);
+                                let _ = tx.send(Input::Mounted {
+                                    module,
+                                    op,
+                                    result: Err(e),
+                                });
+                                return;
+                            }
+                        }
+                    }
+                    let _ = tx.send(Input::Mounted {
+                        module,
+                        op,
+                        result: Ok(mounts),
+                    });
                 });
             }
             Action::AllowAlone => {
-                if let (Some(mt), Some(mc)) = (&m.mounted, &m.machine) {
-                    mt.core.link.allow_alone(mc.data().clone());
+                if let Some(mc) = &m.machine {
+                    for link in m.links() {
+                        link.allow_alone(mc.data().clone());
+                    }
                 }
             }
             Action::Barrier { op } => {
-                let Some(mt) = &m.mounted else {
+                if !m.is_mounted() {
                     let result = Err(Failure {
                         detail: "the mirror is not mounted".into(),
                         exit_status: None,
                     });
                     let _ = tx.send(Input::Machine(module, Event::Done { op, result }));
                     return;
-                };
-                let core = mt.core.clone();
+                }
+                let links: Vec<(PathBuf, mirrorkit_engine::link::Link)> = m
+                    .mirrors
+                    .iter()
+                    .filter_map(|mr| {
+                        Some((mr.declared.clone(), mr.mounted.as_ref()?.core.link.clone()))
+                    })
+                    .collect();
+                let several = links.len() > 1;
                 tokio::task::spawn_blocking(move || {
-                    let result = core.link.barrier().map_err(|detail| Failure {
-                        detail,
-                        exit_status: None,
-                    });
+                    // Every mirror's peer must prove it holds everything.
+                    let mut result = Ok(());
+                    for (dir, link) in links {
+                        if let Err(detail) = link.barrier() {
+                            let detail = if several {
+                                format!("{}: {detail}", dir.display())
+                            } else {
+                                detail
+                            };
+                            result = Err(Failure {
+                                detail,
+                                exit_status: None,
+                            });
+                            break;
+                        }
+                    }
                     let _ = tx.send(Input::Machine(module, Event::Done { op, result }));
                 });
             }
             Action::Unmount { op } => {
                 self.guard.unmounted(name);
-                let mounted = m.mounted.take();
-                let task = m.primary_task.take();
+                let parts: Vec<(Option<Mounted>, Option<tokio::task::JoinHandle<()>>)> = m
+                    .mirrors
+                    .iter_mut()
+                    .map(|mr| {
+                        mr.fuse_dev = None;
+                        mr.in_sync = false;
+                        (mr.mounted.take(), mr.primary_task.take())
+                    })
+                    .collect();
                 tokio::task::spawn_blocking(move || {
-                    let result = match mounted {
-                        Some(mt) => {
+                    // Every mount is tried; the first failure is reported.
+                    let mut result = Ok(());
+                    for (mounted, task) in parts {
+                        if let Some(mt) = mounted {
                             let dir = mt.dir.clone();
-                            mt.unmount().map_err(|e| Failure {
-                                detail: format!("cannot unmount the mirror from {}: {e} (the application may still hold files there)", dir.display()),
-                                exit_status: None,
-                            })
+                            if let Err(e) = mt.unmount() {
+                                if result.is_ok() {
+                                    result = Err(Failure {
+                                        detail: format!("cannot unmount the mirror from {}: {e} (the application may still hold files there)", dir.display()),
+                                        exit_status: None,
+                                    });
+                                }
+                            }
                         }
-                        None => Ok(()),
-                    };
-                    if let Some(t) = task {
-                        t.abort();
+                        if let Some(t) = task {
+                            t.abort();
+                        }
                     }
                     let _ = tx.send(Input::Machine(module, Event::Done { op, result }));
                 });
@@ -1219,64 +1395,93 @@ impl Daemon {
                 }
                 cut_off(name, m, "forcestop");
                 self.guard.unmounted(name);
-                if let Some(mt) = m.mounted.take() {
-                    crate::fence::detach(&mt.dir);
-                    m.fuse_dev = None;
-                    drop(mt);
-                }
-                if let Some(t) = m.primary_task.take() {
-                    t.abort();
+                for mr in &mut m.mirrors {
+                    if let Some(mt) = mr.mounted.take() {
+                        crate::fence::detach(&mt.dir);
+                        mr.fuse_dev = None;
+                        drop(mt);
+                    }
+                    if let Some(t) = mr.primary_task.take() {
+                        t.abort();
+                    }
+                    mr.in_sync = false;
                 }
                 self.stop_receiver(name).await;
             }
             Action::StartReceiver => {
-                let Some(dir) = m.data_dir.clone() else {
-                    return;
-                };
-                let cfg = SecondaryConfig {
-                    mirror: name.to_owned(),
-                    node: self.cf.node.clone(),
-                    peer_node: self.cf.peer().to_owned(),
-                    root: dir.clone(),
-                    state_dir: m.state_dir.clone(),
-                    managed: Some(self.engine_tx.clone()),
-                };
-                if let Err(e) = std::fs::create_dir_all(&dir) {
-                    warn!(module = %name, dir = %dir.display(), "cannot create the replicated directory: {e}");
+                let shared = m
+                    .shares_state()
+                    .then(|| m.machine.as_ref().map(|mc| mc.data().clone()))
+                    .flatten();
+                let mut failure = None;
+                for mr in &mut m.mirrors {
+                    let cfg = SecondaryConfig {
+                        mirror: mr.key.clone(),
+                        node: self.cf.node.clone(),
+                        peer_node: self.cf.peer().to_owned(),
+                        root: mr.dir.clone(),
+                        state_dir: mr.state_dir.clone(),
+                        managed: Some(self.engine_tx.clone()),
+                    };
+                    if let Err(e) = std::fs::create_dir_all(&mr.dir) {
+                        warn!(module = %name, dir = %mr.dir.display(), "cannot create the replicated directory: {e}");
+                    }
+                    // Several mirrors: each receiver starts from the module's data state.
+                    if let Some(d) = &shared {
+                        if let Err(e) = StateFile::new(&mr.state_dir).store(d) {
+                            failure = Some(format!(
+                                "cannot give the mirror of {} the module's data state: {e}",
+                                mr.dir.display()
+                            ));
+                            break;
+                        }
+                    }
+                    match Receiver::open(cfg, Arc::new(SecondaryCounters::default())) {
+                        Ok(r) => {
+                            let r = Arc::new(r);
+                            mr.receiver = Some(r.clone());
+                            mr.in_sync = false;
+                            self.receivers
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(mr.key.clone(), r);
+                        }
+                        Err(error) => {
+                            failure = Some(error);
+                            break;
+                        }
+                    }
                 }
-                match Receiver::open(cfg, Arc::new(SecondaryCounters::default())) {
-                    Ok(r) => {
-                        let r = Arc::new(r);
-                        m.receiver = Some(r.clone());
-                        self.receivers
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(name.to_owned(), r);
-                    }
-                    Err(error) => {
-                        let _ = tx.send(Input::Machine(
-                            module,
-                            Event::Mirror(MirrorEvent::ReceiverFailed { error }),
-                        ));
-                    }
+                if let Some(error) = failure {
+                    // None or all: the receivers opened so far close again.
+                    self.stop_receiver(name).await;
+                    let _ = tx.send(Input::Machine(
+                        module,
+                        Event::Mirror(MirrorEvent::ReceiverFailed { error }),
+                    ));
                 }
             }
             Action::StopReceiver => self.stop_receiver(name).await,
             Action::ProceedResync { keep_aside: _ } => {
-                if let Some(r) = m.pending_resync.take() {
+                if let Some(r) = m.answered().and_then(|mr| mr.pending_resync.take()) {
                     let _ = r.send(Ok(()));
                 }
             }
-            Action::RefuseResync { reason } => match m.pending_resync.take() {
-                Some(r) => {
-                    let _ = r.send(Err(reason));
-                }
-                None => {
-                    if let Some(r) = &m.receiver {
-                        r.close_current();
+            Action::RefuseResync { reason } => {
+                match m.answered().and_then(|mr| mr.pending_resync.take()) {
+                    Some(r) => {
+                        let _ = r.send(Err(reason));
+                    }
+                    // The end of a resync refused: no session of the module's goes on.
+                    None => {
+                        for mr in &m.mirrors {
+                            if let Some(r) = &mr.receiver {
+                                r.close_current();
+                            }
+                        }
                     }
                 }
-            },
+            }
             Action::WitnessClaim {
                 op,
                 current,
@@ -1331,23 +1536,32 @@ impl Daemon {
     }
 
     async fn stop_receiver(&mut self, name: &str) {
-        self.receivers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
         let Some(m) = self.modules.get_mut(name) else {
             return;
         };
-        if let Some(r) = m.pending_resync.take() {
-            let _ = r.send(Err("the receiver is stopping".into()));
+        {
+            let mut receivers = self.receivers.lock().unwrap_or_else(|p| p.into_inner());
+            for mr in &m.mirrors {
+                receivers.remove(&mr.key);
+            }
         }
-        if let Some(r) = m.receiver.take() {
-            r.close_current();
+        let mut closing = Vec::new();
+        for mr in &mut m.mirrors {
+            if let Some(r) = mr.pending_resync.take() {
+                let _ = r.send(Err("the receiver is stopping".into()));
+            }
+            mr.in_sync = false;
+            if let Some(r) = mr.receiver.take() {
+                r.close_current();
+                closing.push((mr.dir.clone(), r));
+            }
+        }
+        for (dir, r) in closing {
             if tokio::time::timeout(Duration::from_secs(10), r.idle())
                 .await
                 .is_err()
             {
-                error!(module = %name, "the receiver's last session did not end within 10 s");
+                error!(module = %name, dir = %dir.display(), "the receiver's last session did not end within 10 s");
             }
         }
     }

@@ -28,8 +28,8 @@ pub(crate) fn must_cut(mounted: bool, granted: bool, peer_in_view: bool) -> bool
 struct Target {
     profile: HeartbeatProfile,
     vips: Vec<VipSpec>,
-    fuse_dev: Option<u64>,
-    core: Option<Arc<Core>>,
+    /// The module's mounts (one per mirror): each engine and its FUSE device.
+    mounts: Vec<(Arc<Core>, Option<u64>)>,
     granted: bool,
     cut: bool,
 }
@@ -68,18 +68,16 @@ impl Guard {
         t.vips = vips.to_vec();
     }
 
-    pub(crate) fn mounted(&self, module: &str, core: Arc<Core>, fuse_dev: Option<u64>) {
+    pub(crate) fn mounted(&self, module: &str, mounts: Vec<(Arc<Core>, Option<u64>)>) {
         let mut g = self.lock();
         let t = g.modules.entry(module.to_owned()).or_default();
-        t.core = Some(core);
-        t.fuse_dev = fuse_dev;
+        t.mounts = mounts;
         t.cut = false;
     }
 
     pub(crate) fn unmounted(&self, module: &str) {
         if let Some(t) = self.lock().modules.get_mut(module) {
-            t.core = None;
-            t.fuse_dev = None;
+            t.mounts.clear();
         }
     }
 
@@ -104,7 +102,7 @@ impl Guard {
             return;
         };
         t.granted = matches!(ev, WitnessEvent::Granted { .. });
-        if must_cut(t.core.is_some(), t.granted, in_view) {
+        if must_cut(!t.mounts.is_empty(), t.granted, in_view) {
             cut(
                 module,
                 t,
@@ -122,7 +120,7 @@ impl Guard {
             return;
         }
         for (module, t) in g.modules.iter_mut() {
-            if t.profile == profile && must_cut(t.core.is_some(), t.granted, false) {
+            if t.profile == profile && must_cut(!t.mounts.is_empty(), t.granted, false) {
                 cut(
                     module,
                     t,
@@ -144,10 +142,12 @@ fn cut(module: &str, t: &mut Target, why: &str) {
             error!(module = %module, "self-fence guard: cannot drop the virtual IP {v}: {e}");
         }
     }
-    if let Some(dev) = t.fuse_dev {
-        crate::fence::abort_fuse(dev);
+    for (_, dev) in &t.mounts {
+        if let Some(dev) = dev {
+            crate::fence::abort_fuse(*dev);
+        }
     }
-    if let Some(core) = &t.core {
+    for (core, _) in &t.mounts {
         core.link.fence();
     }
 }

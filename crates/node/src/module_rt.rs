@@ -29,14 +29,12 @@ pub(crate) struct ModuleRt {
     pub(crate) log: Option<EventLog>,
     pub(crate) profile: HeartbeatProfile,
     pub(crate) vips: Vec<VipSpec>,
-    pub(crate) data_dir: Option<PathBuf>,
+    /// The module's replicated directories (`[[mirror]]`), each with its own engine.
+    pub(crate) mirrors: Vec<MirrorRt>,
+    /// The mirror whose event the machine is handling: its answer to `ResyncStarting`
+    /// (`ProceedResync`, `RefuseResync`) goes to that mirror's receiver.
+    pub(crate) answering: Option<usize>,
     pub(crate) state_dir: PathBuf,
-    pub(crate) mounted: Option<Mounted>,
-    /// The mount's device, to abort its FUSE connection when fencing.
-    pub(crate) fuse_dev: Option<u64>,
-    pub(crate) primary_task: Option<tokio::task::JoinHandle<()>>,
-    pub(crate) receiver: Option<Arc<Receiver>>,
-    pub(crate) pending_resync: Option<oneshot::Sender<Result<(), String>>>,
     pub(crate) verb_waiters: Vec<(Verb, oneshot::Sender<Reply>)>,
     pub(crate) last_progress: Option<Progress>,
     /// A `Persist` failed (a full or broken state disk): the machine's actions from it on, and
@@ -82,13 +80,9 @@ pub(crate) fn module_rt(
         log: None,
         profile: HeartbeatProfile::Default,
         vips: Vec::new(),
-        data_dir: None,
+        mirrors: Vec::new(),
+        answering: None,
         state_dir: cf.module_state(&fallback),
-        mounted: None,
-        fuse_dev: None,
-        primary_task: None,
-        receiver: None,
-        pending_resync: None,
         verb_waiters: Vec::new(),
         last_progress: None,
         scripts_running: None,
@@ -119,7 +113,7 @@ pub(crate) fn module_rt(
     rt.profile = c.heartbeat;
     rt.problems = unsupported(&loaded);
     rt.vips = vips_of(&loaded);
-    rt.data_dir = c.mirrors.first().map(|m| cf.data_dir(&m.dir));
+    rt.mirrors = mirrors_of(cf, &loaded, &rt.state_dir);
     if !rt.problems.is_empty() {
         for p in &rt.problems {
             error!(module = %name, "module not started: {p}");
@@ -137,7 +131,8 @@ pub(crate) fn module_rt(
             return (name, rt);
         }
     };
-    match parts(cf, &loaded, &rt.vips, rt.data_dir.as_ref(), &log, tx) {
+    let dirs: Vec<PathBuf> = rt.mirrors.iter().map(|m| m.dir.clone()).collect();
+    match parts(cf, &loaded, &rt.vips, &dirs, &log, tx) {
         Ok(p) => {
             rt.runner = Some(p.runner);
             rt.checkers = p.checkers;
@@ -162,16 +157,196 @@ pub(crate) fn module_rt(
     (name, rt)
 }
 
+/// One replicated directory of a module on this node: its engine (a mount as primary, a
+/// receiver as secondary) and whether that engine is in sync with the peer's.
+pub(crate) struct MirrorRt {
+    /// The directory as the module declares it.
+    pub(crate) declared: PathBuf,
+    /// The directory on this node (the cluster file may place data under a root).
+    pub(crate) dir: PathBuf,
+    /// The engine's name for it, on the wire and in its events: the module's name for a module
+    /// with one mirror, else the module's name and a digest of the declared directory (stable
+    /// whatever the order of the `[[mirror]]` sections, and the same on both nodes).
+    pub(crate) key: String,
+    /// The engine's state directory: the module's for a module with one mirror, else a folder
+    /// of it per mirror (holding that engine's copy of the module's data state, its dirty
+    /// record and control socket).
+    pub(crate) state_dir: PathBuf,
+    /// What it replicates.
+    pub(crate) filter: Result<Arc<mirrorkit_module::MirrorFilter>, String>,
+    pub(crate) mounted: Option<Mounted>,
+    /// The mount's device, to abort its FUSE connection when fencing.
+    pub(crate) fuse_dev: Option<u64>,
+    pub(crate) primary_task: Option<tokio::task::JoinHandle<()>>,
+    pub(crate) receiver: Option<Arc<Receiver>>,
+    pub(crate) pending_resync: Option<oneshot::Sender<Result<(), String>>>,
+    /// Its engine said the copies are in sync since it was last mounted or started, or last
+    /// lost its session.
+    pub(crate) in_sync: bool,
+}
+
+/// The module's mirrors on this node (see [`MirrorRt`]).
+pub(crate) fn mirrors_of(
+    cf: &ClusterFile,
+    loaded: &LoadedModule,
+    module_state: &std::path::Path,
+) -> Vec<MirrorRt> {
+    let c = &loaded.config;
+    let single = c.mirrors.len() == 1;
+    c.mirrors
+        .iter()
+        .map(|m| {
+            let digest = blake3::hash(m.dir.as_os_str().as_encoded_bytes()).to_hex();
+            let tag = &digest.as_str()[..16];
+            let (key, state_dir) = if single {
+                (c.name.clone(), module_state.to_owned())
+            } else {
+                (
+                    format!("{}.{tag}", c.name),
+                    module_state.join("mirrors").join(tag),
+                )
+            };
+            MirrorRt {
+                declared: m.dir.clone(),
+                dir: cf.data_dir(&m.dir),
+                key,
+                state_dir,
+                filter: mirrorkit_module::MirrorFilter::new(m)
+                    .map(Arc::new)
+                    .map_err(|e| format!("include/exclude patterns of {}: {e}", m.dir.display())),
+                mounted: None,
+                fuse_dev: None,
+                primary_task: None,
+                receiver: None,
+                pending_resync: None,
+                in_sync: false,
+            }
+        })
+        .collect()
+}
+
+impl ModuleRt {
+    /// Whether any of its mirrors is mounted here (this node may acknowledge writes).
+    pub(crate) fn is_mounted(&self) -> bool {
+        self.mirrors.iter().any(|m| m.mounted.is_some())
+    }
+
+    /// Whether any of its mirrors receives here.
+    pub(crate) fn has_receiver(&self) -> bool {
+        self.mirrors.iter().any(|m| m.receiver.is_some())
+    }
+
+    /// The links of its mounted mirrors.
+    pub(crate) fn links(&self) -> impl Iterator<Item = &mirrorkit_engine::link::Link> {
+        self.mirrors
+            .iter()
+            .filter_map(|m| m.mounted.as_ref().map(|mt| &mt.core.link))
+    }
+
+    /// A module with several mirrors keeps one data state for all, in its own state
+    /// directory; each engine works on a copy in its own.
+    pub(crate) fn shares_state(&self) -> bool {
+        self.mirrors.len() > 1
+    }
+
+    /// The mirror the machine's current answer is for (see `answering`); without one, the
+    /// first mirror that waits for an answer, else the first.
+    pub(crate) fn answered(&mut self) -> Option<&mut MirrorRt> {
+        let k = self
+            .answering
+            .or_else(|| {
+                self.mirrors
+                    .iter()
+                    .position(|mr| mr.pending_resync.is_some())
+            })
+            .unwrap_or(0);
+        self.mirrors.get_mut(k)
+    }
+
+    /// An engine's reason, naming its directory when the module has several.
+    pub(crate) fn mirror_reason(&self, k: usize, reason: String) -> String {
+        match self.mirrors.get(k) {
+            Some(mr) if self.shares_state() => format!("{}: {reason}", mr.declared.display()),
+            _ => reason,
+        }
+    }
+}
+
+/// What one engine of a module says of its copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EngineReport {
+    /// The copies are in sync (primary: the peer confirmed the end of the synchronisation;
+    /// secondary: this copy's resync ended, durably).
+    InSync,
+    /// The copies may differ from now on (primary: the session ended; secondary: a resync
+    /// starts, or the session ended).
+    Lost,
+}
+
+/// Record engine `k`'s report in `in_sync` (one flag per mirror of the module) and say whether
+/// the module's machine hears it. A loss, always: on the primary each loss starts a new data
+/// generation before any write the peer misses is acknowledged, on the secondary the copy is
+/// no longer known in sync. Being in sync, only when every mirror is: the module's data is in
+/// sync only as a whole. With one mirror, the machine hears every report, as the engine
+/// gives it.
+pub(crate) fn aggregate(in_sync: &mut [bool], k: usize, report: EngineReport) -> bool {
+    let Some(flag) = in_sync.get_mut(k) else {
+        return false;
+    };
+    match report {
+        EngineReport::Lost => {
+            *flag = false;
+            true
+        }
+        EngineReport::InSync => {
+            *flag = true;
+            in_sync.iter().all(|&f| f)
+        }
+    }
+}
+
+#[cfg(test)]
+mod aggregate_tests {
+    use super::{aggregate, EngineReport::*};
+
+    #[test]
+    fn one_mirror_passes_every_report() {
+        let mut f = [false];
+        assert!(aggregate(&mut f, 0, InSync));
+        assert!(aggregate(&mut f, 0, Lost));
+        assert!(aggregate(&mut f, 0, Lost));
+        assert!(aggregate(&mut f, 0, InSync));
+        assert_eq!(f, [true]);
+    }
+
+    #[test]
+    fn several_mirrors_are_in_sync_together_and_lost_alone() {
+        let mut f = [false; 3];
+        assert!(!aggregate(&mut f, 0, InSync));
+        assert!(!aggregate(&mut f, 2, InSync));
+        assert!(aggregate(&mut f, 1, InSync), "the last one in sync");
+        // One engine's loss is the module's, each time.
+        assert!(aggregate(&mut f, 1, Lost));
+        assert!(aggregate(&mut f, 2, Lost));
+        assert_eq!(f, [true, false, false]);
+        // Back in sync only once both lost ones are.
+        assert!(!aggregate(&mut f, 2, InSync));
+        assert!(aggregate(&mut f, 1, InSync));
+        // An index the module does not have changes nothing.
+        assert!(!aggregate(&mut f, 3, Lost));
+        assert_eq!(f, [true, true, true]);
+    }
+}
+
 /// What this version of the daemon does not run, for a valid module: it refuses the module
 /// rather than run it otherwise than its file says.
 pub(crate) fn unsupported(loaded: &LoadedModule) -> Vec<String> {
     let c = &loaded.config;
     let mut problems = Vec::new();
-    if c.mirrors.len() != 1 {
+    if c.mirrors.is_empty() {
         problems.push(format!(
-            "{}: this version of the daemon runs modules with exactly one [[mirror]] (this one has {})",
+            "{}: this version of the daemon runs modules with at least one [[mirror]] (this one has none)",
             loaded.file.display(),
-            c.mirrors.len()
         ));
     }
     problems
@@ -219,7 +394,7 @@ pub(crate) fn parts(
     cf: &ClusterFile,
     loaded: &LoadedModule,
     vips: &[VipSpec],
-    data_dir: Option<&PathBuf>,
+    data_dirs: &[PathBuf],
     log: &EventLog,
     tx: &mpsc::UnboundedSender<Input>,
 ) -> Result<Parts, String> {
@@ -231,7 +406,7 @@ pub(crate) fn parts(
         module_dir: loaded.dir.clone(),
         run_dir: cf.module_run(&name),
         vips: vips.iter().map(|v| v.addr.to_string()).collect(),
-        mirror_dirs: data_dir.into_iter().cloned().collect(),
+        mirror_dirs: data_dirs.to_vec(),
         env: c.env.clone(),
     };
     let options = mirrorkit_scripts::RunnerOptions {
@@ -379,6 +554,8 @@ mod rate_tests {
 #[derive(Debug)]
 pub(crate) struct Stall {
     pub(crate) actions: std::collections::VecDeque<mirrorkit_cluster::machine::Action>,
-    pub(crate) events: std::collections::VecDeque<mirrorkit_cluster::machine::Event>,
+    /// With the mirror each answers for (`ModuleRt::answering`).
+    pub(crate) events:
+        std::collections::VecDeque<(Option<usize>, mirrorkit_cluster::machine::Event)>,
     pub(crate) error: String,
 }

@@ -179,15 +179,15 @@ impl Daemon {
     /// directories and virtual IPs only when stopped: the caller checks).
     fn apply_now(&mut self, key: &str, loaded: LoadedModule) {
         let vips = vips_of(&loaded);
-        let data_dir = loaded
-            .config
-            .mirrors
-            .first()
-            .map(|d| self.cf.data_dir(&d.dir));
+        let Some(state_dir) = self.modules.get(key).map(|m| m.state_dir.clone()) else {
+            return;
+        };
+        let mirrors = crate::module_rt::mirrors_of(&self.cf, &loaded, &state_dir);
+        let dirs: Vec<std::path::PathBuf> = mirrors.iter().map(|mr| mr.dir.clone()).collect();
         let Some(log) = self.modules.get(key).and_then(|m| m.log.clone()) else {
             return;
         };
-        let built = parts(&self.cf, &loaded, &vips, data_dir.as_ref(), &log, &self.tx);
+        let built = parts(&self.cf, &loaded, &vips, &dirs, &log, &self.tx);
         let mc = machine_config(&self.cf, &loaded);
         let Some(m) = self.modules.get_mut(key) else {
             return;
@@ -206,7 +206,11 @@ impl Daemon {
         }
         self.guard.set_module(key, m.profile, &vips);
         m.vips = vips;
-        m.data_dir = data_dir;
+        // Directories change only while the module is stopped here (the caller checks); a
+        // module that runs keeps its engines.
+        if !m.is_mounted() && !m.has_receiver() {
+            m.mirrors = mirrors;
+        }
         if let Some(machine) = m.machine.as_mut() {
             machine.reconfigure(&mc);
         }
