@@ -22,6 +22,11 @@ pub const RECONNECT_DELAY_MS: u64 = 200;
 /// would wait for the next retransmission. A handshake takes two round trips: enough up to
 /// 500 ms of round-trip time. Default 1000 ms.
 pub const CONNECT_ATTEMPT_MS: u64 = 1000;
+/// While the peer does not answer, a new connection attempt starts this often (the earlier
+/// ones still waiting): a returning peer is reached by a fresh attempt's first packet within
+/// this delay, instead of by an older attempt's retransmission, which QUIC spaces out more and
+/// more. Default 100 ms.
+pub const CONNECT_STAGGER_MS: u64 = 100;
 /// Delay after the peer refused the session, or this node refused the peer (split brain,
 /// newer data on the peer): an operator must act; the peer's log gets one refusal per attempt.
 /// Default 5000 ms.
@@ -109,6 +114,47 @@ pub async fn run(core: Arc<Core>, endpoint: quinn::Endpoint, node: String, peer:
     }
 }
 
+/// Connect to the peer: attempts start every [`CONNECT_STAGGER_MS`] for
+/// [`CONNECT_ATTEMPT_MS`], each waiting at most [`CONNECT_ATTEMPT_MS`] for its handshake. The
+/// first to complete is the connection (the others are dropped). An attempt that fails
+/// otherwise than by waiting (the peer answered: it refused the certificate, say) ends them
+/// all with its error.
+async fn connect_staggered(
+    endpoint: &quinn::Endpoint,
+    peer: &PeerAddr,
+) -> Result<quinn::Connection, String> {
+    let started = tokio::time::Instant::now();
+    let attempt_for = Duration::from_millis(CONNECT_ATTEMPT_MS);
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut next = started;
+    loop {
+        if next.duration_since(started) < attempt_for && tokio::time::Instant::now() >= next {
+            let (endpoint, addr, node) = (endpoint.clone(), peer.addr, peer.node.clone());
+            attempts.spawn(async move {
+                tokio::time::timeout(attempt_for, mirrorkit_net::connect(&endpoint, addr, &node))
+                    .await
+            });
+            next += Duration::from_millis(CONNECT_STAGGER_MS);
+        }
+        let launching = next.duration_since(started) < attempt_for;
+        if !launching && attempts.is_empty() {
+            return Err(format!(
+                "the peer did not answer within {CONNECT_ATTEMPT_MS} ms (not running, or unreachable)"
+            ));
+        }
+        tokio::select! {
+            done = attempts.join_next(), if !attempts.is_empty() => match done {
+                Some(Ok(Ok(Ok(conn)))) => return Ok(conn),
+                Some(Ok(Ok(Err(e)))) => return Err(e.to_string()),
+                Some(Err(e)) => return Err(format!("connection attempt failed: {e}")),
+                // Timed out, or nothing left.
+                Some(Ok(Err(_))) | None => {}
+            },
+            _ = tokio::time::sleep_until(next), if launching => {}
+        }
+    }
+}
+
 /// One connection, from connect to loss. Returns the reason it ended.
 async fn session(
     core: &Arc<Core>,
@@ -116,17 +162,9 @@ async fn session(
     node: &str,
     peer: &PeerAddr,
 ) -> Result<(), Ended> {
-    let conn = tokio::time::timeout(
-        Duration::from_millis(CONNECT_ATTEMPT_MS),
-        mirrorkit_net::connect(endpoint, peer.addr, &peer.node),
-    )
-    .await
-    .map_err(|_| {
-        Ended::Lost(format!(
-            "the peer did not answer within {CONNECT_ATTEMPT_MS} ms (not running, or unreachable)"
-        ))
-    })?
-    .map_err(|e| e.to_string())?;
+    let conn = connect_staggered(endpoint, peer)
+        .await
+        .map_err(Ended::Lost)?;
     let (mut send, mut recv) = conn
         .open_bi()
         .await
