@@ -69,7 +69,14 @@ impl StateFile {
         };
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(err)?;
-        let tmp = self.path.with_extension("json.tmp");
+        // A temporary file of its own: the cluster manager and an engine may replace the same
+        // state at once (a module with several mirrors), and a shared temporary file could be
+        // truncated by one while the other renames it into place.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self
+            .path
+            .with_extension(format!("json.tmp.{}.{n}", std::process::id()));
         let mut f = std::fs::File::create(&tmp).map_err(err)?;
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| err(std::io::Error::other(e)))?;
         f.write_all(&bytes).map_err(err)?;
@@ -85,6 +92,46 @@ impl StateFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_stores_never_leave_a_torn_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let writers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let f = StateFile::new(&path);
+                    for i in 0..100u64 {
+                        let s = MirrorState {
+                            consistent: i % 2 == 0,
+                            history: (0..(t * 7 + i % 13))
+                                .map(mirrorkit_cluster::generation::GenId)
+                                .collect(),
+                            ..MirrorState::default()
+                        };
+                        f.store(&s).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let f = StateFile::new(&path);
+        while !writers.iter().all(|w| w.is_finished()) {
+            if let Err(e) = f.load() {
+                panic!("a reader saw a torn state file: {e}");
+            }
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        f.load().unwrap();
+        let left: Vec<_> = std::fs::read_dir(&path)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left.len(), 1, "temporary files left: {left:?}");
+    }
 
     #[test]
     fn missing_means_unknown_and_store_round_trips() {
