@@ -55,6 +55,10 @@ fn check(dirs: &[PathBuf], nodes: Vec<String>) -> Result<()> {
                 summary(&m.config)
             )
             .context("cannot write to standard output")?;
+            for why in mirrorkit_node::unsupported(m) {
+                writeln!(out, "warning: {why}; the daemon would not start it")
+                    .context("cannot write to standard output")?;
+            }
         }
         return Ok(());
     }

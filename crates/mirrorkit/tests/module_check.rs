@@ -143,3 +143,31 @@ fn a_missing_folder_is_a_problem_not_a_crash() {
     let out = mirrorkit(&["module", "check"], &[]);
     assert_eq!(out.status.code(), Some(2), "clap's usage error");
 }
+
+#[test]
+fn a_valid_module_the_daemon_would_refuse_says_so() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let none = tmp.path().join("none");
+    module(&none, "name = \"batch\"\n");
+    let two = tmp.path().join("two");
+    module(
+        &two,
+        "name = \"db\"\n[[mirror]]\ndir = \"/srv/db\"\n[[mirror]]\ndir = \"/srv/wal\"\n",
+    );
+    let out = mirrorkit(&["module", "check"], &[&none, &two]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("module \"batch\" is valid: 0 replicated directories")
+            && stdout.contains(
+                "at least one [[mirror]] (this one has none); the daemon would not start it"
+            ),
+        "{stdout}"
+    );
+    // Several directories run: no warning for them.
+    assert!(
+        stdout.contains("module \"db\" is valid: 2 replicated directories")
+            && stdout.matches("warning:").count() == 1,
+        "{stdout}"
+    );
+}

@@ -21,3 +21,7 @@ pub mod fence;
 mod guard;
 mod module_rt;
 mod reload;
+
+/// What this version of the daemon refuses to run in a valid module, each with the reason
+/// (`mirrorkit module check` says it too).
+pub use module_rt::unsupported;

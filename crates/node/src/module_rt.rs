@@ -340,7 +340,7 @@ mod aggregate_tests {
 
 /// What this version of the daemon does not run, for a valid module: it refuses the module
 /// rather than run it otherwise than its file says.
-pub(crate) fn unsupported(loaded: &LoadedModule) -> Vec<String> {
+pub fn unsupported(loaded: &LoadedModule) -> Vec<String> {
     let c = &loaded.config;
     let mut problems = Vec::new();
     if c.mirrors.is_empty() {
