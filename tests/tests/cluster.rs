@@ -97,9 +97,20 @@ fn failover_return_and_swap_both_ways() {
     tree::compare(&lab.data_dir(1, &m), &lab.data_dir(0, &m), 20)
         .expect("copies identical after the resync");
 
-    // Swap, asked on the secondary: alpha primary again.
+    // Swap, asked on the secondary: alpha primary again. The handover proved that alpha
+    // holds everything: its term starts from beta's generation, so the resync that follows is
+    // incremental (it compares nothing), not a comparison of all data.
+    std::fs::write(lab.data_dir(1, &m).join("bulk"), vec![5u8; 4 << 20]).expect("write bulk");
     ok(lab.cli(0, &["swap", "demo"]), "swap on the secondary");
     lab.wait_states("demo", [Some("PRIM"), Some("SECOND")], MOVE);
+    let compared = lab
+        .status(0)
+        .and_then(|s| s["modules"][0]["replication"]["sync_compared_bytes"].as_u64())
+        .expect("alpha's replication status");
+    assert!(
+        compared < 1 << 20,
+        "the resync after a swap compared {compared} bytes: it compared all data"
+    );
     wait_notes(&lab, &m, &["one", "two", "three"], MOVE);
     assert!(lab.holds_vip(0, &m) && !lab.holds_vip(1, &m));
     post(&lab, &m, "four");

@@ -27,8 +27,8 @@ use mirrorkit_store::StateFile;
 use mirrorkit_wire::{self as wire, DataState, GenId, Message, Op, ProbeFile, TimeFix};
 use tracing::{error, info, warn};
 
+use crate::record::{Found, Record, RecordError};
 pub use crate::record::{Mark, MarkSet};
-use crate::record::{Record, RecordError};
 use mirrorkit_cluster::generation::Role;
 
 /// Limits and timeouts of the link.
@@ -233,6 +233,16 @@ struct Inner {
     selection: String,
 }
 
+/// Whether this primary term began from the generation the peer holds: the generation this
+/// node's data had just before it (pushed into the history when the term began) is the one the
+/// record is relative to. That is so only when this node held exactly that data: as a
+/// secondary that took it from the peer, or as a primary whose peer was proven in sync at a
+/// clean stop (an unclean one drops the record's base instead). Every term begins with a new
+/// generation before its mount, so nothing was written in it yet.
+fn new_term_from_peer_generation(data: &DataState) -> bool {
+    data.bitmap.is_some() && data.history.first() == data.bitmap.as_ref()
+}
+
 /// File, in the state directory, naming the selection (directory and patterns) the peer last
 /// confirmed in sync.
 pub const SELECTION_FILE: &str = "selection";
@@ -297,10 +307,18 @@ impl Link {
         } else {
             Self::start_alone(mirror, &cfg, &mut data, never_held)?;
         }
-        let (record, valid) = Record::open(state_dir, data.bitmap).map_err(|e| e.to_string())?;
-        if data.bitmap.is_some() && !valid {
-            warn!(mirror, "dirty record missing or for another generation: the next synchronisation compares all data");
-            data.bitmap = None;
+        let (record, found) = Record::open(state_dir, data.bitmap).map_err(|e| e.to_string())?;
+        if data.bitmap.is_some() && found != Found::Valid {
+            if new_term_from_peer_generation(&data) && found != Found::Unreadable {
+                // This node's data was the peer's generation when this term began (it took it
+                // as secondary, or handed it over after a barrier), and nothing was written in
+                // this term before this mount: the record starts empty, and it is complete.
+                info!(mirror, base = %data.bitmap.map(|g| g.to_string()).unwrap_or_default(),
+                    "this term starts from the generation the peer holds: the record starts empty, and the next synchronisation sends only what changes from now on");
+            } else {
+                warn!(mirror, ?found, "dirty record missing, damaged or for another generation: the next synchronisation compares all data");
+                data.bitmap = None;
+            }
         }
         if was.unclean {
             warn!(mirror, "this node stopped while primary with its peer in sync, without recording what the peer may lack: the next synchronisation compares all data");

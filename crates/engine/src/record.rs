@@ -180,6 +180,19 @@ pub struct RecordError {
     pub source: io::Error,
 }
 
+/// What `Record::open` found on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// A log relative to the generation asked, read up to its last complete entry.
+    Valid,
+    /// No log.
+    Absent,
+    /// A readable log relative to another generation (an earlier term's).
+    OtherBase,
+    /// A file that is not a log (its header is damaged).
+    Unreadable,
+}
+
 /// The persisted record.
 pub struct Record {
     path: PathBuf,
@@ -191,25 +204,25 @@ pub struct Record {
 
 impl Record {
     /// Open the record of `state_dir` relative to generation `base`. Returns the record and
-    /// whether the log found there was for `base` and read whole up to its last complete
-    /// entry (false: it was missing or for another generation, and starts empty).
-    pub fn open(state_dir: &Path, base: Option<GenId>) -> Result<(Record, bool), RecordError> {
+    /// what was found there; unless it was `Found::Valid`, the record starts empty.
+    pub fn open(state_dir: &Path, base: Option<GenId>) -> Result<(Record, Found), RecordError> {
         let path = state_dir.join("dirty-record");
         let err = |source| RecordError {
             path: path.clone(),
             source,
         };
         std::fs::create_dir_all(state_dir).map_err(err)?;
-        let (marks, valid) = match File::open(&path) {
+        let (marks, found) = match File::open(&path) {
             Ok(mut f) => {
                 let mut bytes = Vec::new();
                 f.read_to_end(&mut bytes).map_err(err)?;
                 match parse(&bytes) {
-                    Some((b, marks)) if b == base => (marks, true),
-                    _ => (MarkSet::default(), false),
+                    Some((b, marks)) if b == base => (marks, Found::Valid),
+                    Some(_) => (MarkSet::default(), Found::OtherBase),
+                    None => (MarkSet::default(), Found::Unreadable),
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (MarkSet::default(), false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (MarkSet::default(), Found::Absent),
             Err(e) => return Err(err(e)),
         };
         let file = write_compacted(&path, base, &marks).map_err(err)?;
@@ -221,7 +234,7 @@ impl Record {
                 marks,
                 buf: Vec::new(),
             },
-            valid,
+            found,
         ))
     }
 
@@ -434,8 +447,8 @@ mod tests {
     fn log_survives_reopen_and_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let g = Some(GenId(42));
-        let (mut r, valid) = Record::open(dir.path(), g).unwrap();
-        assert!(!valid);
+        let (mut r, found) = Record::open(dir.path(), g).unwrap();
+        assert_eq!(found, Found::Absent);
         let p = RelPath::new(b"a/b").unwrap();
         r.add(&[data(7, 0, 100), Mark::Entry(p.clone())]).unwrap();
         r.add(&[data(7, 5 * CHUNK_BYTES, u64::MAX)]).unwrap();
@@ -446,13 +459,19 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&[KIND_DATA, 1, 2, 3]).unwrap();
         drop(f);
-        let (r, valid) = Record::open(dir.path(), g).unwrap();
-        assert!(valid);
+        let (r, found) = Record::open(dir.path(), g).unwrap();
+        assert_eq!(found, Found::Valid);
         assert_eq!(r.marks(), &expect);
         drop(r);
         // Another generation: not trusted.
-        let (r, valid) = Record::open(dir.path(), Some(GenId(1))).unwrap();
-        assert!(!valid);
+        let (r, found) = Record::open(dir.path(), Some(GenId(1))).unwrap();
+        assert_eq!(found, Found::OtherBase);
+        assert!(r.marks().is_empty());
+        drop(r);
+        // A damaged header: not a log.
+        std::fs::write(&path, b"garbage").unwrap();
+        let (r, found) = Record::open(dir.path(), g).unwrap();
+        assert_eq!(found, Found::Unreadable);
         assert!(r.marks().is_empty());
     }
 
