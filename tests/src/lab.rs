@@ -913,11 +913,18 @@ impl Drop for Lab {
             .arg("-f")
             .arg(format!("data {}", self.dir.path().display()))
             .output();
-        for n in &self.nodes {
-            for m in &self.modules {
-                let d = n.base.join("data").join(m.dir().trim_start_matches('/'));
-                let _ = Command::new("umount").arg("-l").arg(&d).output();
-            }
+        // Every mount left under the lab's directory (a killed daemon's mirrors: the modules'
+        // directories, and any other `[[mirror]]` a test declared), deepest first.
+        let root = self.dir.path().to_string_lossy().into_owned();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(|p| p.replace("\\040", " ")))
+            .filter(|p| p.starts_with(&root))
+            .collect();
+        mounts.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for d in mounts {
+            let _ = Command::new("umount").arg("-l").arg(&d).output();
         }
         // The scripts' cgroups of this lab's cluster (empty once the application is gone).
         for parent in [
