@@ -38,6 +38,14 @@ fn wait_notes(lab: &Lab, m: &LabModule, want: &[&str], timeout: Duration) -> Dur
         mirrorkit_tests::lab::tail(&lab.log(0), 60), mirrorkit_tests::lab::tail(&lab.log(1), 60));
 }
 
+/// Bytes of file data the primary on node `i` compared by digest in its synchronisations (a
+/// comparison of all data digests every chunk; an incremental resync only the recorded ones).
+fn sync_compared_bytes(lab: &Lab, i: usize) -> u64 {
+    lab.status(i)
+        .and_then(|s| s["modules"][0]["replication"]["sync_compared_bytes"].as_u64())
+        .unwrap_or_else(|| panic!("no replication status on node {i}"))
+}
+
 /// Scenario: the primary's daemon is killed: the other node takes the virtual IP and serves
 /// every acknowledged note; the old primary returns as SECOND and resyncs; swap both ways.
 #[test]
@@ -103,10 +111,7 @@ fn failover_return_and_swap_both_ways() {
     std::fs::write(lab.data_dir(1, &m).join("bulk"), vec![5u8; 4 << 20]).expect("write bulk");
     ok(lab.cli(0, &["swap", "demo"]), "swap on the secondary");
     lab.wait_states("demo", [Some("PRIM"), Some("SECOND")], MOVE);
-    let compared = lab
-        .status(0)
-        .and_then(|s| s["modules"][0]["replication"]["sync_compared_bytes"].as_u64())
-        .expect("alpha's replication status");
+    let compared = sync_compared_bytes(&lab, 0);
     assert!(
         compared < 1 << 20,
         "the resync after a swap compared {compared} bytes: it compared all data"
@@ -668,8 +673,16 @@ fn scripts_run_in_the_documented_order_on_both_nodes() {
     assert!(lab.holds_vip(0, &m));
 
     // A swap moves the primary's half only.
+    std::fs::write(lab.data_dir(0, &m).join("bulk"), vec![6u8; 4 << 20]).expect("write bulk");
     ok(lab.cli(0, &["swap", "demo"]), "swap");
     lab.wait_states("demo", [Some("SECOND"), Some("PRIM")], MOVE);
+    // Beta was never primary: it holds the selection in sync as secondary, and its first term
+    // starts from alpha's generation, so its resync of alpha compares nothing.
+    let compared = sync_compared_bytes(&lab, 1);
+    assert!(
+        compared < 1 << 20,
+        "the resync after the first swap onto beta compared {compared} bytes: all data"
+    );
     post(&lab, &m, "after-swap");
     assert_eq!(steps(&lab, 0).len(), 2, "{:?}", steps(&lab, 0));
     assert_eq!(steps(&lab, 1).len(), 2, "{:?}", steps(&lab, 1));

@@ -256,6 +256,25 @@ fn selection_id(root: &std::path::Path, filter: &mirrorkit_module::MirrorFilter)
     )
 }
 
+/// Secondary: its copy is in sync, under the primary's patterns, in the directory `root`:
+/// record that selection, so that as primary later (with the same patterns) it resyncs its
+/// peer incrementally, as the node that held the selection in sync.
+pub(crate) fn record_selection(
+    state_dir: &std::path::Path,
+    root: &std::path::Path,
+    include: &[String],
+    exclude: &[String],
+) -> Result<(), String> {
+    let filter = mirrorkit_module::MirrorFilter::from_patterns(include, exclude)
+        .map_err(|e| e.to_string())?;
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned());
+    store_atomically(
+        &state_dir.join(SELECTION_FILE),
+        selection_id(&root, &filter).as_bytes(),
+    )
+    .map_err(|e| e.to_string())
+}
+
 /// Replace `path` with `bytes` durably (temporary file, fsync, rename, fsync of the directory).
 fn store_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;

@@ -410,6 +410,18 @@ async fn serve(
                 return fail(send, seq, libc::EIO, e.to_string()).await;
             }
             info!(mirror = %cfg.mirror, "copy consistent: full synchronisation complete");
+            let recorded = tokio::task::block_in_place(|| {
+                crate::link::record_selection(
+                    &cfg.state_dir,
+                    &cfg.root,
+                    &hello.include,
+                    &hello.exclude,
+                )
+            });
+            if let Err(e) = recorded {
+                // Harmless: as primary later, this node compares all data once.
+                warn!(mirror = %cfg.mirror, "cannot record the selection now in sync: {e}");
+            }
             if let Some(events) = &cfg.managed {
                 let _ = events.send(EngineEvent::InSync {
                     mirror: cfg.mirror.clone(),
