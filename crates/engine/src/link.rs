@@ -268,23 +268,11 @@ pub(crate) fn record_selection(
     let filter = mirrorkit_module::MirrorFilter::from_patterns(include, exclude)
         .map_err(|e| e.to_string())?;
     let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned());
-    store_atomically(
+    mirrorkit_store::state::replace_durably(
         &state_dir.join(SELECTION_FILE),
         selection_id(&root, &filter).as_bytes(),
     )
     .map_err(|e| e.to_string())
-}
-
-/// Replace `path` with `bytes` durably (temporary file, fsync, rename, fsync of the directory).
-fn store_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Shared handle to the link; cheap to clone.
@@ -836,7 +824,10 @@ impl Link {
         st.stored_in_sync = true;
         if st.selection_changed {
             // This synchronisation compared all data under the current selection.
-            match store_atomically(&self.inner.selection_file, self.inner.selection.as_bytes()) {
+            match mirrorkit_store::state::replace_durably(
+                &self.inner.selection_file,
+                self.inner.selection.as_bytes(),
+            ) {
                 Ok(()) => st.selection_changed = false,
                 Err(e) => {
                     warn!(mirror = %self.inner.mirror, file = %self.inner.selection_file.display(), "cannot record the selection now in sync ({e}): the next synchronisation compares all data again")

@@ -870,13 +870,10 @@ impl Daemon {
                         mirror: m.is_mounted().then(|| {
                             m.mirrors
                                 .iter()
-                                .filter_map(|mr| {
+                                .enumerate()
+                                .filter_map(|(k, mr)| {
                                     let (mode, reason) = mr.mounted.as_ref()?.core.link.status();
-                                    Some(if m.shares_state() {
-                                        format!("{}: {}: {reason}", mr.declared.display(), mode.as_str())
-                                    } else {
-                                        format!("{}: {reason}", mode.as_str())
-                                    })
+                                    Some(m.mirror_reason(k, format!("{}: {reason}", mode.as_str())))
                                 })
                                 .collect::<Vec<_>>()
                                 .join("; ")
@@ -1248,20 +1245,12 @@ impl Daemon {
                 }
                 // Several mirrors: each engine starts from the module's data state, which
                 // the machine persisted before asking for the mount.
-                let shared = m
-                    .shares_state()
-                    .then(|| m.machine.as_ref().map(|mc| mc.data().clone()))
-                    .flatten();
+                let shared = m.shared_state();
                 tokio::task::spawn_blocking(move || {
                     let mut mounts = Vec::new();
                     for (key, dir, state_dir, cfg) in plan {
                         let mounted = match &shared {
-                            Some(d) => StateFile::new(&state_dir).store(d).map_err(|e| {
-                                format!(
-                                    "cannot give the mirror of {} the module's data state: {e}",
-                                    dir.display()
-                                )
-                            }),
+                            Some(d) => crate::module_rt::give_state(&dir, &state_dir, d),
                             None => Ok(()),
                         }
                         .and_then(|()| mirrorkit_engine::mount::mount(&key, &dir, &state_dir, cfg));
@@ -1409,10 +1398,7 @@ impl Daemon {
                 self.stop_receiver(name).await;
             }
             Action::StartReceiver => {
-                let shared = m
-                    .shares_state()
-                    .then(|| m.machine.as_ref().map(|mc| mc.data().clone()))
-                    .flatten();
+                let shared = m.shared_state();
                 let mut failure = None;
                 for mr in &mut m.mirrors {
                     let cfg = SecondaryConfig {
@@ -1428,11 +1414,8 @@ impl Daemon {
                     }
                     // Several mirrors: each receiver starts from the module's data state.
                     if let Some(d) = &shared {
-                        if let Err(e) = StateFile::new(&mr.state_dir).store(d) {
-                            failure = Some(format!(
-                                "cannot give the mirror of {} the module's data state: {e}",
-                                mr.dir.display()
-                            ));
+                        if let Err(e) = crate::module_rt::give_state(&mr.dir, &mr.state_dir, d) {
+                            failure = Some(e);
                             break;
                         }
                     }

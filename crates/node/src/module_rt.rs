@@ -263,6 +263,15 @@ impl ModuleRt {
         self.mirrors.get_mut(k)
     }
 
+    /// The module's data state for its engines' copies: `Some` only for a module with several
+    /// mirrors (one mirror's engine shares the module's file).
+    pub(crate) fn shared_state(&self) -> Option<mirrorkit_cluster::generation::DataState> {
+        if !self.shares_state() {
+            return None;
+        }
+        self.machine.as_ref().map(|mc| mc.data().clone())
+    }
+
     /// An engine's reason, naming its directory when the module has several.
     pub(crate) fn mirror_reason(&self, k: usize, reason: String) -> String {
         match self.mirrors.get(k) {
@@ -270,6 +279,21 @@ impl ModuleRt {
             _ => reason,
         }
     }
+}
+
+/// Give the engine of the mirror `dir` (its state in `state_dir`) the module's data state,
+/// before it starts.
+pub(crate) fn give_state(
+    dir: &std::path::Path,
+    state_dir: &std::path::Path,
+    d: &mirrorkit_cluster::generation::DataState,
+) -> Result<(), String> {
+    StateFile::new(state_dir).store(d).map_err(|e| {
+        format!(
+            "cannot give the mirror of {} the module's data state: {e}",
+            dir.display()
+        )
+    })
 }
 
 /// What one engine of a module says of its copy.

@@ -67,26 +67,29 @@ impl StateFile {
             path: self.path.clone(),
             source,
         };
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(err)?;
-        // A temporary file of its own: the cluster manager and an engine may replace the same
-        // state at once (a module with several mirrors), and a shared temporary file could be
-        // truncated by one while the other renames it into place.
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = self
-            .path
-            .with_extension(format!("json.tmp.{}.{n}", std::process::id()));
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| err(std::io::Error::other(e)))?;
-        f.write_all(&bytes).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, &self.path).map_err(err)?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
-        Ok(())
+        replace_durably(&self.path, &bytes).map_err(err)
     }
+}
+
+/// Replace the file `path` with `bytes` durably and atomically (a temporary file, fsync,
+/// rename, fsync of the directory): after a crash at any instant it holds either the old or
+/// the new bytes. Each call writes its own temporary file: two writers may replace the same
+/// file at once (the cluster manager and an engine, for a module with several mirrors), and a
+/// shared temporary file could be truncated by one while the other renames it into place.
+pub fn replace_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".tmp.{}.{n}", std::process::id()));
+    let tmp = path.with_file_name(name);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
